@@ -1,0 +1,211 @@
+"""Typed configuration loaded from YAML in ``configs/``.
+
+Each pipeline stage owns one frozen section. ``load_config`` rejects unknown keys (naming
+the file and the valid keys) and checks ranges in ``__post_init__``. The resolved config is
+hashed (``config_hash``) and recorded in every output's provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lungvol.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+PACKAGED_DEFAULT = Path(__file__).resolve().parent / "default.yaml"
+
+
+def _check_band(name: str, band: tuple[float, float]) -> None:
+    if len(band) != 2 or not band[0] < band[1]:
+        raise ConfigError(f"{name} must be [low, high] with low < high, got {list(band)}")
+
+
+@dataclass(frozen=True)
+class IOConfig:
+    """Reading and validating input scans."""
+
+    min_slices: int = 16
+    # Largest gap between slice positions, as a multiple of the median gap, before the
+    # series is called "missing slices" and refused.
+    missing_slice_gap_factor: float = 1.5
+    # Relative spread of slice gaps tolerated as "even"; beyond it (but below the missing
+    # slice factor) the volume is resampled to the median gap with a warning.
+    uneven_spacing_tolerance_fraction: float = 0.05
+    # "resample" or "refuse" for gantry-tilted acquisitions.
+    gantry_tilt_policy: str = "resample"
+    max_gantry_tilt_deg: float = 30.0
+    # A CT in HU has air near -1000 HU; these bounds decide "not HU".
+    air_hu_max: float = -850.0
+    min_value_hu_max: float = -900.0
+
+    def __post_init__(self) -> None:
+        if self.min_slices < 1:
+            raise ConfigError(f"io.min_slices must be >= 1, got {self.min_slices}")
+        if self.missing_slice_gap_factor <= 1.0:
+            raise ConfigError("io.missing_slice_gap_factor must be > 1")
+        if self.gantry_tilt_policy not in ("resample", "refuse"):
+            raise ConfigError(
+                f"io.gantry_tilt_policy must be 'resample' or 'refuse', got "
+                f"{self.gantry_tilt_policy!r}"
+            )
+
+
+@dataclass(frozen=True)
+class LungSegmentationConfig:
+    """Lung segmentation (right/left, pathology included)."""
+
+    working_spacing_mm: float = 2.0  # isotropic-ish coarse grid for the heavy work
+    air_threshold_hu: float = -500.0  # below: air-like (lung parenchyma, airways, outside)
+    body_threshold_hu: float = -300.0  # above: soft tissue / bone
+    airway_max_hu: float = -950.0  # seed threshold for trachea/main bronchi
+    min_lung_volume_ml: float = 200.0  # a lung candidate smaller than this is not a lung
+    fill_closing_radius_mm: float = 12.0  # closing that brings dense pathology into the lung
+    pleural_hull: bool = True  # include pleura-based opacities via a slice-wise hull
+    smoothing_radius_mm: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.working_spacing_mm <= 0:
+            raise ConfigError("lungs.working_spacing_mm must be > 0")
+        if not self.air_threshold_hu > -1024:
+            raise ConfigError("lungs.air_threshold_hu must be above -1024")
+
+
+@dataclass(frozen=True)
+class LesionSegmentationConfig:
+    """Lesion densitometry inside the lungs."""
+
+    ggo_band_hu: tuple[float, float] = (-750.0, -300.0)  # [low, high)
+    solid_band_hu: tuple[float, float] = (-300.0, 50.0)  # [low, high]
+    min_component_volume_ml: float = 0.01
+    # Vessel / airway-wall suppression (Frangi-type vesselness on a smoothed volume).
+    vessel_suppression: bool = True
+    vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0, 3.0)
+    vesselness_threshold: float = 0.05
+    smoothing_sigma_mm: float = 0.7
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))
+        object.__setattr__(self, "solid_band_hu", tuple(float(v) for v in self.solid_band_hu))
+        object.__setattr__(self, "vessel_sigmas_mm", tuple(float(v) for v in self.vessel_sigmas_mm))
+        _check_band("lesions.ggo_band_hu", self.ggo_band_hu)
+        _check_band("lesions.solid_band_hu", self.solid_band_hu)
+        if self.min_component_volume_ml < 0:
+            raise ConfigError("lesions.min_component_volume_ml must be >= 0")
+
+
+@dataclass(frozen=True)
+class QuantificationConfig:
+    """Metrics, normal-CT rule and QC flags."""
+
+    normal_ct_max_lesion_pct: float = 1.0  # normal CT when lesion proportion < this
+    lung_hu_percentiles: tuple[float, ...] = (5.0, 25.0, 50.0, 75.0, 95.0)
+    plausible_lung_volume_ml: tuple[float, float] = (1500.0, 9000.0)
+    max_slice_spacing_mm: float = 5.0  # QC flag when slices are thicker/farther apart
+    edge_margin_slices: int = 1  # lungs touching the first/last slices -> "lungs cut off"
+    edge_touch_min_fraction: float = 0.002  # of lung voxels on an edge slice before flagging
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "lung_hu_percentiles", tuple(float(v) for v in self.lung_hu_percentiles)
+        )
+        object.__setattr__(
+            self,
+            "plausible_lung_volume_ml",
+            tuple(float(v) for v in self.plausible_lung_volume_ml),
+        )
+        _check_band("quantification.plausible_lung_volume_ml", self.plausible_lung_volume_ml)
+        if self.normal_ct_max_lesion_pct < 0:
+            raise ConfigError("quantification.normal_ct_max_lesion_pct must be >= 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """What the per-scan output folder holds."""
+
+    qc_png: bool = True
+    qc_dpi: int = 110
+
+
+@dataclass(frozen=True)
+class LungvolConfig:
+    io: IOConfig = field(default_factory=IOConfig)
+    lungs: LungSegmentationConfig = field(default_factory=LungSegmentationConfig)
+    lesions: LesionSegmentationConfig = field(default_factory=LesionSegmentationConfig)
+    quantification: QuantificationConfig = field(default_factory=QuantificationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: str = "<defaults>"  # where it was loaded from (not hashed)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+    @property
+    def hash(self) -> str:
+        """sha256 of the resolved config (canonical JSON), first 16 hex digits."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_SECTIONS: dict[str, type] = {
+    "io": IOConfig,
+    "lungs": LungSegmentationConfig,
+    "lesions": LesionSegmentationConfig,
+    "quantification": QuantificationConfig,
+    "output": OutputConfig,
+}
+
+
+def _build_section(cls: type, values: Any, *, where: str, section: str) -> Any:
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: section '{section}' must be a mapping, got {values!r}")
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown} in '{section}'; valid keys: {sorted(valid)}"
+        )
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**converted)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from err
+    except TypeError as err:
+        raise ConfigError(f"{where}: bad value in '{section}': {err}") from err
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "<dict>") -> LungvolConfig:
+    """Build a validated config from a (YAML-shaped) dict; missing keys take defaults."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping of sections")
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section(s) {unknown}; valid sections: {sorted(_SECTIONS)}"
+        )
+    sections = {
+        name: _build_section(cls, data.get(name), where=where, section=name)
+        for name, cls in _SECTIONS.items()
+    }
+    return LungvolConfig(**sections, source=where)
+
+
+def load_config(path: str | Path | None = None) -> LungvolConfig:
+    """Load a YAML config; ``None`` loads the packaged default (same as configs/default.yaml)."""
+    p = Path(path) if path is not None else PACKAGED_DEFAULT
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{p}: not valid YAML ({err.__class__.__name__}); fix the file") from err
+    return config_from_dict(data, where=str(p))

@@ -1,0 +1,1 @@
+"""lungvol.stats"""
