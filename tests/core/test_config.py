@@ -1,0 +1,60 @@
+"""The typed config: YAML defaults equal dataclass defaults, unknown keys and bad ranges fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lungvol.config import CONFIG_DIR, LungvolConfig, config_from_dict, load_config
+from lungvol.errors import ConfigError
+
+
+def test_default_yaml_equals_dataclass_defaults() -> None:
+    loaded = load_config(CONFIG_DIR / "default.yaml")
+    assert loaded.to_dict() == LungvolConfig().to_dict()
+    assert loaded.hash == LungvolConfig().hash
+
+
+def test_packaged_default_is_the_repo_default() -> None:
+    assert load_config().to_dict() == load_config(CONFIG_DIR / "default.yaml").to_dict()
+
+
+def test_unknown_key_names_file_and_valid_keys(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("lesions:\n  ggo_band: [-750, -300]\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['ggo_band'\].*valid keys") as exc:
+        load_config(p)
+    assert str(p) in str(exc.value)
+
+
+def test_unknown_section_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown section"):
+        config_from_dict({"lesion": {}})
+
+
+def test_inverted_band_is_refused() -> None:
+    with pytest.raises(ConfigError, match="low < high"):
+        config_from_dict({"lesions": {"ggo_band_hu": [-300, -750]}})
+
+
+def test_bad_tilt_policy_is_refused() -> None:
+    with pytest.raises(ConfigError, match="gantry_tilt_policy"):
+        config_from_dict({"io": {"gantry_tilt_policy": "ignore"}})
+
+
+def test_hash_changes_with_any_value_and_not_with_source() -> None:
+    base = config_from_dict({}, where="a.yaml")
+    same = config_from_dict({}, where="b.yaml")
+    changed = config_from_dict({"lesions": {"ggo_band_hu": [-760, -300]}})
+    assert base.hash == same.hash
+    assert base.hash != changed.hash
+
+
+def test_missing_and_invalid_yaml_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("io: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
