@@ -110,6 +110,8 @@ class QuantificationConfig:
     max_slice_spacing_mm: float = 5.0  # QC flag when slices are thicker/farther apart
     edge_margin_slices: int = 1  # lungs touching the first/last slices -> "lungs cut off"
     edge_touch_min_fraction: float = 0.002  # of lung voxels on an edge slice before flagging
+    # QC flag when the larger lung exceeds the smaller by more than this ratio (normal ~1.1-1.3).
+    max_right_left_volume_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -123,6 +125,11 @@ class QuantificationConfig:
         _check_band("quantification.plausible_lung_volume_ml", self.plausible_lung_volume_ml)
         if self.normal_ct_max_lesion_pct < 0:
             raise ConfigError("quantification.normal_ct_max_lesion_pct must be >= 0")
+        if self.max_right_left_volume_ratio < 1.0:
+            raise ConfigError(
+                "quantification.max_right_left_volume_ratio must be >= 1, got "
+                f"{self.max_right_left_volume_ratio}"
+            )
 
 
 @dataclass(frozen=True)
