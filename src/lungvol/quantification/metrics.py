@@ -1,0 +1,105 @@
+"""``measure_scan``: one CT, its lung and lesion masks -> ScanMetrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+from lungvol.config import LungvolConfig
+from lungvol.quantification.hu_stats import lung_hu_stats
+from lungvol.quantification.provenance import build_provenance
+from lungvol.quantification.qc_flags import (
+    edge_flags,
+    passthrough_flags,
+    spacing_flags,
+    volume_flags,
+)
+from lungvol.quantification.volumes import measure_volumes
+from lungvol.types import CTVolume, LesionMask, LungMask, ScanMetrics, check_same_grid
+
+logger = logging.getLogger(__name__)
+
+
+def measure_scan(
+    volume: CTVolume,
+    lungs: LungMask,
+    lesions: LesionMask,
+    config: LungvolConfig,
+    *,
+    timings_s: Mapping[str, float],
+    device: str = "cpu",
+) -> ScanMetrics:
+    """Volumes (mL), proportions (%), lung HU statistics, QC flags and provenance of one scan.
+
+    Parameters
+    ----------
+    volume : CTVolume
+        The CT in HU.
+    lungs : LungMask
+        Labels on the CT grid: 1 right, 2 left.
+    lesions : LesionMask
+        Labels on the CT grid: 1 ground-glass, 2 solid component.
+    config : LungvolConfig
+        ``config.quantification`` holds the normal-CT rule, percentiles and QC limits.
+    timings_s : mapping of str to float
+        Seconds per earlier stage (e.g. read, lungs, lesions); the time of this function is
+        added as ``"quantification"`` in the recorded provenance.
+    device : str
+        Device the stages ran on ("cpu" or "cuda"), recorded in the provenance.
+
+    Returns
+    -------
+    ScanMetrics
+
+    Raises
+    ------
+    GeometryError
+        If a mask is not on the CT grid or holds labels other than 0, 1, 2.
+    SegmentationError
+        If the lung mask is empty.
+    """
+    t0 = time.perf_counter()
+    check_same_grid(lungs.labels, volume, name="lung mask")
+    check_same_grid(lesions.labels, volume, name="lesion mask")
+    qcfg = config.quantification
+    vols = measure_volumes(lungs.labels, lesions.labels, spacing_mm=volume.spacing_mm)
+    hu_stats = lung_hu_stats(volume.hu, lungs.labels, percentiles=qcfg.lung_hu_percentiles)
+
+    flags: list[str] = []
+    flags += passthrough_flags(volume.source.warnings, default_code="io_warning")
+    flags += passthrough_flags(lungs.info.get("warnings", ()), default_code="lung_segmentation")
+    flags += passthrough_flags(
+        lesions.info.get("warnings", ()), default_code="lesion_segmentation"
+    )
+    flags += spacing_flags(volume.spacing_mm, config=qcfg)
+    flags += edge_flags(lungs.labels, config=qcfg)
+    flags += volume_flags(vols, config=qcfg)
+    for flag in flags:
+        logger.warning("QC flag %s", flag)
+
+    timings = dict(timings_s)
+    timings["quantification"] = time.perf_counter() - t0
+    provenance = build_provenance(
+        volume,
+        config,
+        timings_s=timings,
+        device=device,
+        lung_info=lungs.info,
+        lesion_info=lesions.info,
+    )
+    return ScanMetrics(
+        lung_volume_ml=vols.lung_volume_ml,
+        lung_volume_right_ml=vols.lung_volume_right_ml,
+        lung_volume_left_ml=vols.lung_volume_left_ml,
+        lesion_volume_ml=vols.lesion_volume_ml,
+        ggo_volume_ml=vols.ggo_volume_ml,
+        solid_volume_ml=vols.solid_volume_ml,
+        lesion_proportion_pct=vols.lesion_proportion_pct,
+        solid_proportion_pct=vols.solid_proportion_pct,
+        ggo_proportion_pct=vols.ggo_proportion_pct,
+        normal_ct=bool(vols.lesion_proportion_pct < qcfg.normal_ct_max_lesion_pct),
+        lung_hu=hu_stats,
+        qc_flags=flags,
+        provenance=provenance,
+    )

@@ -1,0 +1,124 @@
+"""Quality-control flags: short machine-readable code, a colon, then a one-line message.
+
+Example: ``"lungs_cut_off_superior: 1.8% of lung voxels lie on the top 1 slice(s); ..."``.
+A flag never stops the pipeline; it tells the reader which numbers to distrust.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from lungvol.config import QuantificationConfig
+from lungvol.quantification.volumes import Volumes
+
+# A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
+
+
+def as_flag(text: str, *, default_code: str) -> str:
+    """Return ``text`` as a flag, prefixing ``default_code`` unless it already has a code."""
+    text = " ".join(str(text).split())
+    return text if _CODE_RE.match(text) else f"{default_code}: {text}"
+
+
+def flag_code(flag: str) -> str:
+    """The machine-readable code of a flag ("lungs_cut_off_superior: ..." -> the code)."""
+    return flag.split(":", 1)[0]
+
+
+def edge_flags(lung_labels: np.ndarray, *, config: QuantificationConfig) -> list[str]:
+    """Flags for lungs cut off at the first/last slices or at the in-plane image border.
+
+    Axis 0 runs inferior -> superior, axis 1 anterior -> posterior, axis 2 patient right -> left.
+    ``edge_margin_slices`` is the border width in voxels; a border is flagged when it holds at
+    least ``edge_touch_min_fraction`` of all lung voxels.
+    """
+    n_lung = int(np.count_nonzero(lung_labels))
+    if n_lung == 0:
+        return []
+    m = max(1, int(config.edge_margin_slices))
+    threshold = config.edge_touch_min_fraction
+    flags: list[str] = []
+    z_borders = {
+        "inferior": lung_labels[:m],
+        "superior": lung_labels[-m:],
+    }
+    for side, block in z_borders.items():
+        fraction = np.count_nonzero(block) / n_lung
+        if fraction >= threshold and fraction > 0:
+            flags.append(
+                f"lungs_cut_off_{side}: {100 * fraction:.2f}% of lung voxels lie on the "
+                f"{side}-most {m} slice(s); the lung is probably not fully scanned, so its "
+                "volume is too low"
+            )
+    in_plane = {
+        "anterior": lung_labels[:, :m, :],
+        "posterior": lung_labels[:, -m:, :],
+        "right": lung_labels[:, :, :m],
+        "left": lung_labels[:, :, -m:],
+    }
+    touched = []
+    for side, block in in_plane.items():
+        fraction = np.count_nonzero(block) / n_lung
+        if fraction >= threshold and fraction > 0:
+            touched.append(f"{side} {100 * fraction:.2f}%")
+    if touched:
+        flags.append(
+            "lungs_cut_off_in_plane: lung voxels touch the field-of-view edge ("
+            + ", ".join(touched)
+            + "); reconstruct with a larger field of view"
+        )
+    return flags
+
+
+def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]:
+    """Flags for implausible total lung volume, right/left imbalance, lesions outside lungs."""
+    flags: list[str] = []
+    low, high = config.plausible_lung_volume_ml
+    if not low <= volumes.lung_volume_ml <= high:
+        flags.append(
+            f"lung_volume_implausible: {volumes.lung_volume_ml:.0f} mL is outside the plausible "
+            f"{low:.0f}-{high:.0f} mL; check the lung mask in qc.png"
+        )
+    right, left = volumes.lung_volume_right_ml, volumes.lung_volume_left_ml
+    if right == 0 or left == 0:
+        missing = "right" if right == 0 else "left"
+        flags.append(
+            f"lung_missing_{missing}: the {missing} lung mask is empty; check qc.png "
+            "(pneumonectomy, collapse or a failed right/left split)"
+        )
+    else:
+        ratio = max(right, left) / min(right, left)
+        if ratio > config.max_right_left_volume_ratio:
+            flags.append(
+                f"lung_right_left_imbalance: right {right:.0f} mL vs left {left:.0f} mL "
+                f"(ratio {ratio:.2f} > {config.max_right_left_volume_ratio:g}); "
+                "check the right/left split in qc.png"
+            )
+    if volumes.n_lesion_voxels_outside_lungs:
+        flags.append(
+            f"lesions_outside_lungs: {volumes.n_lesion_voxels_outside_lungs} lesion voxels lie "
+            "outside the lung mask and were not counted"
+        )
+    return flags
+
+
+def spacing_flags(
+    spacing_mm: tuple[float, float, float], *, config: QuantificationConfig
+) -> list[str]:
+    """Flag slices farther apart than ``max_slice_spacing_mm``."""
+    if spacing_mm[0] > config.max_slice_spacing_mm:
+        return [
+            f"slice_spacing_large: slices are {spacing_mm[0]:g} mm apart (> "
+            f"{config.max_slice_spacing_mm:g} mm); thin lesions are under-sampled, prefer a "
+            "thin-slice reconstruction"
+        ]
+    return []
+
+
+def passthrough_flags(messages: Iterable[str], *, default_code: str) -> list[str]:
+    """Warnings from earlier stages (io, segmentation) as flags."""
+    return [as_flag(m, default_code=default_code) for m in messages if str(m).strip()]

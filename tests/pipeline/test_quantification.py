@@ -1,0 +1,206 @@
+"""measure_scan and its parts on synthetic volumes with known analytic answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lungvol.config import LungvolConfig, QuantificationConfig
+from lungvol.errors import GeometryError, SegmentationError
+from lungvol.quantification import measure_scan, measure_volumes
+from lungvol.quantification.hu_stats import lung_hu_stats
+from lungvol.quantification.qc_flags import as_flag, edge_flags, flag_code
+from lungvol.types import LesionMask, LungMask
+
+from ._synthetic import chest, make_volume
+
+CFG = LungvolConfig()
+
+
+def _codes(flags: list[str]) -> set[str]:
+    return {flag_code(f) for f in flags}
+
+
+def test_box_volumes_are_voxel_count_times_anisotropic_voxel_volume() -> None:
+    vol, lungs, lesions = chest(spacing_mm=(2.5, 0.7, 0.8))
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={"read": 0.1})
+    voxel_ml = 2.5 * 0.7 * 0.8 / 1000.0
+    n_right = int((lungs.labels == 1).sum())
+    n_left = int((lungs.labels == 2).sum())
+    assert m.lung_volume_right_ml == pytest.approx(n_right * voxel_ml)
+    assert m.lung_volume_left_ml == pytest.approx(n_left * voxel_ml)
+    assert m.lung_volume_ml == pytest.approx((n_right + n_left) * voxel_ml)
+    assert m.ggo_volume_ml == pytest.approx(4 * 10 * 10 * voxel_ml)
+    assert m.solid_volume_ml == pytest.approx(2 * 5 * 5 * voxel_ml)
+    assert m.lesion_volume_ml == pytest.approx(m.ggo_volume_ml + m.solid_volume_ml)
+    assert m.lesion_proportion_pct == pytest.approx(100 * 450 / (n_right + n_left))
+    assert m.solid_proportion_pct == pytest.approx(100 * 50 / (n_right + n_left))
+    assert m.ggo_proportion_pct + m.solid_proportion_pct == pytest.approx(m.lesion_proportion_pct)
+
+
+def test_lesion_voxels_outside_the_lungs_are_not_counted_and_flagged() -> None:
+    vol, lungs, lesions = chest()
+    labels = lesions.labels.copy()
+    labels[0, 0, :5] = 2  # outside the lung mask
+    m = measure_scan(vol, lungs, LesionMask(labels), CFG, timings_s={})
+    ref = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    assert m.solid_volume_ml == pytest.approx(ref.solid_volume_ml)
+    assert "lesions_outside_lungs" in _codes(m.qc_flags)
+
+
+def test_empty_lung_mask_raises_segmentation_error_not_zero_division() -> None:
+    vol, _, lesions = chest()
+    empty = LungMask(np.zeros(vol.shape, np.uint8))
+    with pytest.raises(SegmentationError, match="empty"):
+        measure_scan(vol, empty, lesions, CFG, timings_s={})
+
+
+def test_masks_off_the_ct_grid_or_with_unknown_labels_raise_geometry_error() -> None:
+    vol, lungs, lesions = chest()
+    with pytest.raises(GeometryError, match="shape"):
+        measure_scan(vol, LungMask(lungs.labels[1:]), lesions, CFG, timings_s={})
+    bad = lungs.labels.copy()
+    bad[20, 30, 30] = 7
+    with pytest.raises(GeometryError, match="0, 1, 2"):
+        measure_scan(vol, LungMask(bad), lesions, CFG, timings_s={})
+
+
+def test_normal_ct_rule_is_strictly_below_the_configured_lesion_pct() -> None:
+    vol, lungs, lesions = chest()
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    pct = m.lesion_proportion_pct
+    at = dataclasses.replace(
+        CFG, quantification=QuantificationConfig(normal_ct_max_lesion_pct=pct)
+    )
+    above = dataclasses.replace(
+        CFG, quantification=QuantificationConfig(normal_ct_max_lesion_pct=pct + 0.01)
+    )
+    assert measure_scan(vol, lungs, lesions, at, timings_s={}).normal_ct is False
+    assert measure_scan(vol, lungs, lesions, above, timings_s={}).normal_ct is True
+    no_lesions = LesionMask(np.zeros(vol.shape, np.uint8))
+    clean = measure_scan(vol, lungs, no_lesions, CFG, timings_s={})
+    assert clean.normal_ct is True
+    assert clean.lesion_volume_ml == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_lung_hu_percentiles_equal_numpy_linear_percentiles(dtype: type) -> None:
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-1024, 200, size=(7, 13, 11)).astype(dtype)
+    if dtype is np.float32:
+        hu = hu + rng.random(hu.shape).astype(np.float32)
+    mask = rng.random(hu.shape) < 0.4
+    q = (0.0, 2.5, 5.0, 25.0, 50.0, 75.0, 95.0, 100.0)
+    stats = lung_hu_stats(hu, mask, percentiles=q)
+    expected = np.percentile(hu[mask].astype(np.float64), q)
+    got = [stats[f"p{v:g}_hu"] for v in q]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-3)
+    assert stats["mean_hu"] == pytest.approx(float(hu[mask].astype(np.float64).mean()))
+    assert stats["std_hu"] == pytest.approx(float(hu[mask].astype(np.float64).std()))
+
+
+def test_lung_hu_keys_carry_units_and_follow_the_configured_percentiles() -> None:
+    vol, lungs, lesions = chest()
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    assert set(m.lung_hu) == {"mean_hu", "std_hu", "p5_hu", "p25_hu", "p50_hu", "p75_hu", "p95_hu"}
+    assert m.lung_hu["p50_hu"] == -850.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    perm=st.permutations([0, 1, 2]),
+    flips=st.lists(st.booleans(), min_size=3, max_size=3),
+    scale=st.floats(0.3, 3.0),
+)
+def test_volume_is_invariant_to_flips_and_transposes_and_linear_in_voxel_volume(
+    perm: list[int], flips: list[bool], scale: float
+) -> None:
+    rng = np.random.default_rng(0)
+    lungs = rng.integers(0, 3, size=(6, 7, 8)).astype(np.uint8)
+    lesions = (rng.integers(0, 3, size=lungs.shape) * (lungs > 0)).astype(np.uint8)
+    spacing = (2.0, 0.9, 0.6)
+    ref = measure_volumes(lungs, lesions, spacing_mm=spacing)
+    axes = tuple(i for i, f in enumerate(flips) if f)
+    lungs2 = np.transpose(np.flip(lungs, axes), perm)
+    lesions2 = np.transpose(np.flip(lesions, axes), perm)
+    spacing2 = tuple(spacing[i] * scale for i in perm)
+    got = measure_volumes(lungs2, lesions2, spacing_mm=spacing2)  # type: ignore[arg-type]
+    factor = scale**3
+    assert got.lung_volume_ml == pytest.approx(ref.lung_volume_ml * factor)
+    assert got.solid_volume_ml == pytest.approx(ref.solid_volume_ml * factor)
+    assert got.lesion_proportion_pct == pytest.approx(ref.lesion_proportion_pct)
+    assert 0.0 <= got.lesion_proportion_pct <= 100.0
+
+
+def test_lungs_on_the_last_slice_are_flagged_cut_off_superior_only() -> None:
+    vol, lungs, lesions = chest()
+    labels = lungs.labels.copy()
+    labels[-4:] = labels[20]  # extend the lungs up to the top slice
+    hu = vol.hu.copy()
+    hu[labels > 0] = -850
+    m = measure_scan(make_volume(hu, vol.spacing_mm), LungMask(labels), lesions, CFG, timings_s={})
+    codes = _codes(m.qc_flags)
+    assert "lungs_cut_off_superior" in codes
+    assert "lungs_cut_off_inferior" not in codes
+    assert "lungs_cut_off_in_plane" not in codes
+
+
+def test_lungs_touching_the_in_plane_border_are_flagged_with_the_side() -> None:
+    _, lungs, _ = chest()
+    labels = lungs.labels.copy()
+    labels[5:30, 10:50, 0:6] = 1  # right lung reaches x = 0 (patient right edge)
+    flags = edge_flags(labels, config=QuantificationConfig())
+    assert _codes(flags) == {"lungs_cut_off_in_plane"}
+    assert "right" in flags[0]
+    assert "left" not in flags[0].split("(")[1]
+
+
+def test_clean_synthetic_chest_has_only_the_expected_flags() -> None:
+    vol, lungs, lesions = chest()
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    # The toy lungs are tiny, so only the implausible-volume flag is expected.
+    assert _codes(m.qc_flags) == {"lung_volume_implausible"}
+
+
+def test_thick_slices_imbalance_and_io_warnings_become_flags() -> None:
+    warnings = (
+        "uneven_spacing_resampled: slice gaps 1.0-1.3 mm, resampled to 1.0 mm",
+        "gantry tilt of 15 deg was resampled",
+    )
+    vol, lungs, lesions = chest(spacing_mm=(6.0, 1.0, 1.0), warnings=warnings)
+    labels = lungs.labels.copy()
+    labels[labels == 2] = 0
+    labels[5:30, 10:50, 36:40] = 2  # small left lung
+    m = measure_scan(vol, LungMask(labels), lesions, CFG, timings_s={})
+    codes = _codes(m.qc_flags)
+    assert {"slice_spacing_large", "lung_right_left_imbalance", "uneven_spacing_resampled",
+            "io_warning"} <= codes
+    assert "io_warning: gantry tilt of 15 deg was resampled" in m.qc_flags
+
+
+def test_as_flag_keeps_an_existing_code_and_collapses_to_one_line() -> None:
+    assert as_flag("a_b: x\n y", default_code="c") == "a_b: x y"
+    assert as_flag("Tilt: 3", default_code="io_warning") == "io_warning: Tilt: 3"
+
+
+def test_provenance_is_json_serialisable_and_holds_versions_timings_and_input() -> None:
+    vol, lungs, lesions = chest()
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={"read": 0.5}, device="cpu")
+    d = json.loads(json.dumps(m.to_dict(), allow_nan=False))
+    p = d["provenance"]
+    assert p["config_hash"] == CFG.hash
+    assert p["input"]["series_uid"] == "1.2.3"
+    assert p["input"]["study_date"] == "20200101"
+    assert p["input"]["sha256"] == "0" * 64
+    assert set(p["timings_s"]) == {"read", "quantification"}
+    assert p["device"] == "cpu"
+    assert p["versions"]["numpy"] == np.__version__
+    assert p["created_utc"].endswith("+00:00")
+    text = json.dumps(d).lower()
+    for ident in ("patientname", "patientid", "birthdate", "patient_name", "patient_id"):
+        assert ident not in text
