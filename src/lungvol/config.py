@@ -44,12 +44,25 @@ class IOConfig:
     # A CT in HU has air near -1000 HU; these bounds decide "not HU".
     air_hu_max: float = -850.0
     min_value_hu_max: float = -900.0
+    # Series selection: a series "covers" the scan when its z extent is at least this
+    # fraction of the largest extent among usable series; the thinnest covering one wins.
+    series_coverage_fraction: float = 0.9
+    # Gantry tilt is detected when the slice stack is sheared in-plane by more than this
+    # many pixels from first to last slice (smaller shear is rounding in the positions).
+    tilt_shear_tolerance_px: float = 0.5
 
     def __post_init__(self) -> None:
         if self.min_slices < 1:
             raise ConfigError(f"io.min_slices must be >= 1, got {self.min_slices}")
         if self.missing_slice_gap_factor <= 1.0:
             raise ConfigError("io.missing_slice_gap_factor must be > 1")
+        if not 0.0 < self.series_coverage_fraction <= 1.0:
+            raise ConfigError(
+                "io.series_coverage_fraction must be in (0, 1], got "
+                f"{self.series_coverage_fraction}"
+            )
+        if self.tilt_shear_tolerance_px < 0:
+            raise ConfigError("io.tilt_shear_tolerance_px must be >= 0")
         if self.gantry_tilt_policy not in ("resample", "refuse"):
             raise ConfigError(
                 f"io.gantry_tilt_policy must be 'resample' or 'refuse', got "
