@@ -1,9 +1,118 @@
-"""CLI commands: segment (placeholder until implemented)."""
+"""``lungvol segment``: one scan -> masks, metrics, QC figure (a thin shell over segment_scan)."""
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from lungvol.cli._common import console, handle_errors
+
+if TYPE_CHECKING:
+    from lungvol.types import ScanMetrics
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def default_output(path: Path) -> Path:
+    """``./lungvol_out/<input name without volume suffix>``."""
+    name = path.absolute().name
+    for suffix in _VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path("lungvol_out") / name
+
+
+def _print_summary(metrics: ScanMetrics, out_dir: Path, elapsed_s: float) -> None:
+    from rich.table import Table
+
+    m = metrics
+    src = m.provenance.get("input", {})
+    series = src.get("series_uid") or "-"
+    reason = src.get("selection_reason") or ""
+    console.print(
+        f"[bold]input[/] {src.get('kind', '?')} series {series}"
+        + (f" ({reason})" if reason else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("measure")
+    table.add_column("volume mL", justify="right")
+    table.add_column("% of lungs", justify="right")
+    table.add_row("lungs (right / left)",
+                  f"{m.lung_volume_ml:.0f} ({m.lung_volume_right_ml:.0f} / "
+                  f"{m.lung_volume_left_ml:.0f})", "")
+    table.add_row("lesion (GGO + solid)", f"{m.lesion_volume_ml:.1f}",
+                  f"{m.lesion_proportion_pct:.2f}")
+    table.add_row("  ground-glass", f"{m.ggo_volume_ml:.1f}", f"{m.ggo_proportion_pct:.2f}")
+    table.add_row("  solid", f"{m.solid_volume_ml:.1f}", f"{m.solid_proportion_pct:.2f}")
+    console.print(table)
+    console.print(f"normal CT: {'[green]yes[/]' if m.normal_ct else '[yellow]no[/]'}")
+    if m.qc_flags:
+        console.print(f"[yellow]QC flags ({len(m.qc_flags)}):[/]")
+        for flag in m.qc_flags:
+            console.print(f"  - {flag}", highlight=False, soft_wrap=True, markup=False)
+    else:
+        console.print("QC flags: none")
+    console.print(f"output: {out_dir}  ({elapsed_s:.1f} s)", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+
+    @app.command("segment")
+    @handle_errors
+    def segment(
+        path: Annotated[Path, typer.Argument(help="DICOM folder/file or NIfTI/NRRD/MHA volume.")],
+        output: Annotated[
+            Path | None,
+            typer.Option(
+                "-o", "--output", help="Result folder (default: ./lungvol_out/INPUT_NAME)."
+            ),
+        ] = None,
+        series: Annotated[
+            str | None, typer.Option("--series", help="SeriesInstanceUID to use.")
+        ] = None,
+        config_file: Annotated[
+            Path | None, typer.Option("--config", help="YAML config (default: packaged).")
+        ] = None,
+        dicom_seg: Annotated[
+            bool, typer.Option("--dicom-seg", help="Also write seg.dcm (DICOM input only).")
+        ] = False,
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print metrics.json to stdout (only that).")
+        ] = False,
+        overwrite: Annotated[
+            bool, typer.Option("--overwrite", help="Replace an existing result folder.")
+        ] = False,
+        device: Annotated[
+            str, typer.Option("--device", help="auto | cpu | cuda.")
+        ] = "auto",
+    ) -> None:
+        """Segment lungs and lesions in one CT scan and measure them."""
+        from lungvol.config import load_config
+        from lungvol.device import resolve_device
+        from lungvol.pipeline import metrics_json, segment_scan
+
+        t0 = time.perf_counter()
+        config = load_config(config_file)
+        resolved = resolve_device(device)
+        out_dir = output if output is not None else default_output(path)
+        metrics = segment_scan(
+            path,
+            out_dir,
+            config=config,
+            series_uid=series,
+            dicom_seg=dicom_seg,
+            device=resolved,
+            overwrite=overwrite,
+        )
+        _print_summary(metrics, out_dir.absolute(), time.perf_counter() - t0)
+        if as_json:
+            sys.stdout.write(metrics_json(metrics))
+            sys.stdout.flush()

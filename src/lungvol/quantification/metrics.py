@@ -76,7 +76,7 @@ def measure_scan(
     flags += edge_flags(lungs.labels, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     for flag in flags:
-        logger.warning("QC flag %s", flag)
+        logger.info("QC flag %s", flag)
 
     timings = dict(timings_s)
     timings["quantification"] = time.perf_counter() - t0

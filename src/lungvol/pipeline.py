@@ -1,0 +1,254 @@
+"""One scan end to end: read -> segment lungs -> segment lesions -> measure -> write outputs.
+
+Outputs are written into a temporary sibling folder (``.<name>.tmp-<random>``) and renamed into
+place only when complete, so a crash, an error or Ctrl-C never leaves a half-written result.
+An existing output folder is refused unless ``overwrite=True``; it is then replaced by renaming
+the old one aside, the new one in, and deleting the old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lungvol.io as lio
+import lungvol.segmentation as lseg
+from lungvol import __version__
+from lungvol.config import LungvolConfig
+from lungvol.errors import InputError
+from lungvol.quantification import measure_scan
+from lungvol.quantification.provenance import json_safe, package_versions
+from lungvol.reporting.qc import render_qc_png
+from lungvol.types import CTVolume, LesionMask, LungMask, ScanMetrics
+
+logger = logging.getLogger(__name__)
+
+LUNGS_FILE = "lungs.nii.gz"
+LESIONS_FILE = "lesions.nii.gz"
+METRICS_FILE = "metrics.json"
+QC_FILE = "qc.png"
+RUN_FILE = "run.json"
+SEG_FILE = "seg.dcm"
+DEVICES = ("cpu", "cuda")
+
+
+def _utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def metrics_json(metrics: ScanMetrics) -> str:
+    """The exact text of metrics.json (also what ``lungvol segment --json`` prints)."""
+    return json.dumps(json_safe(metrics.to_dict()), indent=2, allow_nan=False) + "\n"
+
+
+def _check_output(out_dir: Path, *, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output path {out_dir} exists and is not a folder; choose another -o")
+    if out_dir.exists() and not overwrite:
+        raise InputError(
+            f"output folder {out_dir} already exists; pass --overwrite to replace it or choose "
+            "another -o"
+        )
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create missing ancestors of ``folder``; return the ones created (deepest first)."""
+    created: list[Path] = []
+    for parent in [folder, *folder.parents][::-1]:
+        if not parent.exists():
+            parent.mkdir()
+            created.append(parent)
+    return created[::-1]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (someone else wrote there) or already gone: leave it
+            break
+
+
+def _sibling(out_dir: Path, kind: str) -> Path:
+    """A hidden, unique sibling path such as ``.<name>.tmp-1a2b3c4d5e6f``."""
+    return out_dir.parent / f".{out_dir.name}.{kind}-{secrets.token_hex(6)}"
+
+
+def _publish(tmp_dir: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Rename the finished ``tmp_dir`` to ``out_dir`` (replacing it only with ``overwrite``)."""
+    if not out_dir.exists():
+        os.rename(tmp_dir, out_dir)
+        return
+    _check_output(out_dir, overwrite=overwrite)  # it may have appeared while we worked
+    old = _sibling(out_dir, "old")
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp_dir, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_outputs(
+    tmp_dir: Path,
+    volume: CTVolume,
+    lungs: LungMask,
+    lesions: LesionMask,
+    metrics: ScanMetrics,
+    *,
+    config: LungvolConfig,
+    dicom_seg: bool,
+) -> dict[str, str]:
+    outputs: dict[str, str] = {}
+    lio.write_label_nifti(lungs.labels, volume, tmp_dir / LUNGS_FILE)
+    outputs["lungs"] = LUNGS_FILE
+    lio.write_label_nifti(lesions.labels, volume, tmp_dir / LESIONS_FILE)
+    outputs["lesions"] = LESIONS_FILE
+    if config.output.qc_png:
+        render_qc_png(volume, lungs, lesions, metrics, tmp_dir / QC_FILE, dpi=config.output.qc_dpi)
+        outputs["qc"] = QC_FILE
+    if dicom_seg:
+        lio.write_dicom_seg(lungs, lesions, volume, tmp_dir / SEG_FILE)
+        outputs["dicom_seg"] = SEG_FILE
+    return outputs
+
+
+def _device_info(device: str) -> dict[str, Any]:
+    try:
+        from lungvol.device import describe_device
+    except ImportError:  # deployment module absent: record the bare name
+        return {"device": device}
+    return describe_device(device)
+
+
+def segment_scan(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    config: LungvolConfig,
+    series_uid: str | None = None,
+    dicom_seg: bool = False,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> ScanMetrics:
+    """Read, segment and measure one CT scan and write its result folder atomically.
+
+    The folder holds ``lungs.nii.gz`` (1 right, 2 left), ``lesions.nii.gz`` (1 ground-glass,
+    2 solid), ``metrics.json``, ``qc.png`` (unless ``config.output.qc_png`` is false),
+    ``run.json`` (resolved config, versions, input, options, timings) and, with
+    ``dicom_seg=True``, ``seg.dcm``.
+
+    Parameters
+    ----------
+    path : path-like
+        DICOM file or folder, or a NIfTI/NRRD/MHA volume.
+    out_dir : path-like
+        Result folder; it must not exist unless ``overwrite``.
+    config : LungvolConfig
+    series_uid : str, optional
+        SeriesInstanceUID to pick when the folder holds several series.
+    dicom_seg : bool
+        Also write a DICOM Segmentation (DICOM input only).
+    device : {"cpu", "cuda"}
+        Resolved device (see ``lungvol.device.resolve_device``), recorded in the provenance.
+    overwrite : bool
+        Replace an existing ``out_dir`` (atomically).
+
+    Returns
+    -------
+    ScanMetrics
+        The metrics also written to metrics.json.
+
+    Raises
+    ------
+    InputError
+        Missing input, existing output without ``overwrite``, ``dicom_seg`` for a non-DICOM
+        input, or any reading problem (see ``lungvol.io.read_ct``).
+    SegmentationError
+        No lungs found.
+    """
+    started_utc = _utc_now()
+    t_start = time.perf_counter()
+    in_path = Path(path)
+    out_dir = Path(out_dir).absolute()
+    if not in_path.exists():
+        raise InputError(
+            f"input path {in_path} does not exist; pass a DICOM folder or a volume file"
+        )
+    if device not in DEVICES:
+        raise InputError(f"device must be one of {DEVICES} (resolved), got {device!r}")
+    _check_output(out_dir, overwrite=overwrite)
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    volume = lio.read_ct(in_path, series_uid=series_uid, config=config.io)
+    timings["read"] = time.perf_counter() - t
+    if dicom_seg and volume.source.kind != "dicom":
+        raise InputError(
+            f"--dicom-seg needs a DICOM input, but {in_path} is {volume.source.kind}; "
+            "drop --dicom-seg or pass the DICOM series"
+        )
+    logger.info("read %s in %.2f s: shape %s", volume.source.kind, timings["read"], volume.shape)
+
+    t = time.perf_counter()
+    lungs = lseg.segment_lungs(volume, config.lungs)
+    timings["lungs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lesions = lseg.segment_lesions(volume, lungs, config.lesions)
+    timings["lesions"] = time.perf_counter() - t
+    metrics = measure_scan(volume, lungs, lesions, config, timings_s=timings, device=device)
+    timings["quantification"] = metrics.provenance["timings_s"]["quantification"]
+
+    created = _make_parents(out_dir.parent)
+    tmp_dir = _sibling(out_dir, "tmp")
+    try:
+        tmp_dir.mkdir()  # mode from the umask, unlike tempfile.mkdtemp's 0700
+        t = time.perf_counter()
+        outputs = _write_outputs(
+            tmp_dir, volume, lungs, lesions, metrics, config=config, dicom_seg=dicom_seg
+        )
+        timings["write"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+        provenance = dict(metrics.provenance)
+        provenance["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
+        metrics = dataclasses.replace(metrics, provenance=provenance)
+        (tmp_dir / METRICS_FILE).write_text(metrics_json(metrics))
+        outputs["metrics"] = METRICS_FILE
+        run = {
+            "lungvol_version": __version__,
+            "started_utc": started_utc,
+            "finished_utc": _utc_now(),
+            "command": {
+                "path": str(in_path),
+                "out_dir": str(out_dir),
+                "series_uid": series_uid,
+                "dicom_seg": dicom_seg,
+                "device": device,
+                "overwrite": overwrite,
+            },
+            "config_hash": config.hash,
+            "config_source": config.source,
+            "config": config.to_dict(),
+            "input": volume.source.to_dict(),
+            "device": _device_info(device),
+            "versions": package_versions(),
+            "timings_s": provenance["timings_s"],
+            "outputs": {**outputs, "run": RUN_FILE},
+        }
+        (tmp_dir / RUN_FILE).write_text(json.dumps(json_safe(run), indent=2) + "\n")
+        _publish(tmp_dir, out_dir, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    logger.info("wrote %s in %.2f s (total %.2f s)", out_dir, timings["write"], timings["total"])
+    return metrics

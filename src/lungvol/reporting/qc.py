@@ -1,0 +1,223 @@
+"""One-page QC figure of a segmented scan (qc.png): masks over the CT, numbers and flags.
+
+Three axial slices (30/50/70 % of the lungs' z extent) and one coronal slice through the lung
+centre, in a lung window, drawn in radiological convention (the patient's right on the image's
+left, marked R/L) with the true aspect ratio from the voxel spacing. Right/left lung contours
+and ground-glass/solid fills use distinct colours; a text band gives the volumes, proportions
+and QC flags. Uses matplotlib's object API with the Agg canvas (no pyplot global state).
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from lungvol.errors import SegmentationError
+from lungvol.types import (
+    LESION_GGO,
+    LESION_SOLID,
+    LUNG_LEFT,
+    LUNG_RIGHT,
+    CTVolume,
+    LesionMask,
+    LungMask,
+    ScanMetrics,
+    check_same_grid,
+)
+
+logger = logging.getLogger(__name__)
+
+# Display settings (not analysis thresholds): window, slice positions, colours.
+LUNG_WINDOW_HU = (-1350.0, 150.0)
+AXIAL_POSITIONS_FRACTION = (0.3, 0.5, 0.7)  # of the lungs' z extent, inferior -> superior
+RIGHT_LUNG_COLOUR = "#00d5ff"
+LEFT_LUNG_COLOUR = "#ff8c00"
+GGO_RGBA = (1.0, 0.95, 0.0, 0.45)
+SOLID_RGBA = (1.0, 0.0, 0.25, 0.65)
+_FLAG_WRAP_CHARS = 170
+_MAX_FLAG_LINES = 6
+
+
+def _lesion_rgba(lesion_slice: np.ndarray) -> np.ndarray:
+    rgba = np.zeros((*lesion_slice.shape, 4), dtype=np.float32)
+    rgba[lesion_slice == LESION_GGO] = GGO_RGBA
+    rgba[lesion_slice == LESION_SOLID] = SOLID_RGBA
+    return rgba
+
+
+def _draw_panel(
+    ax: Axes,
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    lesions: np.ndarray,
+    *,
+    extent: tuple[float, float, float, float],
+    origin: str,
+    title: str,
+) -> None:
+    ax.imshow(
+        hu,
+        cmap="gray",
+        vmin=LUNG_WINDOW_HU[0],
+        vmax=LUNG_WINDOW_HU[1],
+        extent=extent,
+        origin=origin,
+        interpolation="bilinear",
+    )
+    if np.any(lesions):
+        ax.imshow(_lesion_rgba(lesions), extent=extent, origin=origin, interpolation="nearest")
+    for label, colour in ((LUNG_RIGHT, RIGHT_LUNG_COLOUR), (LUNG_LEFT, LEFT_LUNG_COLOUR)):
+        mask = lungs == label
+        if mask.any() and not mask.all():
+            ax.contour(
+                mask.astype(np.float32),
+                levels=[0.5],
+                colors=colour,
+                linewidths=0.9,
+                extent=extent,
+                origin=origin,
+            )
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    style = {"color": "white", "fontsize": 11, "fontweight": "bold", "va": "top"}
+    # Low x index is the patient's right, drawn on the left of the image (radiological view).
+    ax.text(0.02, 0.98, "R", transform=ax.transAxes, ha="left", **style)
+    ax.text(0.98, 0.98, "L", transform=ax.transAxes, ha="right", **style)
+
+
+def _summary_text(metrics: ScanMetrics) -> str:
+    m = metrics
+    lines = [
+        f"Lungs {m.lung_volume_ml:.0f} mL (right {m.lung_volume_right_ml:.0f}, "
+        f"left {m.lung_volume_left_ml:.0f})    "
+        f"Lesion {m.lesion_volume_ml:.1f} mL = {m.lesion_proportion_pct:.2f}%    "
+        f"GGO {m.ggo_volume_ml:.1f} mL = {m.ggo_proportion_pct:.2f}%    "
+        f"Solid {m.solid_volume_ml:.1f} mL = {m.solid_proportion_pct:.2f}%    "
+        f"Normal CT: {'yes' if m.normal_ct else 'no'}    "
+        f"Lung HU mean {m.lung_hu.get('mean_hu', float('nan')):.0f}",
+    ]
+    prov = m.provenance
+    lines.append(
+        f"lungvol {prov.get('lungvol_version', '?')}  config {prov.get('config_hash', '?')}  "
+        f"input sha256 {str(prov.get('input', {}).get('sha256', '?'))[:12]}"
+    )
+    if m.qc_flags:
+        flag_lines: list[str] = []
+        for flag in m.qc_flags:
+            flag_lines += textwrap.wrap("QC " + flag, _FLAG_WRAP_CHARS)
+        if len(flag_lines) > _MAX_FLAG_LINES:
+            hidden = len(flag_lines) - _MAX_FLAG_LINES + 1
+            more = f"... {hidden} more line(s) in metrics.json"
+            flag_lines = [*flag_lines[: _MAX_FLAG_LINES - 1], more]
+        lines += flag_lines
+    else:
+        lines.append("QC flags: none")
+    return "\n".join(lines)
+
+
+def render_qc_png(
+    volume: CTVolume,
+    lungs: LungMask,
+    lesions: LesionMask,
+    metrics: ScanMetrics,
+    path: str | Path,
+    *,
+    dpi: int = 110,
+) -> Path:
+    """Write the QC figure to ``path`` (PNG) and return the path.
+
+    Parameters
+    ----------
+    volume : CTVolume
+    lungs, lesions : LungMask, LesionMask
+        Label maps on the CT grid.
+    metrics : ScanMetrics
+        Numbers and flags printed in the text band.
+    path : path-like
+        Output PNG file.
+    dpi : int
+        Resolution of the PNG.
+
+    Raises
+    ------
+    GeometryError
+        If a mask is not on the CT grid.
+    SegmentationError
+        If the lung mask is empty (nothing to centre the slices on).
+    """
+    check_same_grid(lungs.labels, volume, name="lung mask")
+    check_same_grid(lesions.labels, volume, name="lesion mask")
+    labels = lungs.labels
+    per_z = np.count_nonzero(labels, axis=(1, 2))
+    z_idx = np.flatnonzero(per_z)
+    if z_idx.size == 0:
+        raise SegmentationError("the lung mask is empty; there is nothing to show in qc.png")
+    z_lo, z_hi = int(z_idx[0]), int(z_idx[-1])
+    # Coronal plane through the lungs' centre of mass along y (anterior -> posterior).
+    per_y = np.count_nonzero(labels[z_lo : z_hi + 1], axis=(0, 2)).astype(np.float64)
+    y_centre = int(round(float(np.dot(np.arange(per_y.size), per_y) / per_y.sum())))
+
+    nz, ny, nx = volume.shape
+    sz, sy, sx = volume.spacing_mm
+    fig = Figure(figsize=(16, 6.2), dpi=dpi, facecolor="black")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(
+        2, 4, height_ratios=(5.0, 1.2), left=0.01, right=0.99, top=0.95, bottom=0.01,
+        wspace=0.04, hspace=0.06,
+    )
+    axial_extent = (0.0, nx * sx, ny * sy, 0.0)  # rows = y (anterior at the top)
+    for i, fraction in enumerate(AXIAL_POSITIONS_FRACTION):
+        z = int(round(z_lo + fraction * (z_hi - z_lo)))
+        ax = fig.add_subplot(grid[0, i])
+        _draw_panel(
+            ax,
+            volume.hu[z],
+            labels[z],
+            lesions.labels[z],
+            extent=axial_extent,
+            origin="upper",
+            title=f"axial {int(fraction * 100)}% (slice {z + 1}/{nz})",
+        )
+    ax = fig.add_subplot(grid[0, 3])
+    _draw_panel(
+        ax,
+        volume.hu[:, y_centre, :],
+        labels[:, y_centre, :],
+        lesions.labels[:, y_centre, :],
+        extent=(0.0, nx * sx, 0.0, nz * sz),  # rows = z, superior at the top
+        origin="lower",
+        title=f"coronal (row {y_centre + 1}/{ny})",
+    )
+    for axis in fig.axes:
+        axis.title.set_color("white")
+    legend = [
+        Line2D([0], [0], color=RIGHT_LUNG_COLOUR, lw=2, label="right lung"),
+        Line2D([0], [0], color=LEFT_LUNG_COLOUR, lw=2, label="left lung"),
+        Patch(color=GGO_RGBA, label="ground-glass"),
+        Patch(color=SOLID_RGBA, label="solid"),
+    ]
+    fig.legend(
+        handles=legend, loc="upper center", ncol=4, fontsize=9, frameon=False,
+        labelcolor="white", bbox_to_anchor=(0.5, 1.0),
+    )
+    text_ax = fig.add_subplot(grid[1, :])
+    text_ax.set_axis_off()
+    colour = "#ff6060" if metrics.qc_flags else "white"
+    text_ax.text(
+        0.0, 1.0, _summary_text(metrics), transform=text_ax.transAxes, va="top", ha="left",
+        fontsize=9, family="monospace", color="white",
+    )
+    text_ax.axhline(1.0, color=colour, lw=1)
+    out = Path(path)
+    fig.savefig(out, dpi=dpi, facecolor=fig.get_facecolor())
+    logger.debug("wrote %s", out)
+    return out
