@@ -295,12 +295,12 @@ def analyze_2x2(
         note = "zero cell: exact conditional logistic regression"
     else:
         odds_ratio = wald
-        assert min_expected is not None  # total > 0 here; narrows the type for mypy
-        if min_expected >= min_expected_for_chi2 and chi2_p is not None:
+        smallest = min_expected if min_expected is not None else 0.0
+        if smallest >= min_expected_for_chi2 and chi2_p is not None:
             p, p_method = chi2_p, "Pearson chi-square (no continuity correction)"
         else:
             p, p_method = fisher_p, "Fisher exact (two-sided)"
-        note = f"smallest expected count {min_expected:.2f}"
+        note = f"smallest expected count {smallest:.2f}"
     return TwoByTwoResult(
         events1=a, n1=m1, events2=c, n2=m2, odds_ratio=odds_ratio, wald=wald, exact=exact,
         chi2_statistic=chi2_stat, chi2_p=chi2_p, fisher_p=fisher_p, min_expected=min_expected,
