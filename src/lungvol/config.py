@@ -44,6 +44,9 @@ class IOConfig:
     # A CT in HU has air near -1000 HU; these bounds decide "not HU".
     air_hu_max: float = -850.0
     min_value_hu_max: float = -900.0
+    # Values below this are padding outside the field of view (-2048, -3024 ...), not air;
+    # the "is there air" check ignores them.
+    padding_hu_max: float = -1100.0
     # Series selection: a series "covers" the scan when its z extent is at least this
     # fraction of the largest extent among usable series; the thinnest covering one wins.
     series_coverage_fraction: float = 0.9
@@ -82,8 +85,38 @@ class LungSegmentationConfig:
     fill_closing_radius_mm: float = 12.0  # closing that brings dense pathology into the lung
     pleural_hull: bool = True  # include pleura-based opacities via a slice-wise hull
     smoothing_radius_mm: float = 2.0
+    # Border-touching air with a median above this is lung cut by the field of view;
+    # at or below it, it is outside air (pure air reads about -1000 HU).
+    pure_air_max_hu: float = -950.0
+    # Trachea search: top fraction of the internal-air slices, lumen area [min, max] in mm2,
+    # largest left-right offset from the body centre as a fraction of the half body width.
+    trachea_search_fraction: float = 0.3
+    trachea_area_mm2: tuple[float, float] = (40.0, 1000.0)
+    trachea_max_offset_fraction: float = 0.25
+    airway_max_volume_ml: float = 250.0  # a larger grown tree = leakage into the lung
+    # Airway growth threshold rises from airway_max_hu to this, in steps, until leakage.
+    airway_threshold_max_hu: float = -850.0
+    airway_threshold_step_hu: float = 10.0
+    # Airway is "proximal" (removed) where lung parenchyma fills less than this fraction
+    # of a box of +/- airway_neighbourhood_mm around it (trachea, main bronchi, hila).
+    airway_neighbourhood_mm: float = 10.0
+    proximal_airway_max_lung_fraction: float = 0.4
+    airway_wall_mm: float = 3.0  # wall band removed around the proximal airway
+    fragment_distance_mm: float = 4.0  # small lung-like air islands this close join a lung
+    pathology_max_hu: float = 100.0  # closing/hull may add voxels at or below this (no bone)
+    # 2-D holes whose top+bottom faces touch non-lung for more than this fraction open onto
+    # the abdomen (diaphragm dome) and are not filled.
+    max_open_face_fraction: float = 0.5
+    pleural_max_depth_mm: float = 20.0  # deepest pleura-based opacity added by the hull
+    # Hull deficits centred more than this fraction of the lung width medially are
+    # mediastinum / heart / hilum and are not added.
+    pleural_medial_tolerance_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "trachea_area_mm2", tuple(float(v) for v in self.trachea_area_mm2)
+        )
+        _check_band("lungs.trachea_area_mm2", self.trachea_area_mm2)
         if self.working_spacing_mm <= 0:
             raise ConfigError("lungs.working_spacing_mm must be > 0")
         if not self.air_threshold_hu > -1024:
