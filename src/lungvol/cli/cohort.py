@@ -1,9 +1,207 @@
-"""CLI commands: cohort (placeholder until implemented)."""
+"""``lungvol cohort run|analyze`` and ``lungvol simulate-trial``: thin shells over the library."""
 
 from __future__ import annotations
 
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from lungvol.cli._common import console, fail, handle_errors
+
+cohort_app = typer.Typer(
+    help="Longitudinal cohorts: segment every visit of every subject, then the trial endpoints.",
+    no_args_is_help=True,
+)
+
+TrialOption = Annotated[
+    Path | None,
+    typer.Option("--trial", help="Trial definition YAML (default: configs/shi2022.yaml)."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
+
+
+def _make_executor(workers: int, scheduler: str | None):
+    if scheduler:
+        try:
+            from lungvol.cohort.dask_executor import DaskExecutor
+        except ImportError as err:
+            fail(
+                f"--scheduler needs lungvol.cohort.dask_executor and dask.distributed ({err}); "
+                "pip install 'lungvol[dask]' or drop --scheduler"
+            )
+        return DaskExecutor(scheduler)
+    from lungvol.cohort.executors import LocalProcessExecutor
+
+    return LocalProcessExecutor(workers)
+
+
+@cohort_app.command("run")
+@handle_errors
+def run_command(
+    cohort: Annotated[Path, typer.Argument(help="Cohort folder: COHORT/<subject>/<visit>/.")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output folder (resumable).")],
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel processes.")] = 1,
+    manifest: Annotated[
+        Path | None, typer.Option("--manifest", help="Manifest CSV (default: COHORT/manifest.csv).")
+    ] = None,
+    trial: TrialOption = None,
+    config: Annotated[Path | None, typer.Option("--config", help="lungvol config YAML.")] = None,
+    rerun_changed: Annotated[
+        bool,
+        typer.Option(
+            "--rerun-changed", help="Accept an OUT made with another config; redo its scans."
+        ),
+    ] = False,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler", help="Dask scheduler address tcp://HOST:PORT instead of local processes."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "cpu",
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Segment every scan of a cohort in parallel; skip finished scans; record failures."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from lungvol.cohort.discover import discover_cohort
+    from lungvol.cohort.run import run_cohort
+    from lungvol.cohort.trial import load_trial
+    from lungvol.config import load_config
+    from lungvol.device import resolve_device
+
+    _setup_logging(verbose)
+    trial_cfg = load_trial(trial)
+    cfg = load_config(config)
+    resolved = resolve_device(device)
+    found = discover_cohort(cohort, trial_cfg, manifest=manifest)
+    for issue in found.issues:
+        console.print(f"[yellow]note:[/] {issue.message}", highlight=False)
+    executor = _make_executor(workers, scheduler)
+    show = not no_progress and sys.stderr.isatty()
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+            disable=not show,
+        ) as progress:
+            task = progress.add_task("segmenting", total=len(found.jobs))
+
+            def on_progress(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            summary = run_cohort(
+                found,
+                out,
+                cfg,
+                executor=executor,
+                on_progress=on_progress,
+                rerun_changed=rerun_changed,
+                device=resolved,
+                trial_hash=trial_cfg.hash,
+            )
+    finally:
+        executor.close()
+    from lungvol.cohort.results import collect_results
+
+    collect_results(out)
+    typer.echo(
+        f"{summary.total} scans: {summary.done} done, {summary.skipped} skipped (complete), "
+        f"{summary.failed} failed in {summary.seconds:.1f} s; table: {out / 'scans.csv'}"
+    )
+    for f in summary.failures:
+        typer.echo(f"  failed {f['subject']}/{f['visit']}: {f['error_type']}: {f['error'][:160]}")
+    if summary.failed:
+        typer.echo(
+            f"  failures listed in {out / 'failures.csv'}; rerun the same command to retry them"
+        )
+
+
+@cohort_app.command("analyze")
+@handle_errors
+def analyze_command(
+    out: Annotated[Path, typer.Argument(help="Output folder of `lungvol cohort run`.")],
+    trial: TrialOption = None,
+    reads: Annotated[
+        Path | None,
+        typer.Option(
+            "--reads",
+            help="Radiologist reads CSV (subject, visit, normal yes/no); they take precedence.",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
+) -> None:
+    """Endpoints per arm and visit: endpoints.csv, table2.md, Figure 2 (PNG, SVG), report.html."""
+    from lungvol.cohort.trial import load_trial
+    from lungvol.reporting.cohort_report import analyze_cohort
+
+    _setup_logging(verbose)
+    result = analyze_cohort(out, load_trial(trial), reads_path=reads)
+    typer.echo(result.files["table2_md"].read_text())
+    for name in ("endpoints_csv", "table2_md", "report_html"):
+        typer.echo(f"{name}: {result.files[name]}")
+
+
+def simulate_trial_command(
+    out: Annotated[Path, typer.Argument(help="Folder for the simulated cohort (must not exist).")],
+    trial: TrialOption = None,
+    subjects_per_arm: Annotated[
+        str, typer.Option("--subjects-per-arm", help="N for both arms, or N1,N2 (e.g. 65,35).")
+    ] = "5",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    size: Annotated[
+        str, typer.Option("--size", help="Phantom size: tiny | small | full.")
+    ] = "tiny",
+    missing_fraction: Annotated[
+        float,
+        typer.Option("--missing-fraction", help="Share of follow-up visits left without a scan."),
+    ] = 0.15,
+    fmt: Annotated[str, typer.Option("--format", help="dicom | nifti")] = "nifti",
+) -> None:
+    """Write a cohort of phantom scans whose arm medians follow the trial's published Table 2."""
+    from lungvol.cohort.simulate import simulate_trial
+    from lungvol.cohort.trial import load_trial
+
+    try:
+        counts = [int(v) for v in subjects_per_arm.split(",")]
+    except ValueError:
+        fail(f"--subjects-per-arm must be N or N1,N2, got {subjects_per_arm!r}")
+    if len(counts) == 1:
+        counts = counts * 2
+    result = simulate_trial(
+        out,
+        load_trial(trial),
+        subjects_per_arm=tuple(counts),
+        seed=seed,
+        size=size,
+        missing_fraction=missing_fraction,
+        fmt=fmt,
+    )
+    typer.echo(
+        f"{result.n_scans} scans of {result.n_subjects} subjects in {out}; manifest "
+        f"{result.manifest}; truth {result.truth}"
+    )
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the main app."""
+    app.add_typer(cohort_app, name="cohort")
+    app.command("simulate-trial")(handle_errors(simulate_trial_command))

@@ -1,0 +1,180 @@
+"""``analyze_cohort``: a cohort output folder -> endpoints.csv, table2.md, figures, report.html."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lungvol import __version__
+from lungvol.cohort.endpoints import endpoint_rows, read_reads, subject_visit_table
+from lungvol.cohort.results import collect_results, read_csv_rows
+from lungvol.cohort.trial import TrialConfig
+from lungvol.errors import CohortError
+from lungvol.reporting import tables
+from lungvol.reporting.figures import write_figures
+from lungvol.reporting.html import build_report_html, figure_html, html_table, thumbnails_html
+
+logger = logging.getLogger(__name__)
+
+ANALYSIS_DIR = "analysis"
+
+
+@dataclass(frozen=True)
+class CohortAnalysis:
+    """What ``analyze_cohort`` computed and where it wrote it."""
+
+    scans: list[dict[str, Any]]
+    subject_visits: list[dict[str, Any]]
+    endpoints: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
+def analyze_cohort(
+    out: str | Path,
+    trial: TrialConfig,
+    *,
+    reads_path: str | Path | None = None,
+    analysis_dir: str | Path | None = None,
+) -> CohortAnalysis:
+    """Collect a cohort run's results and write the trial's endpoint tables, figures and report.
+
+    Writes into ``analysis_dir`` (default ``out/analysis``): ``scans.csv`` (+ Parquet) is
+    written in ``out``; ``subject_visits.csv``, ``endpoints.csv``, ``table2.md``,
+    ``figure2_<endpoint>.png/.svg`` and ``report.html``.
+
+    Raises
+    ------
+    CohortError
+        If ``out`` is not a cohort output folder, or ``reads_path`` is malformed.
+    """
+    out = Path(out)
+    scans = collect_results(out)
+    arms = {r["subject"]: r["arm"] for r in read_csv_rows(out / "subjects.csv")}
+    unknown_arms = sorted({a for a in arms.values()} - set(trial.arm_names))
+    if unknown_arms:
+        raise CohortError(
+            f"{out} has arms {unknown_arms} that trial {trial.name} does not define; pass the "
+            "trial file the cohort was run with (--trial)"
+        )
+    unknown_visits = sorted({s["visit"] for s in scans} - set(trial.visit_names))
+    if unknown_visits:
+        raise CohortError(
+            f"{out} has visits {unknown_visits} that trial {trial.name} does not define; pass the "
+            "trial file the cohort was run with (--trial)"
+        )
+    reads = read_reads(reads_path, trial, list(arms)) if reads_path else []
+    table = subject_visit_table(scans, arms, trial, reads=reads)
+    rows = endpoint_rows(table, trial)
+
+    target = Path(analysis_dir) if analysis_dir else out / ANALYSIS_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {"scans_csv": out / "scans.csv"}
+    files["subject_visits_csv"] = tables.write_rows_csv(table, target / "subject_visits.csv")
+    files["endpoints_csv"] = tables.write_rows_csv(rows, target / "endpoints.csv")
+    n_subjects = {a: sum(1 for s in arms.values() if s == a) for a in trial.arm_names}
+    md = tables.table2_markdown(rows, trial, n_subjects=n_subjects)
+    files["table2_md"] = target / "table2.md"
+    files["table2_md"].write_text(md, encoding="utf-8")
+    figures = write_figures(rows, trial, target)
+    for name, paths in figures.items():
+        files[f"figure_{name}_png"] = paths["png"]
+        files[f"figure_{name}_svg"] = paths["svg"]
+    issues = (
+        read_csv_rows(out / "cohort_issues.csv") if (out / "cohort_issues.csv").is_file() else []
+    )
+    page = _report_page(out, trial, scans, table, rows, figures, issues, n_subjects, reads_path)
+    files["report_html"] = target / "report.html"
+    files["report_html"].write_text(page, encoding="utf-8")
+    logger.info("analysis written to %s", target)
+    return CohortAnalysis(scans=scans, subject_visits=table, endpoints=rows, files=files)
+
+
+def _report_page(
+    out: Path,
+    trial: TrialConfig,
+    scans: list[dict[str, Any]],
+    table: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    figures: dict[str, dict[str, Path]],
+    issues: list[dict[str, str]],
+    n_subjects: dict[str, int],
+    reads_path: str | Path | None,
+) -> str:
+    run = json.loads((out / "run.json").read_text())
+    n_ok = sum(1 for s in scans if s["status"] == "ok")
+    n_failed = sum(1 for s in scans if s["status"] == "failed")
+    n_pending = sum(1 for s in scans if s["status"] == "pending")
+    arms = ", ".join(f"{trial.arm_label(a)}: {n_subjects[a]} subjects" for a in trial.arm_names)
+    intro = (
+        f"lungvol {__version__}, generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        f"Config {run.get('config_hash')}, trial {trial.name} ({trial.hash}). {arms}. "
+        f"Scans: {n_ok} measured, {n_failed} failed, {n_pending} not yet segmented. "
+        f"Normal CT from {'radiologist reads where given, else ' if reads_path else ''}"
+        "lungvol's rule."
+    )
+    sections: list[tuple[str, str]] = []
+    sections.append(
+        (
+            "Table 2: change from baseline",
+            html_table(tables.table2_header(trial), tables.table2_rows(rows, trial))
+            + "<p class='note'>Relative change 100 × (visit − baseline) / baseline; "
+            "median (Q1, Q3); "
+            f"Hodges-Lehmann difference ({trial.hl_ci.upper()} CI) and Wilcoxon rank-sum p.</p>"
+            + html_table(tables.absolute_header(trial), tables.absolute_rows(rows, trial)),
+        )
+    )
+    normal = tables.normal_ct_table(rows, trial)
+    if normal:
+        sections.append(("Normal chest CT", html_table(tables.normal_ct_header(trial), normal)))
+    figs = "".join(
+        figure_html(paths["png"], f"Figure 2 — {trial_endpoint_label(trial, name)}")
+        for name, paths in figures.items()
+    )
+    sections.append(("Figures", figs))
+    imputed = [
+        [r["subject"], trial.arm_label(r["arm"]), r["visit"], r["imputed_from"], r["scan_status"]]
+        for r in table
+        if r["is_imputed"]
+    ]
+    sections.append(
+        (
+            f"Imputed visits (LOCF): {len(imputed)}",
+            html_table(["Subject", "Arm", "Visit", "Carried from", "Scan status"], imputed)
+            if imputed
+            else "<p>None.</p>",
+        )
+    )
+    failed = [
+        [s["subject"], s["visit"], s["scan"], s["error"]] for s in scans if s["status"] != "ok"
+    ]
+    sections.append(
+        (
+            f"Failed or pending scans: {len(failed)}",
+            html_table(["Subject", "Visit", "Scan", "Error"], failed) if failed else "<p>None.</p>",
+        )
+    )
+    if issues:
+        sections.append(
+            (
+                f"Cohort issues: {len(issues)}",
+                html_table(
+                    ["Subject", "Kind", "Message"],
+                    [[i["subject"], i["kind"], i["message"]] for i in issues],
+                ),
+            )
+        )
+    sections.append(("Per-scan QC", thumbnails_html(scans, out)))
+    title = f"lungvol cohort report — {html.unescape(trial.title or trial.name)}"
+    return build_report_html(title=title, intro=intro, sections=sections)
+
+
+def trial_endpoint_label(trial: TrialConfig, name: str) -> str:
+    for e in trial.endpoints:
+        if e.name == name:
+            return e.label
+    return name
