@@ -38,11 +38,14 @@ logger = logging.getLogger(__name__)
 # Display settings (not analysis thresholds): window, slice positions, colours.
 LUNG_WINDOW_HU = (-1350.0, 150.0)
 AXIAL_POSITIONS_FRACTION = (0.3, 0.5, 0.7)  # of the lungs' z extent, inferior -> superior
-RIGHT_LUNG_COLOUR = "#00d5ff"
-LEFT_LUNG_COLOUR = "#ff8c00"
-GGO_RGBA = (1.0, 0.95, 0.0, 0.45)
-SOLID_RGBA = (1.0, 0.0, 0.25, 0.65)
+RIGHT_LUNG_COLOUR = "#00e5ff"  # cyan contour
+LEFT_LUNG_COLOUR = "#ff40ff"  # magenta contour
+GGO_RGBA = (1.0, 0.9, 0.0, 0.5)  # yellow fill
+SOLID_RGBA = (1.0, 0.1, 0.1, 0.75)  # red fill
 _FLAG_WRAP_CHARS = 170
+_CENTRE_STEP = 4
+# zlib level 3 instead of PIL's default 6: ~3x faster encoding, ~10 % larger file.
+_PNG_COMPRESS_LEVEL = 3
 _MAX_FLAG_LINES = 6
 
 
@@ -157,13 +160,17 @@ def render_qc_png(
     check_same_grid(lungs.labels, volume, name="lung mask")
     check_same_grid(lesions.labels, volume, name="lesion mask")
     labels = lungs.labels
-    per_z = np.count_nonzero(labels, axis=(1, 2))
-    z_idx = np.flatnonzero(per_z)
+    # uint8 max is much faster than count_nonzero(axis=...) on 10^8 voxels.
+    z_idx = np.flatnonzero(labels.max(axis=(1, 2)))
     if z_idx.size == 0:
         raise SegmentationError("the lung mask is empty; there is nothing to show in qc.png")
     z_lo, z_hi = int(z_idx[0]), int(z_idx[-1])
-    # Coronal plane through the lungs' centre of mass along y (anterior -> posterior).
-    per_y = np.count_nonzero(labels[z_lo : z_hi + 1], axis=(0, 2)).astype(np.float64)
+    # Coronal plane through the lungs' centre of mass along y (anterior -> posterior),
+    # estimated on every _CENTRE_STEP-th slice and column (a display choice, not a measure).
+    sub = labels[z_lo : z_hi + 1 : _CENTRE_STEP, :, ::_CENTRE_STEP]
+    per_y = np.count_nonzero(sub, axis=(0, 2)).astype(np.float64)
+    if per_y.sum() == 0:  # lungs only on skipped slices/columns
+        per_y = np.count_nonzero(labels[z_lo : z_hi + 1], axis=(0, 2)).astype(np.float64)
     y_centre = int(round(float(np.dot(np.arange(per_y.size), per_y) / per_y.sum())))
 
     nz, ny, nx = volume.shape
@@ -218,6 +225,11 @@ def render_qc_png(
     )
     text_ax.axhline(1.0, color=colour, lw=1)
     out = Path(path)
-    fig.savefig(out, dpi=dpi, facecolor=fig.get_facecolor())
+    fig.savefig(
+        out,
+        dpi=dpi,
+        facecolor=fig.get_facecolor(),
+        pil_kwargs={"compress_level": _PNG_COMPRESS_LEVEL},
+    )
     logger.debug("wrote %s", out)
     return out
