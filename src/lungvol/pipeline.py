@@ -64,7 +64,10 @@ def _make_parents(folder: Path) -> list[Path]:
     created: list[Path] = []
     for parent in [folder, *folder.parents][::-1]:
         if not parent.exists():
-            parent.mkdir()
+            try:
+                parent.mkdir()
+            except FileExistsError:  # a parallel worker made it first
+                continue
             created.append(parent)
     return created[::-1]
 
