@@ -39,6 +39,9 @@ _NUMPY_QUANTILE_METHOD = {"sas5": "averaged_inverted_cdf", "r7": "linear"}
 EXACT_MAX_N_PER_ARM = 49
 # Largest number of pairwise differences held in memory for Hodges-Lehmann (8 bytes each).
 MAX_PAIRWISE_DIFFERENCES = 20_000_000
+# Largest n1 x n2 for the exact Mann-Whitney distribution (exact integers; ~1.5 s at 200 x 200).
+# Far below it the exact and asymptotic Moses CIs already agree to within one order statistic.
+MAX_EXACT_DIFFERENCES = 40_000
 
 
 def _clean(values: Iterable[float | None] | np.ndarray, *, name: str) -> tuple[np.ndarray, int]:
@@ -75,29 +78,36 @@ def mann_whitney_cdf(n1: int, n2: int) -> np.ndarray:
     """Exact null CDF of the Mann-Whitney U statistic (no ties): ``cdf[u] = P(U <= u)``.
 
     scipy exposes exact Mann-Whitney p-values but not the distribution's quantiles, which the
-    exact Moses CI needs (R's ``qwilcox``), so it is written here. The counts of U are the
-    coefficients of the Gaussian binomial [n1 + n2 choose n1]_q = prod_{i=1..n1}
-    (1 - q^(n2+i)) / (1 - q^i), built factor by factor (dividing by (1 - q^i) is a strided
-    cumulative sum), renormalised at each step so large samples do not overflow.
+    exact Moses CI needs (R's ``qwilcox``), so it is written here (Harding 1984, Appl. Stat.
+    33:1-6): the counts of U are the coefficients of the Gaussian binomial
+    [n1 + n2 choose n1]_q = prod_{i=1..n1} (1 - q^(n2+i)) / (1 - q^i), built factor by factor
+    in exact integer arithmetic. (Floating point is not an option: the alternating
+    multiply/divide steps cancel catastrophically beyond ~100 per arm.) Limited to
+    ``n1 * n2 <= MAX_EXACT_DIFFERENCES``.
     """
     if n1 < 0 or n2 < 0:
         raise StatsError(f"arm sizes must be >= 0, got n1={n1}, n2={n2}")
     m = n1 * n2
-    coef = np.zeros(m + 1)
-    coef[0] = 1.0
+    if m > MAX_EXACT_DIFFERENCES:
+        raise StatsError(
+            f"exact Mann-Whitney distribution for n1={n1}, n2={n2} ({m} differences) is above "
+            f"the limit of {MAX_EXACT_DIFFERENCES}; use the asymptotic CI (ci='sas')"
+        )
+    counts = [0] * (m + 1)
+    counts[0] = 1
     for i in range(1, n1 + 1):
-        # multiply by 1 / (1 - q^i): within each residue class mod i, a cumulative sum.
-        pad = (-coef.size) % i
-        block = np.concatenate([coef, np.zeros(pad)]).reshape(-1, i)
-        coef = np.cumsum(block, axis=0).ravel()[: m + 1]
-        # multiply by (1 - q^(n2 + i)), truncated at degree m (exact: terms only move up).
+        deg = i * n2  # degree of [n2 + i choose i]_q, the product after this step
+        for j in range(i, deg + 1):  # divide by (1 - q^i)
+            counts[j] += counts[j - i]
         shift = n2 + i
-        if shift <= m:
-            coef[shift:] = coef[shift:] - coef[: m + 1 - shift].copy()
-        coef = np.clip(coef, 0.0, None)
-        coef /= coef.sum()
-    cdf = np.cumsum(coef)
-    cdf /= cdf[-1]
+        for j in range(deg, shift - 1, -1):  # multiply by (1 - q^(n2 + i))
+            counts[j] -= counts[j - shift]
+    total = math.comb(n1 + n2, n1)
+    cdf = np.empty(m + 1)
+    running = 0
+    for u, count in enumerate(counts):
+        running += count
+        cdf[u] = running / total  # int / int: correctly rounded
     return cdf
 
 
@@ -178,10 +188,16 @@ def hodges_lehmann(
     if ci == "exact" and has_ties:
         method = "sas"
         notes.append("exact CI needs untied data; ties present, asymptotic SAS CI given instead")
+    elif ci == "exact" and m > MAX_EXACT_DIFFERENCES:
+        method = "sas"
+        notes.append(
+            f"exact distribution not computed above {MAX_EXACT_DIFFERENCES} differences "
+            f"(n1 x n2 = {m}); asymptotic SAS CI given instead"
+        )
     if method == "exact":
         cdf = mann_whitney_cdf(n1, n2)
-        # qwilcox(alpha/2): smallest u with P(U <= u) >= alpha/2 (tiny tolerance for rounding).
-        c = int(np.searchsorted(cdf, alpha / 2.0 * (1.0 - 1e-12), side="left"))
+        # qwilcox(alpha/2): smallest u with P(U <= u) >= alpha/2, with R's fuzz of 10 eps.
+        c = int(np.searchsorted(cdf, alpha / 2.0 - 10 * np.finfo(float).eps, side="left"))
         if c == 0:
             c = 1  # as R: the smallest difference is the lower limit
         achieved = 1.0 - 2.0 * (float(cdf[c - 1]) if c >= 1 else 0.0)
