@@ -55,12 +55,8 @@ def _generate_phantom() -> Path:
     from lungvol.phantom import make_phantom, write_phantom
 
     t = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(dir=RESULTS, prefix=".phantom-"))
     phantom = make_phantom(shape=PHANTOM_SHAPE, spacing_mm=PHANTOM_SPACING_MM, seed=PHANTOM_SEED)
-    write_phantom(phantom, tmp, fmt="dicom")
-    if PHANTOM_DIR.exists():
-        shutil.rmtree(PHANTOM_DIR)
-    os.rename(tmp, PHANTOM_DIR)
+    write_phantom(phantom, PHANTOM_DIR, fmt="dicom", overwrite=True)  # atomic itself
     print(f"generated {PHANTOM_DIR} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return dicom
 

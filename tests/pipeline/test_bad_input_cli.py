@@ -10,26 +10,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pydicom
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
 import lungvol.segmentation as lseg
 from lungvol.cli import app
 from lungvol.io import write_dicom_series, write_volume
+from lungvol.phantom import Phantom, make_phantom
 
 runner = CliRunner()
 SMALL = (24, 48, 48)  # enough slices for io.min_slices; reading fails before segmentation
 SPACING = (5.0, 7.0, 7.0)
 
 
-def _run(args: list[str]):  # noqa: ANN202 - click Result
+def _run(args: list[str]) -> Result:
     return runner.invoke(app, ["segment", *args])
 
 
-def _assert_refused(result, out: Path, *, contains: str | None = None) -> str:  # noqa: ANN001
+def _assert_refused(result: Result, out: Path, *, contains: str | None = None) -> str:
     """Exit code 1, exactly one stderr line, no traceback, no output, no temp folder."""
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -54,10 +57,8 @@ def _soft_tissue_hu(shape: tuple[int, int, int] = SMALL) -> np.ndarray:
     return hu
 
 
-def _small_phantom():  # noqa: ANN202 - Phantom
-    from lungvol.phantom import make_phantom
-
-    return make_phantom(shape=(40, 96, 96), spacing_mm=(7.5, 3.6, 3.6), seed=3)
+def _small_phantom() -> Phantom:
+    return make_phantom(shape=(40, 96, 96), seed=3)
 
 
 def test_missing_path(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ def test_interrupted_run_exits_130_and_leaves_nothing(
     phantom = _small_phantom()
     write_volume(phantom.hu, tmp_path / "ct.nii.gz", spacing_mm=phantom.spacing_mm)
 
-    def interrupt(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def interrupt(*args: object, **kwargs: object) -> NoReturn:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lseg, "segment_lesions", interrupt)

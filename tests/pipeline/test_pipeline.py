@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import lungvol.segmentation as lseg
 from lungvol.config import LungvolConfig, config_from_dict
 from lungvol.errors import InputError
 from lungvol.pipeline import segment_scan
+from lungvol.types import CTVolume
 
 from ._synthetic import chest
 
@@ -31,7 +33,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     vol, lungs, lesions = chest(spacing_mm=(2.0, 0.8, 0.7))
     calls: dict[str, int] = {"read": 0}
 
-    def read_ct(path, *, series_uid=None, config=None):  # noqa: ANN001, ANN202
+    def read_ct(path: object, *, series_uid: object = None, config: object = None) -> CTVolume:
         calls["read"] += 1
         return vol
 
@@ -114,7 +116,7 @@ def test_output_path_that_is_a_file_is_refused_even_with_overwrite(
 def test_ctrl_c_during_a_stage_leaves_nothing(
     fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str
 ) -> None:
-    def interrupt(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def interrupt(*args: object, **kwargs: object) -> NoReturn:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lseg, stage, interrupt, raising=False)
@@ -127,7 +129,7 @@ def test_ctrl_c_during_a_stage_leaves_nothing(
 def test_ctrl_c_while_writing_removes_the_temp_folder_and_created_parents(
     fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def interrupt(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def interrupt(*args: object, **kwargs: object) -> NoReturn:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "render_qc_png", interrupt)
@@ -145,7 +147,7 @@ def test_failed_overwrite_keeps_the_previous_result(
     segment_scan(fake_stages, out, config=CFG)
     before = (out / "metrics.json").read_text()
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def broken(*args: object, **kwargs: object) -> NoReturn:
         raise OSError("disk full")
 
     monkeypatch.setattr(pipeline, "render_qc_png", broken)

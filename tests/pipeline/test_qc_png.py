@@ -30,7 +30,8 @@ def test_qc_png_is_written_with_the_configured_dpi(tmp_path: Path) -> None:
     panel = rgb[:, : rgb.shape[1] // 4].astype(int)
     cyan = (panel[..., 0] < 90) & (panel[..., 1] > 170) & (panel[..., 2] > 170)
     magenta = (panel[..., 0] > 170) & (panel[..., 1] < 120) & (panel[..., 2] > 170)
-    assert cyan.sum() > 20 and magenta.sum() > 20
+    assert cyan.sum() > 20
+    assert magenta.sum() > 20
     assert np.nonzero(cyan)[1].mean() < np.nonzero(magenta)[1].mean()
 
 

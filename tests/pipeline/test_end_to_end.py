@@ -1,0 +1,124 @@
+"""`lungvol segment` end to end with the real stages (io, segmentation, quantification, qc).
+
+Fast: the committed phantom (sample_data/phantom_small, DICOM) against its truth.json.
+Slow: the real 141-slice chest CT in ../shared (skipped when absent).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813 - the test reads the written masks back directly
+from typer.testing import CliRunner
+
+from lungvol.cli import app
+from lungvol.config import load_config
+from lungvol.io import read_ct
+from lungvol.pipeline import segment_scan
+from lungvol.types import ScanMetrics
+
+runner = CliRunner()
+EXPECTED_FILES = {"lungs.nii.gz", "lesions.nii.gz", "metrics.json", "qc.png", "run.json"}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+
+
+@pytest.fixture(scope="module")
+def phantom_run(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    src = sample_data / "phantom_small" / "dicom"
+    assert src.is_dir(), f"{src} is missing; the phantom engineer commits sample_data/phantom_small"
+    out = tmp_path_factory.mktemp("e2e") / "phantom_small"
+    result = runner.invoke(app, ["segment", str(src), "-o", str(out), "--dicom-seg", "--json"])
+    truth = json.loads((src.parent / "truth.json").read_text())
+    return src, out, result, truth
+
+
+def test_phantom_run_succeeds_and_writes_every_output(phantom_run: tuple) -> None:
+    src, out, result, _ = phantom_run
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES | {"seg.dcm"}
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_json_stdout_is_metrics_json_with_every_field(phantom_run: tuple) -> None:
+    _, out, result, _ = phantom_run
+    assert result.stdout == (out / "metrics.json").read_text()
+    metrics = json.loads(result.stdout)
+    assert set(metrics) == {f.name for f in dataclasses.fields(ScanMetrics)}
+    assert {"mean_hu", "std_hu", "p5_hu", "p50_hu", "p95_hu"} <= set(metrics["lung_hu"])
+    prov = metrics["provenance"]
+    assert prov["input"]["kind"] == "dicom"
+    assert prov["input"]["series_uid"]
+    assert len(prov["input"]["sha256"]) == 64
+    assert prov["input"]["study_date"] == "20200101"
+    assert prov["config_hash"] == load_config().hash
+    assert {"read", "lungs", "lesions", "quantification", "write", "total"} <= set(
+        prov["timings_s"]
+    )
+    assert "phantom" not in json.dumps(metrics).lower()  # the pseudonymous patient id
+
+
+def test_masks_have_the_ct_geometry_and_match_the_truth(phantom_run: tuple) -> None:
+    src, out, _, _ = phantom_run
+    ct = read_ct(src)
+    truth_lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(src.parent / "truth_lungs.nii.gz")))
+    for name in ("lungs.nii.gz", "lesions.nii.gz"):
+        img = sitk.ReadImage(str(out / name))
+        assert sitk.GetArrayFromImage(img).shape == ct.shape
+        np.testing.assert_allclose(img.GetSpacing()[::-1], ct.spacing_mm, rtol=1e-5)
+        np.testing.assert_allclose(img.GetOrigin(), ct.origin_lps_mm, atol=1e-3)
+        np.testing.assert_allclose(
+            np.reshape(img.GetDirection(), (3, 3)), ct.direction, atol=1e-6
+        )
+    lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lungs.nii.gz")))
+    # Same side labels as the truth: a right/left swap or a flipped axis would fail here.
+    for label in (1, 2):
+        assert _dice(lungs == label, truth_lungs == label) > 0.85
+
+
+def test_phantom_metrics_agree_with_truth_loosely(phantom_run: tuple) -> None:
+    _, out, _, truth = phantom_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["lung_volume_ml"] == pytest.approx(truth["lung_volume_ml"], rel=0.10)
+    assert m["lung_volume_right_ml"] == pytest.approx(truth["lung_volume_right_ml"], rel=0.15)
+    assert m["lung_volume_left_ml"] == pytest.approx(truth["lung_volume_left_ml"], rel=0.15)
+    assert m["lesion_proportion_pct"] == pytest.approx(truth["lesion_proportion_pct"], rel=0.35)
+    assert m["solid_proportion_pct"] == pytest.approx(truth["solid_proportion_pct"], rel=0.5)
+    assert m["lesion_volume_ml"] == pytest.approx(m["ggo_volume_ml"] + m["solid_volume_ml"])
+    assert m["normal_ct"] is (truth["lesion_proportion_pct"] < 1.0)
+
+
+def test_dicom_seg_is_readable_by_highdicom_and_references_the_source(phantom_run: tuple) -> None:
+    import highdicom as hd
+
+    _, out, _, _ = phantom_run
+    seg = hd.seg.segread(out / "seg.dcm")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(seg.segment_descriptions) >= 2
+    referenced = {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence}
+    assert metrics["provenance"]["input"]["series_uid"] in referenced
+
+
+@pytest.mark.slow
+def test_real_chest_ct_end_to_end_is_normal_with_plausible_lungs(
+    real_ct: Path, tmp_path: Path
+) -> None:
+    src = real_ct / "chest-ct-full-dicom" / "dicom"
+    out = tmp_path / "real"
+    metrics = segment_scan(src, out, config=load_config())
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
+    assert metrics.normal_ct is True
+    low, high = load_config().quantification.plausible_lung_volume_ml
+    assert low <= metrics.lung_volume_ml <= high
+    assert metrics.lung_volume_right_ml > 0.3 * metrics.lung_volume_ml
+    assert metrics.lung_volume_left_ml > 0.3 * metrics.lung_volume_ml
+    assert metrics.lung_hu["p50_hu"] < -750  # aerated lung parenchyma
+    codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
+    assert "lung_volume_implausible" not in codes
+    assert metrics.provenance["input"]["n_files"] == 141
