@@ -65,8 +65,10 @@ def endpoint_figure(
         axes[1].errorbar(
             x, mean, yerr=se, color=ARM_COLORS[i], marker=ARM_MARKERS[i], capsize=3, label=label
         )
-    axes[0].set_ylabel(f"{endpoint.label}: change from baseline (%)\nmedian, bars Q1–Q3")
-    axes[1].set_ylabel(f"{endpoint.label}: change from baseline (pp)\nmean, bars ± SE")
+    axes[0].set_ylabel("relative change from baseline (%)")
+    axes[0].set_title("median, bars Q1–Q3", fontsize=10)
+    axes[1].set_ylabel("absolute change from baseline (percentage points)")
+    axes[1].set_title("mean, bars ± SE", fontsize=10)
     for ax in axes:
         ax.axhline(0.0, color="0.6", linewidth=0.8)
         ax.set_xticks(days)

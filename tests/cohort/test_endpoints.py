@@ -1,0 +1,162 @@
+"""Endpoints: relative/absolute change, LOCF with flags, zero baseline, normal CT and reads."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from lungvol.cohort.endpoints import endpoint_rows, read_reads, subject_visit_table
+from lungvol.cohort.trial import load_trial
+from lungvol.errors import CohortError
+from lungvol.stats import hodges_lehmann, wilcoxon_rank_sum
+
+TRIAL = load_trial()
+
+
+def scan(subject, visit, lesion, solid, *, arm="MSC", status="ok", normal=None):
+    return {
+        "subject": subject, "arm": arm, "visit": visit, "day": TRIAL.visit(visit).nominal_day,
+        "status": status, "lesion_proportion_pct": lesion, "solid_proportion_pct": solid,
+        "normal_ct": "" if normal is None else normal,
+    }
+
+
+def row(table, subject, visit):
+    (r,) = [r for r in table if r["subject"] == subject and r["visit"] == visit]
+    return r
+
+
+def test_relative_change_is_percent_of_baseline_and_absolute_is_points():
+    scans = [scan("S1", "baseline", 20.0, 4.0), scan("S1", "day10", 15.0, 5.0)]
+    table = subject_visit_table(scans, {"S1": "MSC"}, TRIAL)
+    r = row(table, "S1", "day10")
+    assert r["total_lesion_change_rel_pct"] == pytest.approx(-25.0)
+    assert r["total_lesion_change_abs_pp"] == pytest.approx(-5.0)
+    assert r["solid_change_rel_pct"] == pytest.approx(25.0)
+    assert r["solid_change_abs_pp"] == pytest.approx(1.0)
+    assert not r["is_imputed"]
+
+
+def test_missing_and_failed_visits_take_the_last_observation_and_are_flagged():
+    scans = [
+        scan("S1", "baseline", 20.0, 4.0),
+        scan("S1", "day10", 10.0, 2.0),
+        scan("S1", "month3", 99.0, 9.0, status="failed"),
+    ]
+    table = subject_visit_table(scans, {"S1": "MSC"}, TRIAL)
+    for visit in ("month1", "month3", "month12"):
+        r = row(table, "S1", visit)
+        assert r["is_imputed"] and r["imputed_from"] == "day10"
+        assert r["total_lesion_pct"] == 10.0
+        assert r["total_lesion_change_rel_pct"] == pytest.approx(-50.0)
+    assert row(table, "S1", "month3")["scan_status"] == "failed"
+
+
+def test_no_imputation_leaves_missing_visits_empty():
+    trial = dataclasses.replace(load_trial(), imputation="none")
+    scans = [scan("S1", "baseline", 20.0, 4.0)]
+    table = subject_visit_table(scans, {"S1": "MSC"}, trial)
+    assert math.isnan(row(table, "S1", "month1")["total_lesion_change_rel_pct"])
+    assert not row(table, "S1", "month1")["is_imputed"]
+
+
+def test_zero_baseline_gives_no_relative_change_but_an_absolute_one():
+    scans = [scan("S1", "baseline", 5.0, 0.0), scan("S1", "month1", 3.0, 0.5)]
+    table = subject_visit_table(scans, {"S1": "MSC"}, TRIAL)
+    r = row(table, "S1", "month1")
+    assert math.isnan(r["solid_change_rel_pct"])
+    assert r["solid_baseline_zero"] is True
+    assert r["solid_change_abs_pp"] == pytest.approx(0.5)
+    ep = [e for e in endpoint_rows(table, TRIAL) if e["endpoint"] == "solid"
+          and e["visit"] == "month1"][0]
+    assert ep["MSC_n"] == 0 and ep["MSC_n_baseline_zero"] == 1 and ep["MSC_abs_n"] == 1
+
+
+def test_subject_without_baseline_is_left_out_of_change_endpoints():
+    scans = [scan("S1", "baseline", 20.0, 4.0), scan("S1", "day10", 10.0, 2.0),
+             scan("S2", "day10", 10.0, 2.0)]
+    table = subject_visit_table(scans, {"S1": "MSC", "S2": "MSC"}, TRIAL)
+    ep = [e for e in endpoint_rows(table, TRIAL) if e["endpoint"] == "total_lesion"
+          and e["visit"] == "day10"][0]
+    assert ep["MSC_n"] == 1
+    assert ep["MSC_median"] == pytest.approx(-50.0)
+
+
+def test_endpoint_rows_match_the_statistics_engine_on_hand_made_arms():
+    rng = np.random.default_rng(3)
+    scans, arms = [], {}
+    for i in range(9):
+        arm = "MSC" if i < 5 else "placebo"
+        subject = f"S{i}"
+        arms[subject] = arm
+        base = float(rng.uniform(10, 40))
+        scans.append(scan(subject, "baseline", base, base / 10, arm=arm))
+        scans.append(scan(subject, "month1", base * float(rng.uniform(0.3, 1.2)), base / 20,
+                          arm=arm))
+    table = subject_visit_table(scans, arms, TRIAL)
+    ep = [e for e in endpoint_rows(table, TRIAL) if e["endpoint"] == "total_lesion"
+          and e["visit"] == "month1"][0]
+    rel = {a: [r["total_lesion_change_rel_pct"] for r in table
+               if r["visit"] == "month1" and r["arm"] == a] for a in ("MSC", "placebo")}
+    assert ep["MSC_n"] == 5 and ep["placebo_n"] == 4
+    assert ep["MSC_median"] == pytest.approx(float(np.median(rel["MSC"])))
+    assert ep["MSC_mean"] == pytest.approx(float(np.mean(rel["MSC"])))
+    assert ep["MSC_se"] == pytest.approx(float(np.std(rel["MSC"], ddof=1) / np.sqrt(5)))
+    hl = hodges_lehmann(rel["MSC"], rel["placebo"], ci="sas")
+    assert ep["hl_estimate"] == pytest.approx(hl.estimate)
+    assert (ep["hl_ci_low"], ep["hl_ci_high"]) == pytest.approx((hl.ci_low, hl.ci_high))
+    assert ep["p"] == pytest.approx(wilcoxon_rank_sum(rel["MSC"], rel["placebo"]).p_value)
+    # HL estimate is the median of pairwise differences.
+    diffs = [x - y for x in rel["MSC"] for y in rel["placebo"]]
+    assert ep["hl_estimate"] == pytest.approx(float(np.median(diffs)))
+
+
+def test_normal_ct_counts_are_not_imputed_and_reads_take_precedence(tmp_path):
+    scans = [
+        scan("S1", "baseline", 20.0, 4.0, normal=False),
+        scan("S1", "month3", 0.5, 0.0, normal=True),
+        scan("S2", "baseline", 20.0, 4.0, arm="placebo", normal=False),
+        scan("S2", "month1", 10.0, 1.0, arm="placebo", normal=False),
+    ]
+    arms = {"S1": "MSC", "S2": "placebo"}
+    reads_csv = tmp_path / "reads.csv"
+    reads_csv.write_text("subject,visit,normal\nS1,month3,no\nS2,month6,yes\n")
+    reads = read_reads(reads_csv, TRIAL, list(arms))
+    table = subject_visit_table(scans, arms, TRIAL, reads=reads)
+    rows = {e["visit"]: e for e in endpoint_rows(table, TRIAL) if e["endpoint"] == "normal_ct"}
+    assert (rows["month3"]["MSC_events"], rows["month3"]["MSC_n"]) == (0, 1)  # read says no
+    assert rows["month3"]["placebo_n"] == 0  # S2's month3 is LOCF-imputed: not counted
+    assert (rows["month6"]["placebo_events"], rows["month6"]["placebo_n"]) == (1, 1)
+    assert rows["month6"]["placebo_source"] == "reads"
+    assert (rows["month1"]["placebo_events"], rows["month1"]["placebo_n"]) == (0, 1)
+
+
+def test_normal_ct_row_reproduces_the_papers_month12_counts():
+    scans, arms = [], {}
+    for i in range(56):
+        arms[f"M{i}"] = "MSC"
+        scans.append(scan(f"M{i}", "month12", 0.1, 0.0, normal=i < 10))
+    for i in range(30):
+        arms[f"P{i}"] = "placebo"
+        scans.append(scan(f"P{i}", "month12", 5.0, 0.0, arm="placebo", normal=False))
+    table = subject_visit_table(scans, arms, TRIAL)
+    (r,) = [e for e in endpoint_rows(table, TRIAL) if e["endpoint"] == "normal_ct"
+            and e["visit"] == "month12"]
+    assert (r["MSC_events"], r["MSC_n"], r["placebo_events"], r["placebo_n"]) == (10, 56, 0, 30)
+    assert round(r["or_estimate"], 2) == 8.75
+    assert round(r["or_ci_low"], 2) == 1.72
+    assert math.isinf(r["or_ci_high"])
+    assert round(r["p"], 3) == 0.010
+
+
+def test_bad_reads_are_refused(tmp_path):
+    bad = tmp_path / "reads.csv"
+    bad.write_text("subject,visit,normal\nS1,month3,maybe\n")
+    with pytest.raises(CohortError, match="normal must be yes or no, got 'maybe'"):
+        read_reads(bad, TRIAL, ["S1"])
+    bad.write_text("subject,visit,normal\nS7,month3,yes\n")
+    with pytest.raises(CohortError, match="'S7' is not in the cohort manifest"):
+        read_reads(bad, TRIAL, ["S1"])
