@@ -72,7 +72,8 @@ def test_failed_scan_is_recorded_others_finish_and_it_is_retried(tmp_path):
     out = tmp_path / "out"
     summary = _run(root, out)
     assert (summary.done, summary.failed) == (8, 1)
-    assert summary.failures[0]["subject"] == "S1" and "truncated" in summary.failures[0]["error"]
+    assert summary.failures[0]["subject"] == "S1"
+    assert "truncated" in summary.failures[0]["error"]
     assert "InputError" in (out / "failures.csv").read_text()
     rows = {(r["subject"], r["visit"]): r for r in collect_results(out)}
     assert rows[("S1", "day10")]["status"] == "failed"
