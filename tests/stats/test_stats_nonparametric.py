@@ -71,6 +71,21 @@ def test_hl_sas_floor_and_r_round_differ_by_one_order_statistic():
     assert (round(r_conv.ci_low, 2), round(r_conv.ci_high, 2)) == (-0.15, 0.76)
 
 
+def test_sas_npar1way_output_on_the_textbook_data():
+    # SAS PROC NPAR1WAY WILCOXON HL on the same data (classes Trt = HW_X, Ctrl = HW_Y), as
+    # printed in the SAS comparison output shipped with the CRAN package DescrTab2 2.1.9:
+    #   Location Shift (Ctrl - Trt) -0.3050, 95% Confidence Limits -0.7600 0.1700;
+    #   Wilcoxon two-sample test, Z with continuity correction 0.5: Pr > |Z| 0.2446;
+    #   exact Pr >= |S - Mean| 0.2544.
+    r = hodges_lehmann(HW_Y, HW_X)  # default ci="sas"
+    assert (round(r.estimate, 4), round(r.ci_low, 4), round(r.ci_high, 4)) == (
+        -0.305, -0.76, 0.17
+    )
+    normal = wilcoxon_rank_sum(HW_Y, HW_X, method="asymptotic")
+    assert round(normal.p_value, 4) == 0.2446
+    assert round(wilcoxon_rank_sum(HW_Y, HW_X).p_value, 4) == 0.2544
+
+
 def test_tie_adjusted_rank_sum_sd_equals_permutation_variance():
     # The variance of the midrank sum of arm 1 over all C(N, n1) equally likely assignments
     # is what the tie-adjusted formula must give.
