@@ -86,6 +86,33 @@ def test_sas_npar1way_output_on_the_textbook_data():
     assert round(wilcoxon_rank_sum(HW_Y, HW_X).p_value, 4) == 0.2544
 
 
+def test_sas_documentation_example_with_heavy_ties():
+    # SAS/STAT User's Guide, PROC NPAR1WAY, "Hodges-Lehmann Estimation" example on data React
+    # (reaction times under stimulant 1 and 2; created in the exact Wilcoxon example).
+    # SAS prints rank sums 110.50 / 79.50, Std Dev Under H0 11.004784, and with ALPHA=.02:
+    # Location Shift (2 - 1) 0.3500, Asymptotic (Moses) 98% limits 0.0000 0.8200.
+    # Without the tie adjustment the limits would be 0.00 and 1.33.
+    stim1 = [1.94] * 2 + [2.92] * 4 + [3.27] * 4 + [3.70] * 2 + [3.74]
+    stim2 = [3.27] * 3 + [3.70] * 2 + [3.74]
+    ranks = sps.rankdata(stim1 + stim2)
+    assert (ranks[:13].sum(), ranks[13:].sum()) == (110.5, 79.5)
+    assert round(_rank_sum_sd(np.array(stim1), np.array(stim2)), 6) == 11.004784
+    r = hodges_lehmann(stim2, stim1, alpha=0.02)
+    assert (round(r.estimate, 4), round(r.ci_low, 4), round(r.ci_high, 4)) == (0.35, 0.0, 0.82)
+
+
+def test_sas_output_hollander_wolfe_chicken_example():
+    # PHUSE CAMIS "Non-parametric point estimation in SAS" (Hollander-Wolfe chicken data):
+    # PROC NPAR1WAY HL(REFCLASS="B"): Location Shift (A - B) 0.5600,
+    # Asymptotic (Moses) 95% limits -0.3700 1.1830.
+    a = [1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30]
+    b = [0.878, 0.647, 0.598, 2.050, 1.060, 1.290, 1.060, 3.140, 1.290]
+    r = hodges_lehmann(a, b)
+    assert (round(r.estimate, 4), round(r.ci_low, 4), round(r.ci_high, 4)) == (
+        0.56, -0.37, 1.183
+    )
+
+
 def test_tie_adjusted_rank_sum_sd_equals_permutation_variance():
     # The variance of the midrank sum of arm 1 over all C(N, n1) equally likely assignments
     # is what the tie-adjusted formula must give.
