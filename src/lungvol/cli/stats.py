@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  CI: {res.ci_method}" + (
                 f"; order statistics {res.ci_rank_low} and {res.ci_rank_high} of "
                 f"{res.n_differences}" if res.ci_rank_low is not None else ""))
-        if res.note:
+        if res.note and res.estimate is not None:
             typer.echo(f"  note: {res.note}")
         p = f"{test.p_value:.4f}" if test.p_value is not None else "NA"
         typer.echo(f"Wilcoxon rank-sum p = {p} ({test.method})")
