@@ -1,0 +1,98 @@
+"""Coarse working grid: block-mean downsampling and nearest-block upsampling.
+
+The heavy 3-D work of lung segmentation runs on a coarse grid whose voxels are integer
+blocks of CT voxels (factor per axis chosen so the coarse spacing is close to
+``working_spacing_mm``). Coarse voxel ``i`` covers CT voxels ``[i*f, (i+1)*f)``; the last
+block along an axis may be partial. Block means are computed slab by slab so a 512x512x400
+int16 volume never needs a full float copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Slabs of CT voxels converted to float at a time when block-averaging (memory bound).
+_SLAB_VOXELS = 8_000_000
+
+
+@dataclass(frozen=True)
+class CoarseGrid:
+    """Integer block factors between a CT grid and its coarse working grid."""
+
+    full_shape: tuple[int, int, int]
+    factors: tuple[int, int, int]
+    full_spacing_mm: tuple[float, float, float]
+
+    @classmethod
+    def for_volume(
+        cls, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float], *,
+        working_spacing_mm: float,
+    ) -> CoarseGrid:
+        factors = tuple(max(1, int(round(working_spacing_mm / s))) for s in spacing_mm)
+        return cls(tuple(int(v) for v in shape), factors, tuple(float(s) for s in spacing_mm))  # type: ignore[arg-type]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(-(-n // f) for n, f in zip(self.full_shape, self.factors, strict=True))  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(s * f for s, f in zip(self.full_spacing_mm, self.factors, strict=True))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+    def downsample_mean(self, array: np.ndarray) -> np.ndarray:
+        """Block mean of ``array`` (float32, coarse shape). Partial edge blocks use edge padding."""
+        fz, fy, fx = self.factors
+        cz, cy, cx = self.shape
+        nz, ny, nx = self.full_shape
+        out = np.empty((cz, cy, cx), dtype=np.float32)
+        slab_blocks = max(1, _SLAB_VOXELS // max(1, fz * ny * nx))
+        for c0 in range(0, cz, slab_blocks):
+            c1 = min(cz, c0 + slab_blocks)
+            z0, z1 = c0 * fz, min(nz, c1 * fz)
+            slab = np.asarray(array[z0:z1], dtype=np.float32)
+            pad = ((0, (c1 - c0) * fz - (z1 - z0)), (0, cy * fy - ny), (0, cx * fx - nx))
+            if any(p[1] for p in pad):
+                slab = np.pad(slab, pad, mode="edge")
+            out[c0:c1] = slab.reshape(c1 - c0, fz, cy, fy, cx, fx).mean(axis=(1, 3, 5))
+        return out
+
+    def downsample_fraction(self, mask: np.ndarray) -> np.ndarray:
+        """Fraction (0..1, float32) of each coarse block covered by boolean ``mask``."""
+        return self.downsample_mean(mask.view(np.uint8) if mask.dtype == bool else mask)
+
+    def index_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per axis, the coarse index of every CT index."""
+        return tuple(  # type: ignore[return-value]
+            np.arange(n) // f for n, f in zip(self.full_shape, self.factors, strict=True)
+        )
+
+    def upsample_nearest(self, coarse: np.ndarray) -> np.ndarray:
+        """Repeat each coarse voxel over its CT block (CT shape, same dtype)."""
+        fz, fy, fx = self.factors
+        nz, ny, nx = self.full_shape
+        out = coarse
+        for axis, (f, n) in enumerate(((fz, nz), (fy, ny), (fx, nx))):
+            if f > 1:
+                out = np.repeat(out, f, axis=axis)
+            out = out[(slice(None),) * axis + (slice(0, n),)]
+        return np.ascontiguousarray(out)
+
+
+def bounding_box(mask: np.ndarray, margin: tuple[int, ...] | int = 0) -> tuple[slice, ...]:
+    """Bounding box of ``mask`` grown by ``margin`` voxels per axis, clipped to the array."""
+    if isinstance(margin, int):
+        margin = (margin,) * mask.ndim
+    out = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        lo = max(0, int(idx[0]) - margin[axis])
+        hi = min(mask.shape[axis], int(idx[-1]) + 1 + margin[axis])
+        out.append(slice(lo, hi))
+    return tuple(out)
