@@ -107,10 +107,12 @@ class LungSegmentationConfig:
     # 2-D holes whose top+bottom faces touch non-lung for more than this fraction open onto
     # the abdomen (diaphragm dome) and are not filled.
     max_open_face_fraction: float = 0.5
-    pleural_max_depth_mm: float = 20.0  # deepest pleura-based opacity added by the hull
-    # Hull deficits centred more than this fraction of the lung width medially are
-    # mediastinum / heart / hilum and are not added.
-    pleural_medial_tolerance_fraction: float = 0.1
+    pleural_max_depth_mm: float = 30.0  # deepest pleura-based opacity added by the hull
+    # A hull deficit is pleura-based (added) when at least this fraction of its outer chord
+    # has bone (ribs, coarse HU >= bone_min_hu) within bone_search_mm in the slice.
+    pleural_min_bone_fraction: float = 0.5
+    bone_min_hu: float = 200.0
+    bone_search_mm: float = 15.0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -133,8 +135,21 @@ class LesionSegmentationConfig:
     # Vessel / airway-wall suppression (Frangi-type vesselness on a smoothed volume).
     vessel_suppression: bool = True
     vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0, 3.0)
-    vesselness_threshold: float = 0.05
+    vesselness_threshold: float = 0.25  # Frangi V (0..1); an ideal blob scores ~0.13
     smoothing_sigma_mm: float = 0.7
+    # Dense voxels within this distance of the lung surface (partial-volume rim along the
+    # pleura and diaphragm) count only when connected to lesion that reaches deeper.
+    pleural_rim_mm: float = 3.0
+    # A dense voxel is lesion core when >= lesion_core_min_fraction of a window of
+    # lesion_core_window_mm (per axis) is dense: removes vessels thinner than ~half the
+    # window, their partial-volume halo, fissures and airway walls.
+    lesion_core_window_mm: float = 7.0
+    lesion_core_min_fraction: float = 0.5
+    vessel_working_spacing_mm: float = 1.5  # grid for the vesselness filter
+    vessel_structure_hu: float = 60.0  # Frangi structureness scale c, in HU
+    # A lesion component is a vessel (dropped) when more than this fraction of it is
+    # vessel-like; blobs with vessels running through them stay.
+    vessel_component_min_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))
