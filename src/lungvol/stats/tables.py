@@ -154,7 +154,7 @@ def exact_conditional_logistic(
       P_psi(T <= t) = alpha/2 (+inf when t = hi). ``sided=1`` (SAS ONESIDED, the paper's
       choice): alpha on the side of the one-sided test (the smaller tail), the other limit
       0 or +inf.
-    - p: one-sided = min(P_1(T >= t), P_1(T <= t)); two-sided = min(1, 2 x one-sided).
+    - p: one-sided = min(P_0(T >= t), P_0(T <= t)) at psi = 1; two-sided = min(1, 2 x that).
 
     Not estimable (``None`` values, note set) when the support is a single point: no events,
     every patient with the event, or an empty arm.
