@@ -34,11 +34,10 @@ def _print_summary(metrics: ScanMetrics, out_dir: Path, elapsed_s: float) -> Non
     src = m.provenance.get("input", {})
     series = src.get("series_uid") or "-"
     reason = src.get("selection_reason") or ""
+    # The io reader's selection reason already names the series and why it was chosen.
+    chosen = reason if reason else f"series {series}"
     console.print(
-        f"[bold]input[/] {src.get('kind', '?')} series {series}"
-        + (f" ({reason})" if reason else ""),
-        highlight=False,
-        soft_wrap=True,
+        f"[bold]input[/] {src.get('kind', '?')}: {chosen}", highlight=False, soft_wrap=True
     )
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     table.add_column("measure")
