@@ -1,0 +1,120 @@
+"""insert_lesions: known lesions added to an existing scan inside its lung mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from lungvol.errors import GeometryError, InputError
+from lungvol.phantom import GGO_RANGE_HU, Phantom, insert_lesions, make_phantom
+from lungvol.types import LESION_GGO, LESION_SOLID
+
+
+@pytest.fixture(scope="module")
+def base() -> Phantom:
+    """A normal (lesion-free) scan playing the part of a real one."""
+    return make_phantom(seed=21, lesion_pct=0.0, solid_pct=0.0)
+
+
+@pytest.fixture(scope="module")
+def inserted(base: Phantom) -> tuple[np.ndarray, np.ndarray, dict]:
+    return insert_lesions(
+        base.hu, base.lungs, spacing_mm=base.spacing_mm, seed=2, lesion_pct=12.0, solid_pct=3.0
+    )
+
+
+def test_truth_proportions_hit_targets(inserted: tuple) -> None:
+    _, labels, truth = inserted
+    assert truth["lesion_proportion_pct"] == pytest.approx(12.0, rel=0.05)
+    assert truth["solid_proportion_pct"] == pytest.approx(3.0, rel=0.05)
+    assert truth["solid_volume_ml"] + truth["ggo_volume_ml"] == pytest.approx(
+        truth["lesion_volume_ml"]
+    )
+    assert set(np.unique(labels)) == {0, LESION_GGO, LESION_SOLID}
+
+
+def test_lesions_stay_inside_the_lung_mask(base: Phantom, inserted: tuple) -> None:
+    new_hu, labels, _ = inserted
+    assert not np.any((labels > 0) & (base.lungs == 0))
+    changed = new_hu != base.hu
+    assert not np.any(changed & (ndimage.binary_dilation(base.lungs > 0, iterations=2) == 0))
+
+
+def test_only_density_is_added_and_vessels_are_preserved(base: Phantom, inserted: tuple) -> None:
+    new_hu, labels, _ = inserted
+    assert np.all(new_hu.astype(int) >= base.hu.astype(int))
+    vessel_core = (base.lungs > 0) & (base.hu > 0)
+    away_from_solid = ~ndimage.binary_dilation(labels == LESION_SOLID, iterations=2)
+    keep = vessel_core & away_from_solid
+    assert np.array_equal(new_hu[keep], base.hu[keep])
+    # Vessels crossing ground-glass are not GGO truth.
+    assert not np.any(vessel_core & (labels == LESION_GGO))
+
+
+def test_inserted_lesions_have_lesion_density_and_keep_the_scan_noise(
+    base: Phantom, inserted: tuple
+) -> None:
+    new_hu, labels, _ = inserted
+    ggo_core = ndimage.binary_erosion(labels == LESION_GGO)
+    assert GGO_RANGE_HU[0] - 30 <= np.median(new_hu[ggo_core]) <= GGO_RANGE_HU[1] + 30
+    solid_core = ndimage.binary_erosion(labels == LESION_SOLID)
+    in_solid_band = (new_hu[solid_core] >= -300) & (new_hu[solid_core] <= 50)
+    assert in_solid_band.mean() > 0.85
+    # The residual noise inside inserted GGO matches the scan's own noise level.
+    def residual_sd(img: np.ndarray, mask: np.ndarray) -> float:
+        f = img.astype(np.float32)
+        return float((f - ndimage.gaussian_filter(f, 1.0))[mask].std())
+
+    parenchyma = (base.lungs > 0) & (base.hu < -800) & ~ndimage.binary_dilation(labels > 0)
+    ratio = residual_sd(new_hu, ggo_core) / residual_sd(base.hu, parenchyma)
+    assert 0.7 < ratio < 1.4
+
+
+def test_same_seed_same_insertion(base: Phantom, inserted: tuple) -> None:
+    again = insert_lesions(
+        base.hu, base.lungs, spacing_mm=base.spacing_mm, seed=2, lesion_pct=12.0, solid_pct=3.0
+    )
+    assert np.array_equal(again[0], inserted[0])
+    assert np.array_equal(again[1], inserted[1])
+
+
+def test_zero_lesion_pct_leaves_the_scan_unchanged(base: Phantom) -> None:
+    new_hu, labels, truth = insert_lesions(
+        base.hu, base.lungs, spacing_mm=base.spacing_mm, seed=0, lesion_pct=0.0, solid_pct=0.0
+    )
+    assert np.array_equal(new_hu, base.hu)
+    assert not labels.any()
+    assert truth["lesion_volume_ml"] == 0.0
+
+
+def test_bad_inputs_are_refused(base: Phantom) -> None:
+    with pytest.raises(GeometryError, match="shape"):
+        insert_lesions(base.hu, base.lungs[1:], spacing_mm=base.spacing_mm, seed=0,
+                       lesion_pct=5.0, solid_pct=1.0)
+    with pytest.raises(InputError, match="empty"):
+        insert_lesions(base.hu, np.zeros_like(base.lungs), spacing_mm=base.spacing_mm, seed=0,
+                       lesion_pct=5.0, solid_pct=1.0)
+    with pytest.raises(InputError, match="solid_pct"):
+        insert_lesions(base.hu, base.lungs, spacing_mm=base.spacing_mm, seed=0,
+                       lesion_pct=5.0, solid_pct=7.0)
+
+
+@pytest.mark.slow
+def test_insertion_into_the_real_chest_ct(real_ct) -> None:
+    """The 141-slice real series with a lung mask from lungvol's own segmentation."""
+    from lungvol.config import LungSegmentationConfig
+    from lungvol.io import read_ct
+
+    segmentation = pytest.importorskip("lungvol.segmentation")
+    volume = read_ct(real_ct / "chest-ct-full-dicom" / "dicom")
+    lungs = segmentation.segment_lungs(volume, LungSegmentationConfig()).labels
+    new_hu, labels, truth = insert_lesions(
+        volume.hu, lungs, spacing_mm=volume.spacing_mm, seed=7, lesion_pct=20.0, solid_pct=4.0
+    )
+    assert truth["lesion_proportion_pct"] == pytest.approx(20.0, rel=0.05)
+    assert truth["solid_proportion_pct"] == pytest.approx(4.0, rel=0.05)
+    assert truth["n_pleural_lesion_components"] >= 1
+    ggo_core = ndimage.binary_erosion(labels == LESION_GGO)
+    assert -750 <= np.median(new_hu[ggo_core]) <= -300
+    assert not np.any((labels > 0) & (lungs == 0))
