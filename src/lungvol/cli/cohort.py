@@ -168,8 +168,9 @@ def simulate_trial_command(
     ] = "5",
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     size: Annotated[
-        str, typer.Option("--size", help="Phantom size: tiny | small | full.")
-    ] = "tiny",
+        str, typer.Option("--size", help="Phantom grid: tiny | small | full | ZxYxX.")
+    ] = "small",
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Parallel processes.")] = 1,
     missing_fraction: Annotated[
         float,
         typer.Option("--missing-fraction", help="Share of follow-up visits left without a scan."),
@@ -194,6 +195,7 @@ def simulate_trial_command(
         size=size,
         missing_fraction=missing_fraction,
         fmt=fmt,
+        workers=workers,
     )
     typer.echo(
         f"{result.n_scans} scans of {result.n_subjects} subjects in {out}; manifest "

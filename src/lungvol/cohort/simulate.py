@@ -42,6 +42,7 @@ from lungvol.errors import CohortError, ConfigError
 
 logger = logging.getLogger(__name__)
 
+# Phantom grids (z, y, x) over the phantom's default field of view; "ZxYxX" also accepted.
 SIZES = {"tiny": (48, 64, 64), "small": (96, 128, 128), "full": (400, 512, 512)}
 SCAN_FILE = "ct.nii.gz"
 DAY_JITTER_SD = 2.0
@@ -254,13 +255,22 @@ def _write_scan(spec: _ScanSpec) -> dict[str, float]:
     return {k: float(ph.truth[k]) for k in keys}
 
 
+def _resolve_shape(size: str) -> tuple[int, int, int]:
+    if size in SIZES:
+        return SIZES[size]
+    parts = size.lower().split("x")
+    if len(parts) == 3 and all(p.isdigit() and int(p) >= 16 for p in parts):
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    raise ConfigError(f"size must be one of {list(SIZES)} or ZxYxX like 64x96x96, got {size!r}")
+
+
 def simulate_trial(
     out: str | Path,
     trial: TrialConfig,
     *,
     subjects_per_arm: tuple[int, int] = (5, 5),
     seed: int = 0,
-    size: str = "tiny",
+    size: str = "small",
     missing_fraction: float = 0.15,
     fmt: str = "nifti",
     workers: int = 1,
@@ -287,8 +297,7 @@ def simulate_trial(
         )
     if fmt not in ("nifti", "dicom"):
         raise ConfigError(f"format must be nifti or dicom, got {fmt!r}")
-    if size not in SIZES:
-        raise ConfigError(f"size must be one of {list(SIZES)}, got {size!r}")
+    shape = _resolve_shape(size)
     rows = draw_trajectories(
         trial, subjects_per_arm=subjects_per_arm, seed=seed, missing_fraction=missing_fraction
     )
@@ -299,7 +308,7 @@ def simulate_trial(
             continue
         spec = _ScanSpec(
             folder=str(out / r["subject"] / r["visit"]),
-            shape=SIZES[size],
+            shape=shape,
             seed=seed * 1_000_003 + i,
             lesion_pct=r["target_lesion_pct"],
             solid_pct=r["target_solid_pct"],

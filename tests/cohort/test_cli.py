@@ -1,0 +1,60 @@
+"""CLI: cohort run/analyze and simulate-trial map bad input to one-line errors (exit 1)."""
+
+from __future__ import annotations
+
+from cohort_fakes import fake_scan, make_cohort
+from typer.testing import CliRunner
+
+from lungvol.cli import app
+from lungvol.cohort.discover import discover_cohort
+from lungvol.cohort.executors import SerialExecutor
+from lungvol.cohort.run import run_cohort
+from lungvol.cohort.trial import load_trial
+from lungvol.config import LungvolConfig
+
+runner = CliRunner()
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:")
+    return lines[-1]
+
+
+def test_cohort_run_with_unknown_arm_fails_with_one_line(tmp_path):
+    root = make_cohort(tmp_path / "c", [{"subject": "S1", "arm": "drug", "visit": "baseline",
+                                         "lesion": 1, "solid": 0}])
+    result = runner.invoke(app, ["cohort", "run", str(root), "-o", str(tmp_path / "o")])
+    assert "unknown arm 'drug'" in _one_line_error(result)
+
+
+def test_cohort_analyze_of_a_non_cohort_folder_says_what_to_run(tmp_path):
+    result = runner.invoke(app, ["cohort", "analyze", str(tmp_path)])
+    assert "lungvol cohort run" in _one_line_error(result)
+
+
+def test_cohort_analyze_prints_table2_and_paths(tmp_path):
+    scans = [{"subject": f"S{i}", "arm": "MSC" if i < 2 else "placebo", "visit": v,
+              "lesion": 20.0 - 4 * k - i, "solid": 2.0 - 0.3 * k}
+             for i in range(4) for k, v in enumerate(("baseline", "day10", "month1"))]
+    root = make_cohort(tmp_path / "c", scans)
+    out = tmp_path / "o"
+    run_cohort(discover_cohort(root, load_trial()), out, LungvolConfig(),
+               executor=SerialExecutor(), scan_fn=fake_scan)
+    result = runner.invoke(app, ["cohort", "analyze", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "| Total lesion proportion | Day 10 | 2 |" in result.output
+    assert (out / "analysis" / "report.html").is_file()
+
+
+def test_simulate_trial_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "x.txt").write_text("keep me")
+    result = runner.invoke(app, ["simulate-trial", str(tmp_path), "--subjects-per-arm", "1"])
+    assert "not empty" in _one_line_error(result)
+
+
+def test_simulate_trial_rejects_bad_subject_counts(tmp_path):
+    result = runner.invoke(app, ["simulate-trial", str(tmp_path / "n"), "--subjects-per-arm",
+                                 "many"])
+    assert "--subjects-per-arm must be N or N1,N2" in _one_line_error(result)

@@ -1,0 +1,107 @@
+"""simulate-trial -> cohort run -> cohort analyze, checked against the simulated truth.
+
+Tolerances (stated in docs/cohort.md): each scan's lesion and solid proportions within
+1 percentage point of the phantom's voxel-counted truth; each arm's median relative change
+within 10 percentage points of the truth median (computed by the same analysis on the true
+proportions). Uses the real pipeline (io, segmentation, quantification) on small phantoms.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lungvol.cli import app
+
+pytestmark = pytest.mark.slow
+
+PER_SCAN_TOLERANCE_PP = 1.0
+MEDIAN_CHANGE_TOLERANCE_PP = 10.0
+CORRUPT = ("S002", "month1")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def trial_run(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("e2e")
+    cohort, out = tmp / "cohort", tmp / "out"
+    runner = CliRunner()
+    sim = runner.invoke(app, ["simulate-trial", str(cohort), "--subjects-per-arm", "2",
+                              "--seed", "11", "--size", "small", "--missing-fraction", "0.1",
+                              "--workers", "2"])
+    assert sim.exit_code == 0, sim.output
+    # A corrupt scan in the middle of the cohort.
+    scan = cohort / CORRUPT[0] / CORRUPT[1] / "ct.nii.gz"
+    if not scan.is_file():
+        pytest.fail(f"seed 11 should keep {CORRUPT} present; pick another scan")
+    scan.write_bytes(b"\x1f\x8b this is not a NIfTI file" * 10)
+    run = runner.invoke(app, ["cohort", "run", str(cohort), "-o", str(out), "--workers", "2",
+                              "--no-progress"])
+    assert run.exit_code == 0, run.output
+    analyze = runner.invoke(app, ["cohort", "analyze", str(out)])
+    assert analyze.exit_code == 0, analyze.output
+    return {"cohort": cohort, "out": out, "run_output": run.output}
+
+
+def test_corrupt_scan_is_recorded_and_the_others_finish(trial_run):
+    scans = _rows(trial_run["out"] / "scans.csv")
+    failed = [(r["subject"], r["visit"]) for r in scans if r["status"] != "ok"]
+    assert failed == [CORRUPT]
+    assert "1 failed" in trial_run["run_output"]
+    visits = _rows(trial_run["out"] / "analysis" / "subject_visits.csv")
+    (cell,) = [r for r in visits if (r["subject"], r["visit"]) == CORRUPT]
+    assert cell["is_imputed"] == "True"
+    assert cell["scan_status"] == "failed"
+
+
+def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
+    truth = {(r["subject"], r["visit"]): r for r in _rows(trial_run["cohort"] / "truth.csv")}
+    errors = []
+    for r in _rows(trial_run["out"] / "scans.csv"):
+        if r["status"] != "ok":
+            continue
+        t = truth[(r["subject"], r["visit"])]
+        for metric in ("lesion_proportion_pct", "solid_proportion_pct"):
+            diff = float(r[metric]) - float(t[metric])
+            if abs(diff) > PER_SCAN_TOLERANCE_PP:
+                errors.append(f"{r['subject']}/{r['visit']} {metric} {diff:+.2f} pp")
+    assert not errors, f"{len(errors)} measurements off by > 1 pp: {errors[:6]}"
+
+
+def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
+    truth = {(r["endpoint"], r["visit"]): r
+             for r in _rows(trial_run["cohort"] / "truth_endpoints.csv")}
+    measured = _rows(trial_run["out"] / "analysis" / "endpoints.csv")
+    off = []
+    for r in measured:
+        if r["kind"] != "relative_change":
+            continue
+        t = truth[(r["endpoint"], r["visit"])]
+        for arm in ("MSC", "placebo"):
+            if t[f"{arm}_median"] == "":
+                continue
+            diff = float(r[f"{arm}_median"]) - float(t[f"{arm}_median"])
+            if abs(diff) > MEDIAN_CHANGE_TOLERANCE_PP:
+                off.append(f"{r['endpoint']}/{r['visit']}/{arm} {diff:+.1f}")
+    assert not off, f"arm medians off by > {MEDIAN_CHANGE_TOLERANCE_PP} pp: {off}"
+
+
+def test_rerun_skips_complete_scans_and_another_config_is_refused(trial_run, tmp_path):
+    runner = CliRunner()
+    cohort, out = str(trial_run["cohort"]), str(trial_run["out"])
+    again = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--no-progress"])
+    assert again.exit_code == 0, again.output
+    n_ok = sum(r["status"] == "ok" for r in _rows(trial_run["out"] / "scans.csv"))
+    assert f"0 done, {n_ok} skipped" in again.output
+    other = tmp_path / "other.yaml"
+    other.write_text("quantification:\n  normal_ct_max_lesion_pct: 2.0\n")
+    refused = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--config", str(other)])
+    assert refused.exit_code == 1
+    assert "--rerun-changed" in refused.output
