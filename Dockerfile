@@ -3,11 +3,12 @@
 #
 # CPU (default):
 #   docker build -t lungvol:cpu .
-# CUDA (torch from the PyTorch index; the classical pipeline itself stays on the CPU):
+# CUDA (torch from the PyTorch index; the classical pipeline itself stays on the CPU). The base
+# needs Python >= 3.11 for the pinned versions in scripts/image-constraints.txt (Ubuntu 24.04):
 #   docker build -t lungvol:cuda \
-#     --build-arg BASE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#     --build-arg TORCH=torch==2.5.1 \
-#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .
+#     --build-arg BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04 \
+#     --build-arg TORCH=torch==2.13.0 \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 .
 # Without a Docker engine or registry: scripts/build_image.sh (debootstrap base + podman).
 #
 # BASE may be any Debian/Ubuntu image; one without python3 (nvidia/cuda, a bare debootstrap
@@ -35,6 +36,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     LANG=C.UTF-8
 
+# Runtime settings first: every instruction after the big install below costs a layer copy.
+WORKDIR /data
+ENTRYPOINT ["lungvol"]
+CMD ["--help"]
+
 RUN set -eux; \
     if ! command -v python3 >/dev/null 2>&1 \
        || ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then \
@@ -43,32 +49,30 @@ RUN set -eux; \
             python3 python3-venv ca-certificates; \
         rm -rf /var/lib/apt/lists/*; \
     fi; \
-    python3 -m venv "$VIRTUAL_ENV"
-
-COPY scripts/image-constraints.txt /opt/lungvol/constraints.txt
-COPY pyproject.toml README.md /opt/lungvol/source/
-COPY src/ /opt/lungvol/source/src/
-
-RUN set -eux; \
-    extras="dask,parquet"; \
-    if [ -n "$TORCH" ]; then \
-        pip install --index-url "$TORCH_INDEX_URL" "$TORCH"; \
-        extras="$extras,dl"; \
-    fi; \
-    pip install -c /opt/lungvol/constraints.txt "/opt/lungvol/source[$extras]"; \
-    lungvol --version
-
-# Trial configurations and the bundled sample scan (for a smoke test: see docs/deploy.md).
-COPY configs/ /opt/lungvol/configs/
-COPY sample_data/ /opt/lungvol/sample_data/
-
-RUN set -eux; \
+    python3 -m venv "$VIRTUAL_ENV"; \
     useradd --uid "$LUNGVOL_UID" --user-group --create-home --home-dir /home/lungvol \
         --shell /usr/sbin/nologin lungvol; \
-    mkdir -p /data; \
     chown lungvol:lungvol /data
 
+# Third-party dependencies, pinned, in their own layer: a change to lungvol's sources does not
+# reinstall them.
+COPY scripts/image-constraints.txt /opt/lungvol/constraints.txt
+RUN set -eux; \
+    if [ -n "$TORCH" ]; then pip install --index-url "$TORCH_INDEX_URL" "$TORCH"; fi; \
+    pip install -r /opt/lungvol/constraints.txt
+
+# The project: configs (the packaged default.yaml links to configs/), the sample scan for a
+# smoke test (see docs/deploy.md), the sources.
+COPY sample_data/ /opt/lungvol/sample_data/
+COPY configs/ /opt/lungvol/configs/
+COPY pyproject.toml README.md /opt/lungvol/
+COPY src/ /opt/lungvol/src/
+RUN set -eux; \
+    extras="dask,parquet"; \
+    if [ -n "$TORCH" ]; then extras="$extras,dl"; fi; \
+    pip install -c /opt/lungvol/constraints.txt "/opt/lungvol[$extras]"; \
+    pip check; \
+    lungvol --version; \
+    test -f "$VIRTUAL_ENV/lib/python3"*"/site-packages/lungvol/default.yaml"
+
 USER lungvol
-WORKDIR /data
-ENTRYPOINT ["lungvol"]
-CMD ["--help"]

@@ -16,8 +16,9 @@ Fault handling:
 - ``LungvolError`` raised by the function (bad scan, segmentation failure) is deterministic: it
   is handed back at once, never retried. Other exceptions (I/O hiccups on shared storage) are
   retried ``retries`` times first.
-- A job whose ``path`` the worker cannot read yields an ``InputError`` naming the worker host,
-  the usual sign that the inputs are not on shared storage.
+- A job whose input (``input_path`` or ``path``) the worker cannot read, or whose output folder
+  (``result_dir``) it cannot reach, yields an ``InputError`` naming the worker host: the usual
+  sign that inputs or outputs are not on storage shared by the submitter and all workers.
 
 dask-jobqueue users (SLURM, PBS, ...) start a ``SLURMCluster``/``PBSCluster`` and pass its
 ``scheduler_address``; nothing else changes.
@@ -62,25 +63,61 @@ class _Outcome:
 
 
 def _job_path(item: Any) -> str | None:
-    """The input path of a job description (``ScanJob.path``), if it has one."""
-    path = getattr(item, "path", None)
-    return path if isinstance(path, str | os.PathLike) else None
+    """The input path of a job description (``ScanTask.input_path``, ``ScanJob.path``)."""
+    for name in ("input_path", "path"):
+        path = getattr(item, name, None)
+        if isinstance(path, str | os.PathLike):
+            return os.fspath(path)
+    return None
 
 
-def _run_on_worker(fn: Callable[[Any], Any], item: Any, visible_to_client: bool) -> _Outcome:
+def _output_anchor(item: Any) -> str | None:
+    """The deepest existing folder above the job's output folder, as seen by the submitter.
+
+    Workers must see that same folder; otherwise ``mkdir -p`` on the worker would quietly
+    create the result on the worker's local disk, where the cohort table never finds it.
+    """
+    out = getattr(item, "result_dir", None)
+    if not isinstance(out, str | os.PathLike):
+        return None
+    folder = os.path.abspath(os.fspath(out))
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+    return None if folder == os.path.dirname(folder) else folder
+
+
+def _shared_storage_error(what: str, path: str, *, visible_to_client: bool) -> InputError:
+    where = (
+        "it exists on the submitting machine"
+        if visible_to_client
+        else "it does not exist on the submitting machine either"
+    )
+    return InputError(
+        f"worker {socket.gethostname()} cannot {what} {path}: inputs and outputs must be on "
+        f"storage shared by all workers, mounted at the same path ({where})"
+    )
+
+
+def _run_on_worker(
+    fn: Callable[[Any], Any],
+    item: Any,
+    visible_to_client: bool,
+    output_anchor: str | None = None,
+) -> _Outcome:
     """Run one job on a worker; domain errors come back as values so dask does not retry them."""
     path = _job_path(item)
     if path is not None and not os.access(path, os.R_OK):
-        where = (
-            "it exists on the submitting machine"
-            if visible_to_client
-            else "it does not exist on the submitting machine either"
-        )
         return _Outcome(
-            error=InputError(
-                f"worker {socket.gethostname()} cannot read {os.fspath(path)}: inputs must be on "
-                f"storage shared by all workers, mounted at the same path ({where})"
-            )
+            error=_shared_storage_error("read", path, visible_to_client=visible_to_client)
+        )
+    if output_anchor is not None and not (
+        os.path.isdir(output_anchor) and os.access(output_anchor, os.W_OK | os.X_OK)
+    ):
+        return _Outcome(
+            error=_shared_storage_error("write to", output_anchor, visible_to_client=True)
         )
     try:
         return _Outcome(value=fn(item))
@@ -212,6 +249,7 @@ class DaskExecutor:
                     fn,
                     item,
                     path is None or os.access(path, os.R_OK),
+                    _output_anchor(item),
                     key=f"lungvol-scan-{run_id}-{index}",
                     pure=False,
                     retries=self.retries,
