@@ -88,8 +88,11 @@ def test_phantom_metrics_agree_with_truth_loosely(phantom_run: tuple) -> None:
     assert m["lung_volume_ml"] == pytest.approx(truth["lung_volume_ml"], rel=0.10)
     assert m["lung_volume_right_ml"] == pytest.approx(truth["lung_volume_right_ml"], rel=0.15)
     assert m["lung_volume_left_ml"] == pytest.approx(truth["lung_volume_left_ml"], rel=0.15)
-    assert m["lesion_proportion_pct"] == pytest.approx(truth["lesion_proportion_pct"], rel=0.35)
-    assert m["solid_proportion_pct"] == pytest.approx(truth["solid_proportion_pct"], rel=0.5)
+    # Lesion accuracy proper is measured by benchmarks/evaluate_accuracy.py; this factor-of-2
+    # band only catches plumbing errors (fraction vs %, GGO/solid label swap, wrong voxel size).
+    for key in ("lesion_proportion_pct", "solid_proportion_pct", "lesion_volume_ml"):
+        assert 0.5 * truth[key] <= m[key] <= 2.0 * truth[key], (key, m[key], truth[key])
+    assert m["solid_volume_ml"] < m["ggo_volume_ml"]
     assert m["lesion_volume_ml"] == pytest.approx(m["ggo_volume_ml"] + m["solid_volume_ml"])
     assert m["normal_ct"] is (truth["lesion_proportion_pct"] < 1.0)
 
