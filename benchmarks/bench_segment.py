@@ -100,6 +100,8 @@ def _worker(case: str, profile: bool) -> None:
                 "wall_s": round(wall, 3),
                 "stages_s": metrics.provenance["timings_s"],
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
+                # Other processes on the machine inflate wall time; record how busy it was.
+                "load_avg_1min_after": round(os.getloadavg()[0], 2),
                 "lung_volume_ml": round(metrics.lung_volume_ml, 1),
                 "lesion_proportion_pct": round(metrics.lesion_proportion_pct, 3),
                 "qc_flags": [f.split(":", 1)[0] for f in metrics.qc_flags],
@@ -139,7 +141,8 @@ def main() -> None:
             stages = "  ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items())
             print(
                 f"{case:8s} {'x'.join(map(str, row['shape_zyx'])):>12s}  "
-                f"wall {row['wall_s']:6.2f} s  peak {row['peak_rss_mb'] / 1024:5.2f} GB  | {stages}"
+                f"wall {row['wall_s']:6.2f} s  peak {row['peak_rss_mb'] / 1024:5.2f} GB  "
+                f"load {row['load_avg_1min_after']:4.1f}  | {stages}"
             )
     machine = {
         "platform": platform.platform(),
