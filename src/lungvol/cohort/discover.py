@@ -235,9 +235,9 @@ def discover_cohort(
         For manifest errors (see the module docstring). Subject-level gaps are returned as
         issues instead.
     """
-    root = Path(root)
-    if not root.is_dir():
+    if not Path(root).is_dir():
         raise CohortError(f"cohort folder {root} does not exist or is not a folder")
+    root = Path(root).resolve()  # absolute: workers (processes, Dask) may run elsewhere
     rows = read_manifest(Path(manifest) if manifest else root / MANIFEST_NAME, trial)
     arms = {r.subject: r.arm for r in rows}
     folders = _subject_folders(root)

@@ -227,7 +227,7 @@ def run_cohort(
         If ``out`` holds results of another config and ``rerun_changed`` is False.
     """
     start = time.perf_counter()
-    out = Path(out)
+    out = Path(out).resolve()  # absolute: workers (processes, Dask) may run elsewhere
     out.mkdir(parents=True, exist_ok=True)
     _check_run_json(out, config, rerun_changed=rerun_changed)
     run_info = {

@@ -128,6 +128,14 @@ def _report_page(
             + html_table(tables.absolute_header(trial), tables.absolute_rows(rows, trial)),
         )
     )
+    published = tables.published_rows(trial)
+    if published:
+        sections.append(
+            (
+                "Published values (for comparison)",
+                html_table(tables.published_header(trial), published),
+            )
+        )
     normal = tables.normal_ct_table(rows, trial)
     if normal:
         sections.append(("Normal chest CT", html_table(tables.normal_ct_header(trial), normal)))

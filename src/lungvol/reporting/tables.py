@@ -142,6 +142,28 @@ def normal_ct_header(trial: TrialConfig) -> list[str]:
     ]
 
 
+def published_rows(trial: TrialConfig) -> list[list[str]]:
+    """The trial file's published median (Q1, Q3) of relative change, per endpoint and visit."""
+    published = trial.published.get("relative_change_pct", {})
+    rows = []
+    for e in trial.endpoints:
+        for visit in e.visits:
+            arms = published.get(e.name, {}).get(visit)
+            if not arms:
+                continue
+            cells = [e.label, trial.visit(visit).label]
+            for arm in trial.arm_names:
+                q1, median, q3 = arms[arm]
+                cells.append(f"{fmt_number(median)} ({fmt_number(q1)}, {fmt_number(q3)})")
+            rows.append(cells)
+    return rows
+
+
+def published_header(trial: TrialConfig) -> list[str]:
+    first, second = (trial.arm_label(a) for a in trial.arm_names)
+    return ["Endpoint", "Visit", f"{first} median (Q1, Q3)", f"{second} median (Q1, Q3)"]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -169,6 +191,14 @@ def table2_markdown(
         "",
         markdown_table(absolute_header(trial), absolute_rows(endpoint_rows, trial)),
     ]
+    published = published_rows(trial)
+    if published:
+        parts += [
+            "",
+            "## Published values (for comparison)",
+            "",
+            markdown_table(published_header(trial), published),
+        ]
     normal = normal_ct_table(endpoint_rows, trial)
     if normal:
         parts += [
