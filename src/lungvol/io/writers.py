@@ -257,7 +257,7 @@ def write_dicom_series(
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
-        ds.PatientName = patient_id
+        ds.PatientName = f"{patient_id}^"  # family-name component only
         ds.PatientID = patient_id
         ds.PatientBirthDate = ""
         ds.PatientSex = ""
