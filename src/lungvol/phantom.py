@@ -95,16 +95,16 @@ MIN_FOV_MM = (250.0, 300.0, 300.0)  # smaller fields of view would cut the chest
 # --- Anatomy (mm, body-centred: X + = patient left, Y + = posterior, Z + = superior) ----
 BODY_SEMI_MM = (165.0, 122.0)  # (LR, AP) semi-axes of the torso ellipse
 FAT_LAYER_MM = 14.0
-CAVITY_SEMI_MM = (140.0, 98.0)  # pleural cavity ellipse (LR, AP) at its widest level
+CAVITY_SEMI_MM = (143.0, 100.0)  # pleural cavity ellipse (LR, AP) at its widest level
 CAVITY_CENTRE_Y_MM = 5.0
-LUNG_APEX_Z_MM = 126.0
+LUNG_APEX_Z_MM = 128.0
 LUNG_WIDEST_Z_MM = -25.0
 LUNG_FLOOR_Z_MM = -136.0  # deepest costophrenic recess
 RIGHT_DOME_TOP_Z_MM = -45.0  # the right hemidiaphragm sits higher than the left
-LEFT_DOME_TOP_Z_MM = -52.0
+LEFT_DOME_TOP_Z_MM = -50.0
 DOME_CURVATURE_PER_MM = 0.0055
 HEART_CENTRE_MM = (22.0, -28.0, -38.0)  # (X, Y, Z)
-HEART_SEMI_MM = (58.0, 48.0, 50.0)
+HEART_SEMI_MM = (62.0, 50.0, 54.0)
 CARINA_MM = (0.0, 22.0, 38.0)
 TRACHEA_RADIUS_MM = 9.0
 RIGHT_HILUM_MM = (-48.0, 8.0, 8.0)
@@ -843,7 +843,7 @@ def make_phantom(
     central_outer = _rasterize_segments(grid, central, radius_offset_mm=2.0)
     central_lumen = _rasterize_segments(grid, central)
     lung_bin = lung_region & (central_outer < 0.5)
-    lung_occ = _soft(lung_bin)
+    lung_occ = _soft(lung_bin, sigma_vox=0.4)  # pleura: a sharp, ~1-voxel transition
     lung_bin = lung_occ >= 0.5  # the truth definition, also on the design grid
     lung_depth = _depth_mm(lung_bin, d_spacing)
     inside = _make_inside_fn(grid, lung_depth)
@@ -1059,7 +1059,8 @@ def insert_lesions(
     )
     lung_c = lung[box]
     base = hu[box].astype(np.float32)
-    base_s = ndimage.gaussian_filter(base, sigma=tuple(1.0 / s for s in spacing_mm))
+    # Smooth level of the scan (noise removed: at least 1 voxel, and at least 1 mm).
+    base_s = ndimage.gaussian_filter(base, sigma=tuple(max(1.0, 1.0 / s) for s in spacing_mm))
     # 1 for clear parenchyma, fading to 0 as the smoothed value approaches vessel density.
     parenchyma_w = np.clip((parenchyma_max_hu - base_s) / 100.0 + 0.5, 0.0, 1.0)
     parenchyma_w[~lung_c] = 0.0

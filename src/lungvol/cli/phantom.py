@@ -10,6 +10,12 @@ import typer
 from lungvol.cli._common import fail, handle_errors
 
 FORMATS = ("dicom", "nifti")
+TRANSFER_SYNTAXES = (
+    "explicit_vr_little_endian",
+    "jpeg_lossless",
+    "jpeg2000_lossless",
+    "rle_lossless",
+)
 
 
 @handle_errors
@@ -34,6 +40,14 @@ def phantom(
         float, typer.Option("--solid-pct", help="Target solid component / lung volume, %.")
     ] = 3.0,
     noise_hu: Annotated[float, typer.Option("--noise-hu", help="Image noise SD in HU.")] = 20.0,
+    transfer_syntax: Annotated[
+        str,
+        typer.Option(
+            "--transfer-syntax",
+            help="DICOM encoding: explicit_vr_little_endian (uncompressed), jpeg_lossless, "
+            "jpeg2000_lossless or rle_lossless.",
+        ),
+    ] = "explicit_vr_little_endian",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a non-empty OUT folder.")
     ] = False,
@@ -44,6 +58,11 @@ def phantom(
 
     if fmt not in FORMATS:
         fail(f"--format {fmt!r} is not supported; use one of {', '.join(FORMATS)}")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        fail(
+            f"--transfer-syntax {transfer_syntax!r} is not supported; use one of "
+            f"{', '.join(TRANSFER_SYNTAXES)}"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         fail(f"{out} exists and is not empty; pass --overwrite or choose another folder")
     shape, spacing_mm = resolve_size(size)
@@ -55,7 +74,9 @@ def phantom(
         solid_pct=solid_pct,
         noise_hu=noise_hu,
     )
-    paths = write_phantom(ph, out, fmt=fmt, overwrite=overwrite)
+    paths = write_phantom(
+        ph, out, fmt=fmt, overwrite=overwrite, transfer_syntax=transfer_syntax
+    )
     if as_json:
         typer.echo(paths["truth_json"].read_text().rstrip())
         return
