@@ -189,6 +189,12 @@ def segment_scan(
         )
     if device not in DEVICES:
         raise InputError(f"device must be one of {DEVICES} (resolved), got {device!r}")
+    resolved_in, resolved_out = in_path.resolve(), out_dir.resolve()
+    if resolved_out == resolved_in or resolved_out in resolved_in.parents:
+        # --overwrite would delete the input scan itself.
+        raise InputError(
+            f"output folder {out_dir} holds the input {in_path}; choose an -o outside the input"
+        )
     _check_output(out_dir, overwrite=overwrite)
 
     timings: dict[str, float] = {}

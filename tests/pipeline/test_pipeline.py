@@ -180,3 +180,12 @@ def test_qc_png_can_be_switched_off_in_the_config(fake_stages: Path, tmp_path: P
     cfg = LungvolConfig(output=OutputConfig(qc_png=False))
     segment_scan(fake_stages, tmp_path / "scan", config=cfg)
     assert not (tmp_path / "scan" / "qc.png").exists()
+
+
+def test_an_output_folder_that_holds_the_input_is_refused_even_with_overwrite(
+    fake_stages: Path,
+) -> None:
+    for out in (fake_stages.parent, fake_stages.parent.parent):
+        with pytest.raises(InputError, match="holds the input"):
+            segment_scan(fake_stages, out, config=CFG, overwrite=True)
+    assert fake_stages.is_file()
