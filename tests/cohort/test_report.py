@@ -64,7 +64,8 @@ def test_table2_markdown_is_laid_out_like_the_paper(analysed):
     assert "| Endpoint | Visit | UC-MSC n | UC-MSC median (Q1, Q3) |" in md
     assert re.search(r"\| Solid-component proportion \| Month 12 \| 3 \| -?\d+\.\d\d \(", md)
     assert "## Normal chest CT" in md
-    assert "| Total lesion proportion | Day 10 | -7.99 (-23.63, 0.51) | 4.13 (-16.58, 14.83) |" in md
+    published = "| Total lesion proportion | Day 10 | -7.99 (-23.63, 0.51) | 4.13 (-16.58, 14.83) |"
+    assert published in md
 
 
 def test_figures_are_written_as_png_and_svg(analysed):
