@@ -291,7 +291,8 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
             raise InputError(f"{h.pixel_problem} ({h.path}); re-export or replace this file")
     warnings: list[str] = []
     geometry = _SeriesGeometry(headers, cfg, warnings)
-    hu = _read_pixels(headers)
+    # ITK would print its own "non uniform sampling" warning; lungvol records a clearer one.
+    hu = _read_pixels(headers, quiet=geometry.is_uneven or geometry.is_tilted)
     if geometry.is_tilted:
         hu, origin, spacing_zyx, direction = _resample_tilted(hu, geometry)
     else:
@@ -343,6 +344,11 @@ class _SeriesGeometry:
                 "lungvol needs complete CT geometry"
             )
         self.n_slices = len(headers)
+        if self.n_slices < 2:
+            raise InputError(
+                f"series {first.series_uid} has a single slice; slice spacing cannot be measured, "
+                "pass a full CT series"
+            )
         self.rows, self.columns = int(first.rows or 0), int(first.columns or 0)
         self.row_dir = np.asarray(first.orientation[:3], float)
         self.col_dir = np.asarray(first.orientation[3:], float)
@@ -424,7 +430,7 @@ def _fits_int16(headers: Sequence[SliceHeader]) -> bool:
     return True
 
 
-def _read_pixels(headers: Sequence[SliceHeader]) -> np.ndarray:
+def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.ndarray:
     """Decode the series' pixels in the given order as HU, (z, y, x).
 
     SimpleITK (GDCM) applies each file's RescaleSlope/Intercept. Files GDCM cannot decode are
@@ -432,6 +438,9 @@ def _read_pixels(headers: Sequence[SliceHeader]) -> np.ndarray:
     """
     files = [h.path for h in headers]
     integer = _integer_rescale(headers)
+    show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
+    if quiet:  # restored below; ITK's warning switch is process-wide
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         if integer and _fits_int16(headers):
             return _sitk_read(files, sitk.sitkInt16)
@@ -450,6 +459,8 @@ def _read_pixels(headers: Sequence[SliceHeader]) -> np.ndarray:
             "SimpleITK could not decode the series (%s); decoding with pydicom",
             str(err).strip().splitlines()[-1] if str(err).strip() else err.__class__.__name__,
         )
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(show_warnings)
     return _pydicom_read(headers, integer)
 
 

@@ -30,7 +30,7 @@ _LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM"}
 _DICM_OFFSET = 128
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: has no series, skipped
 # Reasons that mean "this is not a CT image series at all" (-> NotCTError when nothing else).
-NOT_CT_PREFIXES = ("modality", "localizer", "not an image", "secondary capture", "enhanced")
+NOT_CT_PREFIXES = ("modality", "localizer", "not an image", "secondary capture")
 # Failures of pydicom's forced parse of a file without the DICM preamble: such a file is
 # treated as "not DICOM" (logged) rather than an error, since folders often hold other files.
 _FORCED_PARSE_ERRORS = (
