@@ -61,7 +61,10 @@ def test_json_stdout_is_metrics_json_with_every_field(phantom_run: tuple) -> Non
     assert {"read", "lungs", "lesions", "quantification", "write", "total"} <= set(
         prov["timings_s"]
     )
-    assert "phantom" not in json.dumps(metrics).lower()  # the pseudonymous patient id
+    text = json.dumps(metrics)
+    assert "PHANTOM" not in text  # PatientID/PatientName written into the phantom's DICOM
+    for tag in ("PatientName", "PatientID", "PatientBirthDate", "patient_id", "birth"):
+        assert tag.lower() not in text.lower()
 
 
 def test_masks_have_the_ct_geometry_and_match_the_truth(phantom_run: tuple) -> None:
@@ -103,7 +106,25 @@ def test_dicom_seg_is_readable_by_highdicom_and_references_the_source(phantom_ru
     _, out, _, _ = phantom_run
     seg = hd.seg.segread(out / "seg.dcm")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(seg.segment_descriptions) >= 2
+    labels = {item.SegmentLabel.lower() for item in seg.SegmentSequence}
+    assert len(labels) == 4, labels  # right lung, left lung, ground-glass, solid
+    assert len(seg.get_segment_numbers()) == 4
+    # Voxel counts per segment equal those of the NIfTI label maps (same masks, same grid).
+    counts: dict[int, int] = {}
+    pixels = seg.pixel_array
+    for i, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        counts[number] = counts.get(number, 0) + int(np.count_nonzero(pixels[i]))
+    lungs = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lungs.nii.gz")))
+    lesions = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesions.nii.gz")))
+    # Segment numbers per lungvol.io.write_dicom_seg: 1 right, 2 left, 3 GGO, 4 solid.
+    expected = {
+        1: np.count_nonzero(lungs == 1),
+        2: np.count_nonzero(lungs == 2),
+        3: np.count_nonzero(lesions == 1),
+        4: np.count_nonzero(lesions == 2),
+    }
+    assert counts == {k: int(v) for k, v in expected.items() if v}
     referenced = {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence}
     assert metrics["provenance"]["input"]["series_uid"] in referenced
 
