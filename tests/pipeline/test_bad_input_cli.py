@@ -196,3 +196,11 @@ def test_gantry_tilt_is_resampled_by_default_and_refused_by_config(tmp_path: Pat
     out2 = tmp_path / "out2"
     _assert_refused(_run([str(folder), "-o", str(out2), "--config", str(cfg)]), out2,
                     contains="tilt")
+
+
+def test_dicom_seg_of_a_resampled_series_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    phantom = _small_phantom()
+    folder = tmp_path / "tilted"
+    write_dicom_series(phantom.hu, folder, spacing_mm=phantom.spacing_mm, gantry_tilt_deg=12.0)
+    out = tmp_path / "out"
+    _assert_refused(_run([str(folder), "-o", str(out), "--dicom-seg"]), out, contains="resampled")
