@@ -209,8 +209,8 @@ def render_qc_png(
     legend = [
         Line2D([0], [0], color=RIGHT_LUNG_COLOUR, lw=2, label="right lung"),
         Line2D([0], [0], color=LEFT_LUNG_COLOUR, lw=2, label="left lung"),
-        Patch(color=GGO_RGBA, label="ground-glass"),
-        Patch(color=SOLID_RGBA, label="solid"),
+        Patch(color=GGO_RGBA[:3], label="ground-glass"),
+        Patch(color=SOLID_RGBA[:3], label="solid"),
     ]
     fig.legend(
         handles=legend, loc="upper center", ncol=4, fontsize=9, frameon=False,
