@@ -169,8 +169,10 @@ def test_clean_synthetic_chest_has_only_the_expected_flags() -> None:
 
 def test_thick_slices_imbalance_and_io_warnings_become_flags() -> None:
     warnings = (
-        "uneven_spacing_resampled: slice gaps 1.0-1.3 mm, resampled to 1.0 mm",
-        "gantry tilt of 15 deg was resampled",
+        "uneven slice spacing (1.00..1.30 mm); resampled to the median 1.10 mm",
+        "gantry tilt of 15.0 degrees; resampled onto an axial LPS grid",
+        "scanner_note: already coded",
+        "something the reader said",
     )
     vol, lungs, lesions = chest(spacing_mm=(6.0, 1.0, 1.0), warnings=warnings)
     labels = lungs.labels.copy()
@@ -179,8 +181,8 @@ def test_thick_slices_imbalance_and_io_warnings_become_flags() -> None:
     m = measure_scan(vol, LungMask(labels), lesions, CFG, timings_s={})
     codes = _codes(m.qc_flags)
     assert {"slice_spacing_large", "lung_right_left_imbalance", "uneven_spacing_resampled",
-            "io_warning"} <= codes
-    assert "io_warning: gantry tilt of 15 deg was resampled" in m.qc_flags
+            "gantry_tilt_resampled", "scanner_note", "io_warning"} <= codes
+    assert "io_warning: something the reader said" in m.qc_flags
 
 
 def test_as_flag_keeps_an_existing_code_and_collapses_to_one_line() -> None:

@@ -16,12 +16,32 @@ from lungvol.quantification.volumes import Volumes
 
 # A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
+# Codes for the reader's plain-text warnings (lungvol.io words them; first match wins).
+_KNOWN_WARNINGS = (
+    (re.compile(r"uneven slice spacing", re.IGNORECASE), "uneven_spacing_resampled"),
+    (re.compile(r"gantry tilt", re.IGNORECASE), "gantry_tilt_resampled"),
+    (re.compile(r"slicethickness .* differs", re.IGNORECASE), "slice_thickness_mismatch"),
+)
 
 
 def as_flag(text: str, *, default_code: str) -> str:
-    """Return ``text`` as a flag, prefixing ``default_code`` unless it already has a code."""
+    """Return ``text`` as a flag ``"code: message"``.
+
+    A text that already starts with a code keeps it; a known reader warning gets its code;
+    anything else gets ``default_code``.
+
+    Examples
+    --------
+    >>> as_flag("gantry tilt of 12.0 degrees; resampled", default_code="io_warning")
+    'gantry_tilt_resampled: gantry tilt of 12.0 degrees; resampled'
+    """
     text = " ".join(str(text).split())
-    return text if _CODE_RE.match(text) else f"{default_code}: {text}"
+    if _CODE_RE.match(text):
+        return text
+    for pattern, code in _KNOWN_WARNINGS:
+        if pattern.search(text):
+            return f"{code}: {text}"
+    return f"{default_code}: {text}"
 
 
 def flag_code(flag: str) -> str:
