@@ -206,3 +206,16 @@ def test_provenance_is_json_serialisable_and_holds_versions_timings_and_input() 
     text = json.dumps(d).lower()
     for ident in ("patientname", "patientid", "birthdate", "patient_name", "patient_id"):
         assert ident not in text
+
+
+def test_segmentation_warnings_become_flags_even_as_a_bare_string() -> None:
+    vol, lungs, lesions = chest()
+    m = measure_scan(
+        vol,
+        LungMask(lungs.labels, {"warnings": "trachea not found"}),
+        LesionMask(lesions.labels, {"warnings": ["vesselness skipped"]}),
+        CFG,
+        timings_s={},
+    )
+    assert "lung_segmentation: trachea not found" in m.qc_flags
+    assert "lesion_segmentation: vesselness skipped" in m.qc_flags

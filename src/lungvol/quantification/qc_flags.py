@@ -139,6 +139,10 @@ def spacing_flags(
     return []
 
 
-def passthrough_flags(messages: Iterable[str], *, default_code: str) -> list[str]:
-    """Warnings from earlier stages (io, segmentation) as flags."""
+def passthrough_flags(messages: Iterable[str] | str | None, *, default_code: str) -> list[str]:
+    """Warnings from earlier stages (io, segmentation) as flags; a bare string is one warning."""
+    if messages is None:
+        return []
+    if isinstance(messages, str):
+        messages = [messages]
     return [as_flag(m, default_code=default_code) for m in messages if str(m).strip()]
