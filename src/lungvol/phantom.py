@@ -37,6 +37,7 @@ Arrays are (z, y, x); low x index = patient right, low y = anterior, low z = inf
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -50,7 +51,15 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.errors import GeometryError, InputError
-from lungvol.types import LESION_GGO, LESION_SOLID, LUNG_LEFT, LUNG_RIGHT, MM3_PER_ML
+from lungvol.types import (
+    LESION_GGO,
+    LESION_SOLID,
+    LUNG_LEFT,
+    LUNG_RIGHT,
+    MM3_PER_ML,
+    CTVolume,
+    SourceInfo,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +149,23 @@ class Phantom:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(s) for s in self.hu.shape)  # type: ignore[return-value]
+
+    def to_ct_volume(self, *, study_date: str = "20200101") -> CTVolume:
+        """The phantom as a ``CTVolume`` (identity direction), e.g. to segment in memory."""
+        source = SourceInfo(
+            path=f"<phantom seed {self.truth.get('seed')}>",
+            kind="phantom",
+            sha256=hashlib.sha256(np.ascontiguousarray(self.hu).tobytes()).hexdigest(),
+            modality="CT",
+            study_date=study_date,
+        )
+        return CTVolume(
+            hu=self.hu,
+            spacing_mm=self.spacing_mm,
+            origin_lps_mm=self.origin_lps_mm,
+            direction=np.eye(3),
+            source=source,
+        )
 
 
 # =========================================================================================

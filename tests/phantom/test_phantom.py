@@ -238,3 +238,13 @@ def test_resolve_size_presets_and_custom() -> None:
         resolve_size("medium")
     with pytest.raises(InputError, match="16"):
         resolve_size("8x8x8")
+
+
+def test_to_ct_volume_keeps_geometry_and_intensities(ph: Phantom) -> None:
+    volume = ph.to_ct_volume()
+    assert volume.hu is ph.hu
+    assert volume.spacing_mm == ph.spacing_mm
+    assert volume.origin_lps_mm == ph.origin_lps_mm
+    assert np.array_equal(volume.direction, np.eye(3))
+    assert volume.source.kind == "phantom"
+    assert len(volume.source.sha256) == 64
