@@ -387,3 +387,12 @@ def test_truncated_compressed_pixel_data_names_the_file(tmp_path, chest):
     files[4].write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=files[4].name):
         read_ct(tmp_path)
+
+
+def test_unmarked_coronal_scout_is_treated_as_a_localizer(tmp_path, chest):
+    files = write_dicom_series(chest[:1], tmp_path, spacing_mm=SPACING)
+    ds = pydicom.dcmread(files[0])
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # coronal, ImageType says nothing
+    ds.save_as(files[0])
+    with pytest.raises(NotCTError, match="localizer/scout image"):
+        read_ct(tmp_path)

@@ -314,7 +314,12 @@ def _build_candidate(uid: str, headers: list[SliceHeader], config: IOConfig) -> 
             extent = float(proj[-1] - proj[0]) if len(proj) else 0.0
             if gaps.size:
                 spacing = float(np.median(gaps))
-            if tilt_from_axial > 45.0:  # the normal is closer to x or y than to z
+            if tilt_from_axial > 45.0 and len(headers) < config.min_slices:
+                reasons.append(
+                    f"localizer/scout image ({len(headers)} non-axial slice(s), "
+                    f"normal {tilt_from_axial:.0f} degrees from the z axis)"
+                )
+            elif tilt_from_axial > 45.0:  # the normal is closer to x or y than to z
                 reasons.append(
                     f"non-axial slices (normal {tilt_from_axial:.0f} degrees from the z axis)"
                 )
