@@ -61,12 +61,10 @@ RUN set -eux; \
     if [ -n "$TORCH" ]; then pip install --index-url "$TORCH_INDEX_URL" "$TORCH"; fi; \
     pip install -r /opt/lungvol/constraints.txt
 
-# The project: configs (the packaged default.yaml links to configs/), the sample scan for a
-# smoke test (see docs/deploy.md), the sources.
-COPY sample_data/ /opt/lungvol/sample_data/
-COPY configs/ /opt/lungvol/configs/
-COPY pyproject.toml README.md /opt/lungvol/
-COPY src/ /opt/lungvol/src/
+# The project in one layer (.dockerignore lets in only pyproject.toml, README.md, src/, configs/
+# and sample_data/): configs/ sits beside src/ because the packaged default.yaml links to it;
+# sample_data/ holds the phantom for a smoke test (see docs/deploy.md).
+COPY . /opt/lungvol/
 RUN set -eux; \
     extras="dask,parquet"; \
     if [ -n "$TORCH" ]; then extras="$extras,dl"; fi; \

@@ -156,4 +156,7 @@ start=$(date +%s)
   --build-arg "BASE=$BASE_IMAGE" "${BUILD_MOUNTS[@]}" \
   -f Dockerfile -t "$IMAGE" "${EXTRA[@]}" . >&2
 log "built $IMAGE in $(( $(date +%s) - start )) s"
+# vfs stores every layer as a full copy (~1 GB here): drop images that earlier builds left
+# untagged. The new image's own layers are its parents and stay, so the layer cache survives.
+"${PODMAN[@]}" image prune -f >/dev/null 2>&1 || log "could not prune old images (ignored)"
 echo "$IMAGE"

@@ -51,6 +51,14 @@ if [ ! -f "$ROOTFS/.lungvol-exported" ]; then
   "${PODMAN[@]}" export "$cid" | tar --numeric-owner -xpf - -C "$ROOTFS"
   "${PODMAN[@]}" rm "$cid" >/dev/null
   echo "$image_id" >"$ROOTFS/.lungvol-exported"
+  # exports of images that no longer exist only take space (~1 GB each); skip any in use
+  for old in "$(dirname "$ROOTFS")"/rootfs-*; do
+    [ -d "$old" ] && [ "$old" != "$ROOTFS" ] || continue
+    "${PODMAN[@]}" image exists "$(cat "$old/.lungvol-exported" 2>/dev/null || echo none)" && continue
+    awk -v r="$old/" 'index($2 "/", r) == 1 { found = 1 } END { exit !found }' /proc/mounts \
+      && continue
+    rm -rf --one-file-system "$old"
+  done
 fi
 
 # --- the image's runtime configuration ----------------------------------------------------------

@@ -128,12 +128,21 @@ def test_copied_sources_exist_and_are_not_ignored(instructions, ignore_patterns)
             parts = [p for p in args.split() if not p.startswith("--")]
             sources += parts[:-1]
     assert sources, "the Dockerfile copies the project in"
+    if "." in sources:  # the whole (allow-listed) context: what the install needs must be in it
+        sources.remove(".")
+        sources += ["pyproject.toml", "README.md", "src", "configs", "sample_data"]
     for source in sources:
         rel = source.rstrip("/")
         assert (REPO / rel).exists() or rel == "sample_data", f"COPY source {rel} missing"
         assert not _dockerignore_excludes(rel, ignore_patterns), f"{rel} is .dockerignored"
-    assert not _dockerignore_excludes("src/lungvol/cli/segment.py", ignore_patterns)
-    assert not _dockerignore_excludes("sample_data/phantom_small/dicom/000.dcm", ignore_patterns)
+    for needed in (
+        "src/lungvol/cli/segment.py",
+        "src/lungvol/default.yaml",
+        "configs/default.yaml",
+        "sample_data/phantom_small/dicom/000.dcm",
+        "sample_data/phantom_small/truth_lungs.nii.gz",
+    ):
+        assert not _dockerignore_excludes(needed, ignore_patterns), needed
 
 
 @pytest.mark.parametrize(
@@ -149,6 +158,9 @@ def test_copied_sources_exist_and_are_not_ignored(instructions, ignore_patterns)
         "benchmarks/results/run.json",
         "src/lungvol/__pycache__/types.cpython-311.pyc",
         "scratch/patient.nii.gz",
+        "patient_dicom/IM0001",
+        "src/lungvol.egg-info/PKG-INFO",
+        "Makefile",
     ],
 )
 def test_dockerignore_keeps_tests_data_outputs_and_envs_out(path: str, ignore_patterns) -> None:
@@ -159,6 +171,8 @@ def test_dockerignore_matcher_is_not_vacuous() -> None:
     assert not _dockerignore_excludes("src/x.py", ["tests", "*.log"])
     assert _dockerignore_excludes("a/b.nii.gz", ["**/*.nii.gz"])
     assert not _dockerignore_excludes("sample_data/a.nii.gz", ["**/*.nii.gz", "!sample_data/**"])
+    assert not _dockerignore_excludes("src/a/b.py", ["*", "!src/"])
+    assert _dockerignore_excludes("src/a/__pycache__/b.pyc", ["*", "!src/", "**/__pycache__"])
 
 
 def test_image_constraints_pin_every_runtime_dependency() -> None:
