@@ -157,7 +157,7 @@ def test_source_info_has_no_patient_identifiers(tmp_path, chest):
 # ----------------------------------------------------------------- series selection
 
 
-def _multi_series_folder(root, chest):
+def _write_multi_series_folder(root, chest):
     thin = write_dicom_series(
         chest_like((48, 32, 32)),
         root / "thin",
@@ -181,11 +181,18 @@ def _multi_series_folder(root, chest):
         root / "sr" / "dose.dcm", sop_class=pydicom.uid.XRayRadiationDoseSRStorage, modality="SR"
     )
     (root / "README.txt").write_text("not dicom")
-    return (pydicom.dcmread(f).SeriesInstanceUID for f in (thin[0], thick[0], scout[0]))
+    return tuple(pydicom.dcmread(f).SeriesInstanceUID for f in (thin[0], thick[0], scout[0]))
 
 
-def test_multi_series_folder_picks_thinnest_covering_ct(tmp_path, chest):
-    thin, thick, scout = _multi_series_folder(tmp_path, chest)
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory):
+    """(folder, (thin, thick, scout) UIDs): thin + thick CT, a scout, a secondary capture, an SR."""
+    root = tmp_path_factory.mktemp("multi")
+    return root, _write_multi_series_folder(root, chest_like())
+
+
+def test_multi_series_folder_picks_thinnest_covering_ct(multi):
+    tmp_path, (thin, thick, scout) = multi
     vol = read_ct(tmp_path)
     assert vol.source.series_uid == thin
     reason = vol.source.selection_reason
@@ -196,8 +203,8 @@ def test_multi_series_folder_picks_thinnest_covering_ct(tmp_path, chest):
     assert "thicker" in reason
 
 
-def test_list_series_reports_usability_and_reasons(tmp_path, chest):
-    thin, thick, scout = _multi_series_folder(tmp_path, chest)
+def test_list_series_reports_usability_and_reasons(multi):
+    tmp_path, (thin, thick, scout) = multi
     series = list_series(tmp_path)
     assert [s.uid for s in series[:2]] == [thin, thick]
     assert [s.is_usable for s in series] == [True, True, False, False, False]
@@ -208,24 +215,24 @@ def test_list_series_reports_usability_and_reasons(tmp_path, chest):
     assert "localizer" in by_uid[scout].reason
 
 
-def test_series_uid_overrides_the_choice(tmp_path, chest):
-    thin, thick, scout = _multi_series_folder(tmp_path, chest)
+def test_series_uid_overrides_the_choice(multi):
+    tmp_path, (thin, thick, scout) = multi
     vol = read_ct(tmp_path, series_uid=thick)
     assert vol.source.series_uid == thick
     assert vol.shape[0] == 16
     assert "requested" in vol.source.selection_reason
 
 
-def test_unknown_series_uid_lists_the_available_ones(tmp_path, chest):
-    thin, thick, scout = _multi_series_folder(tmp_path, chest)
+def test_unknown_series_uid_lists_the_available_ones(multi):
+    tmp_path, (thin, thick, scout) = multi
     with pytest.raises(InputError, match="series 9.9.9 not found; available series") as err:
         read_ct(tmp_path, series_uid="9.9.9")
     assert thin in str(err.value)
     assert thick in str(err.value)
 
 
-def test_choosing_a_localizer_explicitly_is_not_ct(tmp_path, chest):
-    _, _, scout = _multi_series_folder(tmp_path, chest)
+def test_choosing_a_localizer_explicitly_is_not_ct(multi):
+    tmp_path, (_, _, scout) = multi
     with pytest.raises(NotCTError, match="localizer"):
         read_ct(tmp_path, series_uid=scout)
 

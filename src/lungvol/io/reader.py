@@ -282,7 +282,11 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
     candidates, file_uid = scan_dicom(path, config=cfg)
     chosen = choose_series(candidates, series_uid=series_uid or file_uid, config=cfg)
     reason = selection_reason(
-        chosen, candidates, explicit=series_uid is not None or file_uid is not None
+        chosen,
+        candidates,
+        explicit="requested with series_uid"
+        if series_uid is not None
+        else ("series of the given file" if file_uid is not None else None),
     )
     logger.info("%s", reason)
     headers = list(chosen.headers)

@@ -428,10 +428,14 @@ def rank_candidates(
 
 
 def selection_reason(
-    chosen: SeriesCandidate, candidates: Sequence[SeriesCandidate], *, explicit: bool
+    chosen: SeriesCandidate, candidates: Sequence[SeriesCandidate], *, explicit: str | None
 ) -> str:
-    """One line saying which series was chosen and why the others were not."""
-    why = "requested with series_uid" if explicit else "thinnest series covering the scan"
+    """One line saying which series was chosen and why the others were not.
+
+    ``explicit`` is how the user named the series (e.g. "requested with series_uid"), or None
+    when the selection rule chose it.
+    """
+    why = explicit or "thinnest series covering the scan"
     if len(candidates) == 1:
         return f"1 series found; using {chosen.uid} ({chosen.summary()})"
     others = []
