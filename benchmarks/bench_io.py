@@ -63,6 +63,15 @@ def _large_series(syntax: str) -> Path:
     return out
 
 
+def _series_in_subprocess(syntax: str) -> Path:
+    """Generate in a child: Linux keeps ru_maxrss across fork/exec, so a parent that had the
+    400-slice volume in memory would inflate every later child's peak-memory figure."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--generate", syntax], capture_output=True, text=True, check=True
+    )
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
 def _run(path: Path) -> dict:
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True
@@ -74,7 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", choices=["real", "large", "jpeg2000", "all"], default="all")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--generate", help=argparse.SUPPRESS)  # internal: write one series
     args = parser.parse_args()
+    if args.generate:
+        print(_large_series(args.generate))
+        return
     cases = ["real", "large", "jpeg2000"] if args.case == "all" else [args.case]
     report = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU, {platform.system()}",
@@ -88,7 +101,7 @@ def main() -> None:
                 continue
             path = REAL_CT
         else:
-            path = _large_series(
+            path = _series_in_subprocess(
                 "explicit_vr_little_endian" if case == "large" else "jpeg2000_lossless"
             )
         runs = [_run(path) for _ in range(args.repeat)]

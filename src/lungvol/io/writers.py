@@ -135,14 +135,26 @@ def write_label_nifti(labels: np.ndarray, volume: CTVolume, path: str | Path) ->
     )
 
 
-def _stored_values(hu: np.ndarray, slope: float, intercept: float) -> tuple[np.ndarray, int]:
-    """Stored pixel values round((hu - intercept) / slope) as uint16 (or int16 if negative)."""
-    stored = np.rint((hu.astype(np.float64) - intercept) / slope)
-    lo, hi = (float(stored.min()), float(stored.max())) if stored.size else (0.0, 0.0)
+def _to_stored(hu_slice: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """round((hu - intercept) / slope) for one slice, in float64 (exact for 16-bit ranges)."""
+    return np.rint((hu_slice.astype(np.float64) - intercept) / slope)
+
+
+def _stored_format(hu: np.ndarray, slope: float, intercept: float) -> tuple[type, int, int]:
+    """(numpy dtype, PixelRepresentation, BitsStored) for the stored values of ``hu``.
+
+    The range comes from the extreme HU values only, so no full-volume float copy is made.
+    uint16 when no stored value is negative, int16 otherwise; 12 bits stored when the values
+    allow it (as CT scanners write), 16 otherwise.
+    """
+    if hu.size == 0:
+        return np.uint16, 0, 12
+    ends = _to_stored(np.array([hu.min(), hu.max()]), slope, intercept)
+    lo, hi = float(ends.min()), float(ends.max())
     if lo >= 0 and hi <= np.iinfo(np.uint16).max:
-        return stored.astype(np.uint16), 0
+        return np.uint16, 0, 12 if hi < 4096 else 16
     if lo >= np.iinfo(np.int16).min and hi <= np.iinfo(np.int16).max:
-        return stored.astype(np.int16), 1
+        return np.int16, 1, 12 if (lo >= -2048 and hi < 2048) else 16
     raise InputError(
         f"stored values span {lo:.0f}..{hi:.0f} with slope {slope} and intercept {intercept}; "
         "they do not fit 16 bits, choose another rescale slope/intercept"
@@ -229,11 +241,9 @@ def write_dicom_series(
             "write a larger array or another syntax"
         )
     dz, dy, dx = (float(s) for s in spacing_mm)
-    stored, pixel_representation = _stored_values(arr, rescale_slope, rescale_intercept)
-    # 12 bits stored when the values allow it, as CT scanners write; 16 otherwise.
-    lo, hi = (int(stored.min()), int(stored.max())) if stored.size else (0, 0)
-    fits_12 = (lo >= 0 and hi < 4096) if pixel_representation == 0 else (lo >= -2048 and hi < 2048)
-    bits_stored = 12 if fits_12 else 16
+    stored_dtype, pixel_representation, bits_stored = _stored_format(
+        arr, rescale_slope, rescale_intercept
+    )
     ts_uid = TRANSFER_SYNTAXES[transfer_syntax]
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -301,7 +311,7 @@ def write_dicom_series(
         ds.BitsStored = bits_stored
         ds.HighBit = bits_stored - 1
         ds.PixelRepresentation = pixel_representation
-        frame = np.ascontiguousarray(stored[k])
+        frame = _to_stored(arr[k], rescale_slope, rescale_intercept).astype(stored_dtype)
         ds.PixelData = frame.tobytes()
         if transfer_syntax == "jpeg_lossless":
             ds.PixelData = encapsulate([encode_jpeg_lossless_sv1(frame)])
