@@ -183,3 +183,57 @@ def test_worker_without_the_output_folder_refuses_instead_of_writing_locally(tmp
     assert isinstance(outcome.error, InputError)
     assert "cannot write to" in str(outcome.error)
     assert _run_on_worker(lambda task: "ran", Task(), True, str(tmp_path)).value == "ran"
+
+
+def test_cli_cohort_run_with_scheduler(cohort_folder, cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from lungvol.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "cli"
+    result = runner.invoke(
+        app,
+        [
+            "cohort",
+            "run",
+            str(cohort_folder.root),
+            "-o",
+            str(out),
+            "--scheduler",
+            cluster.scheduler_address,
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    n = len(cohort_folder.jobs)
+    assert f"{n} scans: {n} done" in result.output
+    assert len(_scan_rows(out)) == n
+
+
+def test_cli_unreachable_scheduler_is_one_line_exit_1(cohort_folder, tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from lungvol.cli import app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    result = CliRunner().invoke(
+        app,
+        [
+            "cohort",
+            "run",
+            str(cohort_folder.root),
+            "-o",
+            str(tmp_path / "o"),
+            "--scheduler",
+            address,
+        ],
+    )
+    assert result.exit_code == 1
+    assert f"no Dask scheduler answered at {address}" in result.output
+    assert "Traceback" not in result.output
