@@ -4,6 +4,8 @@ Tolerances (stated in docs/cohort.md): each scan's lesion and solid proportions 
 1 percentage point of the phantom's voxel-counted truth; each arm's median relative change
 within 10 percentage points of the truth median (computed by the same analysis on the true
 proportions). Uses the real pipeline (io, segmentation, quantification) on small phantoms.
+To stay within the test budget the trial is shi2022.yaml cut to its first four visits
+(baseline, day 10, month 1, month 3); the unit tests cover all seven.
 """
 
 from __future__ import annotations
@@ -12,15 +14,28 @@ import csv
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from lungvol.cli import app
+from lungvol.cohort.trial import DEFAULT_TRIAL
 
 pytestmark = pytest.mark.slow
 
 PER_SCAN_TOLERANCE_PP = 1.0
 MEDIAN_CHANGE_TOLERANCE_PP = 10.0
 CORRUPT = ("S002", "month1")
+VISITS = ("baseline", "day10", "month1", "month3")
+
+
+def _short_trial(path: Path) -> Path:
+    data = yaml.safe_load(DEFAULT_TRIAL.read_text())
+    data["visits"] = [v for v in data["visits"] if v["name"] in VISITS]
+    for endpoint in data["endpoints"]:
+        endpoint["visits"] = [v for v in endpoint["visits"] if v in VISITS]
+    data["normal_ct_visits"] = [v for v in data["normal_ct_visits"] if v in VISITS]
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -32,8 +47,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def trial_run(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("e2e")
     cohort, out = tmp / "cohort", tmp / "out"
+    trial = str(_short_trial(tmp / "trial.yaml"))
     runner = CliRunner()
-    sim = runner.invoke(app, ["simulate-trial", str(cohort), "--subjects-per-arm", "2",
+    sim = runner.invoke(app, ["simulate-trial", str(cohort), "--trial", trial,
+                              "--subjects-per-arm", "2",
                               "--seed", "11", "--size", "small", "--missing-fraction", "0.1",
                               "--workers", "2"])
     assert sim.exit_code == 0, sim.output
@@ -43,11 +60,11 @@ def trial_run(tmp_path_factory) -> dict[str, Path]:
         pytest.fail(f"seed 11 should keep {CORRUPT} present; pick another scan")
     scan.write_bytes(b"\x1f\x8b this is not a NIfTI file" * 10)
     run = runner.invoke(app, ["cohort", "run", str(cohort), "-o", str(out), "--workers", "2",
-                              "--no-progress"])
+                              "--trial", trial, "--no-progress"])
     assert run.exit_code == 0, run.output
-    analyze = runner.invoke(app, ["cohort", "analyze", str(out)])
+    analyze = runner.invoke(app, ["cohort", "analyze", str(out), "--trial", trial])
     assert analyze.exit_code == 0, analyze.output
-    return {"cohort": cohort, "out": out, "run_output": run.output}
+    return {"cohort": cohort, "out": out, "run_output": run.output, "trial": trial}
 
 
 def test_corrupt_scan_is_recorded_and_the_others_finish(trial_run):
@@ -96,12 +113,15 @@ def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
 def test_rerun_skips_complete_scans_and_another_config_is_refused(trial_run, tmp_path):
     runner = CliRunner()
     cohort, out = str(trial_run["cohort"]), str(trial_run["out"])
-    again = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--no-progress"])
+    trial = trial_run["trial"]
+    again = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--trial", trial,
+                                "--no-progress"])
     assert again.exit_code == 0, again.output
     n_ok = sum(r["status"] == "ok" for r in _rows(trial_run["out"] / "scans.csv"))
     assert f"0 done, {n_ok} skipped" in again.output
     other = tmp_path / "other.yaml"
     other.write_text("quantification:\n  normal_ct_max_lesion_pct: 2.0\n")
-    refused = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--config", str(other)])
+    refused = runner.invoke(app, ["cohort", "run", cohort, "-o", out, "--trial", trial,
+                                  "--config", str(other)])
     assert refused.exit_code == 1
     assert "--rerun-changed" in refused.output
