@@ -168,3 +168,22 @@ def test_killed_run_resumes_without_losing_or_redoing_scans(tmp_path):
     assert [r["status"] for r in rows] == ["ok"] * 9
     visible = [p for p in out.glob("scans/*/*") if p.is_dir() and not p.name.startswith(".")]
     assert all((p / "metrics.json").is_file() for p in visible)  # nothing half-written in place
+
+
+@pytest.mark.slow
+def test_dask_executor_runs_the_cohort_through_the_same_contract(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    from lungvol.cohort.dask_executor import DaskExecutor
+
+    root = make_cohort(tmp_path / "c", _scans(2))
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  protocol="tcp://", dashboard_address=None) as cluster:
+        executor = DaskExecutor(cluster.scheduler_address)
+        try:
+            summary = run_cohort(discover_cohort(root, TRIAL), out, LungvolConfig(),
+                                 executor=executor, scan_fn=fake_scan)
+        finally:
+            executor.close()
+    assert (summary.done, summary.failed) == (6, 0)
+    assert [r["status"] for r in collect_results(out)] == ["ok"] * 6
