@@ -29,6 +29,12 @@ _ENHANCED_CT = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 _LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM"}
 _DICM_OFFSET = 128
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: has no series, skipped
+# Geometry definitions (not tuning knobs): a series is axial when its slice normal is closer
+# to z than to x or y; direction cosines / positions closer than these are the same (they
+# differ only by the rounding of DICOM decimal strings).
+_AXIAL_MAX_NORMAL_ANGLE_DEG = 45.0
+_SAME_DIRECTION_TOLERANCE = 1e-3
+_SAME_POSITION_MM = 1e-3
 # Reasons that mean "this is not a CT image series at all" (-> NotCTError when nothing else).
 NOT_CT_PREFIXES = ("modality", "localizer", "not an image", "secondary capture")
 # Failures of pydicom's forced parse of a file without the DICM preamble: such a file is
@@ -299,7 +305,7 @@ def _build_candidate(uid: str, headers: list[SliceHeader], config: IOConfig) -> 
         reasons.append("images lack ImagePositionPatient/ImageOrientationPatient")
     if not reasons and positioned:
         o = np.array([h.orientation for h in headers], float)
-        if np.abs(o - o[0]).max() > 1e-3:
+        if np.abs(o - o[0]).max() > _SAME_DIRECTION_TOLERANCE:
             reasons.append(f"{len(orientations)} different slice orientations in one series")
         elif len({(h.rows, h.columns) for h in headers}) > 1:
             reasons.append("images of different sizes in one series")
@@ -314,17 +320,17 @@ def _build_candidate(uid: str, headers: list[SliceHeader], config: IOConfig) -> 
             extent = float(proj[-1] - proj[0]) if len(proj) else 0.0
             if gaps.size:
                 spacing = float(np.median(gaps))
-            if tilt_from_axial > 45.0 and len(headers) < config.min_slices:
+            if tilt_from_axial > _AXIAL_MAX_NORMAL_ANGLE_DEG and len(headers) < config.min_slices:
                 reasons.append(
                     f"localizer/scout image ({len(headers)} non-axial slice(s), "
                     f"normal {tilt_from_axial:.0f} degrees from the z axis)"
                 )
-            elif tilt_from_axial > 45.0:  # the normal is closer to x or y than to z
+            elif tilt_from_axial > _AXIAL_MAX_NORMAL_ANGLE_DEG:
                 reasons.append(
                     f"non-axial slices (normal {tilt_from_axial:.0f} degrees from the z axis)"
                 )
-            elif gaps.size and float(gaps.min()) < 1e-3:
-                n_dup = int(np.count_nonzero(gaps < 1e-3))
+            elif gaps.size and float(gaps.min()) < _SAME_POSITION_MM:
+                n_dup = int(np.count_nonzero(gaps < _SAME_POSITION_MM))
                 reasons.append(
                     f"{n_dup} slice position(s) occur twice (several acquisitions or phases in "
                     "one series); split the series before analysis"
