@@ -135,21 +135,22 @@ class LesionSegmentationConfig:
     # Vessel / airway-wall suppression (Frangi-type vesselness on a smoothed volume).
     vessel_suppression: bool = True
     vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0, 3.0)
-    vesselness_threshold: float = 0.25  # Frangi V (0..1); an ideal blob scores ~0.13
+    vesselness_threshold: float = 0.15  # Frangi V (0..1) at or above which a voxel is a tube
     smoothing_sigma_mm: float = 0.7
+    vessel_working_spacing_mm: float = 1.5  # grid for the vesselness filter
+    vessel_structure_hu: float = 60.0  # Frangi structureness scale c, in HU
+    vessel_min_hu: float = -700.0  # coarse voxels at or below this are never vessel
+    # Tubes are removed only where normal parenchyma (below parenchyma_max_hu) fills at
+    # least vessel_min_parenchyma_fraction of the lung in a window of
+    # vessel_context_window_mm: dense patches inside ground glass are not vessels.
+    parenchyma_max_hu: float = -700.0
+    vessel_min_parenchyma_fraction: float = 0.3
+    vessel_context_window_mm: float = 9.0
     # Dense voxels within this distance of the lung surface (partial-volume rim along the
     # pleura and diaphragm) count only when connected to lesion that reaches deeper.
     pleural_rim_mm: float = 3.0
-    # A dense voxel is lesion core when >= lesion_core_min_fraction of a window of
-    # lesion_core_window_mm (per axis) is dense: removes vessels thinner than ~half the
-    # window, their partial-volume halo, fissures and airway walls.
-    lesion_core_window_mm: float = 7.0
-    lesion_core_min_fraction: float = 0.5
-    vessel_working_spacing_mm: float = 1.5  # grid for the vesselness filter
-    vessel_structure_hu: float = 60.0  # Frangi structureness scale c, in HU
-    # A lesion component is a vessel (dropped) when more than this fraction of it is
-    # vessel-like; blobs with vessels running through them stay.
-    vessel_component_min_fraction: float = 0.5
+    # In-plane opening half-width: dense structures narrower than ~2x this are not lesion.
+    thin_structure_radius_mm: float = 1.5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))

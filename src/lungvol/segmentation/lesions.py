@@ -5,19 +5,18 @@ Steps:
 1. Light Gaussian denoising (``smoothing_sigma_mm``) of the CT inside the lung bounding box.
 2. HU bands inside the lung mask: ground-glass ``ggo_band_hu`` = [low, high),
    solid ``solid_band_hu`` = [low, high] (both edges inclusive).
-3. Partial-volume rim: dense voxels within ``pleural_rim_mm`` of the lung surface (lung
+3. Vessels: a multi-scale Frangi vesselness for bright tubes on a coarse grid
+   (``vessel_working_spacing_mm``, scales ``vessel_sigmas_mm``); tube voxels plus one
+   coarse voxel around them (full width and partial-volume halo) are removed where the
+   surrounding lung is mostly normal parenchyma. Dense patches inside ground glass keep
+   their label (the Hessian alone cannot tell them from vessels).
+4. Partial-volume rim: dense voxels within ``pleural_rim_mm`` of the lung surface (lung
    boundary voxels that share chest wall or diaphragm) count only when they touch lesion
    that reaches deeper into the lung; subpleural lesions therefore stay.
-4. Thin dense structures (small vessels, their partial-volume halo, fissures, airway walls):
-   a voxel is lesion core when at least ``lesion_core_min_fraction`` of a window of
-   ``lesion_core_window_mm`` around it is dense (a rank/majority opening); lesion = dense
-   voxels within half a window of a core voxel, which restores lesion borders.
-5. Larger vessels: a multi-scale Frangi vesselness (bright tubes) on a coarse grid
-   (``vessel_working_spacing_mm``, scales ``vessel_sigmas_mm``); a connected lesion
-   component (26-connectivity) more than ``vessel_component_min_fraction`` vessel-like is
-   a vessel and dropped as a whole, so blobs with vessels running through them stay.
-6. Connected components SMALLER than ``min_component_volume_ml`` are dropped; a component
-   of exactly that volume is kept.
+5. Thin dense structures (small vessels, halo, fissures, airway walls, noise): in-plane
+   opening with a square of half-width ``thin_structure_radius_mm``.
+6. Connected lesion components (26-connectivity) SMALLER than
+   ``min_component_volume_ml`` are dropped; a component of exactly that volume is kept.
 
 ``LesionMask.info`` reports the dense volume, what each suppression step removed (mL),
 the final volumes and timings.
@@ -96,23 +95,52 @@ def _frangi_bright_tubes(
     return best
 
 
-def _vesselness_full(
-    hu_box: np.ndarray, lung_box: np.ndarray, dense_box: np.ndarray,
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+def _vessel_mask(
+    hu_box: np.ndarray, lung_box: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
 ) -> np.ndarray:
-    """Boolean vessel-like mask on the CT (box) grid, from a coarse-grid Frangi filter."""
+    """Vessel-like voxels (bool, CT box grid) from a coarse-grid Frangi filter.
+
+    A coarse voxel is vessel when its vesselness reaches ``vesselness_threshold`` (or it
+    neighbours such a voxel: the tube's full width and partial-volume halo), it is denser
+    than ``vessel_min_hu``, and normal parenchyma (below ``parenchyma_max_hu``) fills at
+    least ``vessel_min_parenchyma_fraction`` of the lung in a window of
+    ``vessel_context_window_mm`` around it. The last condition keeps dense patches inside
+    ground glass (solid components) that the Hessian alone would call tubes.
+    """
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.vessel_working_spacing_mm
     )
     hu_c = grid.downsample_mean(hu_box)
     lung_c = grid.downsample_fraction(lung_box) >= 0.5
-    dense_c = (grid.downsample_fraction(dense_box) >= 0.25) & lung_c
+    candidates = lung_c & (hu_c > config.vessel_min_hu)
     v = _frangi_bright_tubes(
-        hu_c, dense_c, grid.spacing_mm, config.vessel_sigmas_mm, config.vessel_structure_hu
+        hu_c, candidates, grid.spacing_mm, config.vessel_sigmas_mm, config.vessel_structure_hu
     )
-    vessel_c = np.zeros(hu_c.shape, dtype=bool)
-    vessel_c[np.nonzero(dense_c)] = v >= config.vesselness_threshold
-    return grid.upsample_nearest(vessel_c)
+    tube = np.zeros(hu_c.shape, dtype=bool)
+    tube[np.nonzero(candidates)] = v >= config.vesselness_threshold
+    tube = ndimage.binary_dilation(tube) & candidates
+    size = _odd_window(config.vessel_context_window_mm, grid.spacing_mm)
+    normal = ((hu_c < config.parenchyma_max_hu) & lung_c).astype(np.float32)
+    lung_f = ndimage.uniform_filter(lung_c.astype(np.float32), size=size, mode="constant")
+    normal_f = ndimage.uniform_filter(normal, size=size, mode="constant") / np.maximum(
+        lung_f, 1e-3
+    )
+    tube &= normal_f >= config.vessel_min_parenchyma_fraction
+    return grid.upsample_nearest(tube)
+
+
+def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
+    """Binary opening with an in-plane square of half-widths ``radius_px`` (y, x).
+
+    Separable 1-D min/max filters: O(N) whatever the radius, unlike a 2-D structuring
+    element in ``ndimage.binary_opening``.
+    """
+    if not any(radius_px):
+        return mask.copy()
+    size = (1, 2 * radius_px[0] + 1, 2 * radius_px[1] + 1)
+    eroded = ndimage.minimum_filter(mask.view(np.uint8), size=size, mode="nearest")
+    return ndimage.maximum_filter(eroded, size=size, mode="constant").astype(bool) & mask
 
 
 def segment_lesions(
@@ -163,15 +191,24 @@ def segment_lesions(
     t_bands = time.perf_counter()
     dense_ml = float(dense.sum() * voxel_ml)
 
+    # Vessels and their partial-volume halo (in normal parenchyma) are not lesion.
+    vessel_ml = 0.0
+    if config.vessel_suppression:
+        vessel = _vessel_mask(hu_b, lung_b, sp, config) & dense  # type: ignore[arg-type]
+        vessel_ml = float(vessel.sum() * voxel_ml)
+        dense &= ~vessel
+        del vessel
+    t_vessel = time.perf_counter()
+
     # Partial-volume rim along the pleura/diaphragm: dense voxels within pleural_rim_mm of
-    # the lung surface count only when they touch a lesion that reaches deeper.
+    # the lung surface count only when they touch lesion that reaches deeper.
     rim_removed_ml = 0.0
     if config.pleural_rim_mm > 0:
-        rim_grid = CoarseGrid.for_volume(lung_b.shape, sp, working_spacing_mm=min(sp) * 2)  # type: ignore[arg-type]
+        rim_grid = CoarseGrid.for_volume(
+            lung_b.shape, sp, working_spacing_mm=config.vessel_working_spacing_mm  # type: ignore[arg-type]
+        )
         lung_c = rim_grid.downsample_fraction(lung_b) >= 0.5
-        depth_c = ndimage.distance_transform_edt(
-            np.pad(lung_c, 1), sampling=rim_grid.spacing_mm
-        )[1:-1, 1:-1, 1:-1]
+        depth_c = ndimage.distance_transform_edt(lung_c, sampling=rim_grid.spacing_mm)
         deep = rim_grid.upsample_nearest(depth_c > config.pleural_rim_mm)
         core = dense & deep
         reach = tuple(2 * int(np.ceil(config.pleural_rim_mm / s)) + 1 for s in sp)
@@ -181,29 +218,14 @@ def segment_lesions(
         dense = kept
     t_rim = time.perf_counter()
 
-    # Thin structures (vessels < ~window/2, their halo, fissures, airway walls): a voxel
-    # is lesion core when at least lesion_core_min_fraction of a window of
-    # lesion_core_window_mm around it is dense; lesion = dense voxels next to a core.
-    window = _odd_window(config.lesion_core_window_mm, sp)
-    if max(window) > 1:
-        frac = ndimage.uniform_filter(dense.astype(np.float32), size=window, mode="constant")
-        core = dense & (frac >= config.lesion_core_min_fraction)
-        del frac
-        half = tuple(w // 2 * 2 + 1 for w in window)
-        lesion = dense & ndimage.maximum_filter(core.view(np.uint8), size=half).astype(bool)
-    else:
-        lesion = dense
+    # Thin structures (small vessels and their halo, fissures, airway walls, noise):
+    # in-plane opening; anything narrower than ~2 x thin_structure_radius_mm goes.
+    radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
+    lesion = _opening_in_plane(dense, radius_px)  # type: ignore[arg-type]
     thin_ml = float((dense & ~lesion).sum() * voxel_ml)
     t_thin = time.perf_counter()
 
-    vessel_ml = 0.0
     small_ml = 0.0
-    if config.vessel_suppression and lesion.any():
-        vessel = _vesselness_full(hu_b, lung_b, dense, sp, config) & lesion  # type: ignore[arg-type]
-        vessel_ml = float(vessel.sum() * voxel_ml)
-        lesion &= ~vessel
-        del vessel
-    t_vessel = time.perf_counter()
     lab, n = ndimage.label(lesion, structure=_CONN26)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     drop = np.zeros(n + 1, dtype=bool)
@@ -224,9 +246,9 @@ def segment_lesions(
     solid_ml = float(np.count_nonzero(sub == LESION_SOLID) * voxel_ml)
     t_end = time.perf_counter()
     info = {
-        "method": "densitometry in HU bands after Gaussian denoising; pleural partial-"
-        "volume rim suppression; thin-structure removal (local dense fraction); tubular "
-        "components dropped by multi-scale Frangi vesselness; minimum component volume",
+        "method": "densitometry in HU bands after Gaussian denoising; Frangi vessel + "
+        "halo suppression in normal parenchyma; pleural partial-volume rim; in-plane "
+        "thin-structure opening; minimum component volume",
         "ggo_band_hu": [g_lo, g_hi],
         "solid_band_hu": [s_lo, s_hi],
         "dense_in_band_ml": round(dense_ml, 3),
@@ -240,10 +262,10 @@ def segment_lesions(
         "solid_ml": round(solid_ml, 3),
         "timings_s": {
             "bands": round(t_bands - t0, 3),
-            "pleural_rim": round(t_rim - t_bands, 3),
+            "vessels": round(t_vessel - t_bands, 3),
+            "pleural_rim": round(t_rim - t_vessel, 3),
             "thin_structures": round(t_thin - t_rim, 3),
-            "vessels": round(t_vessel - t_thin, 3),
-            "components": round(t_cc - t_vessel, 3),
+            "components": round(t_cc - t_thin, 3),
             "total": round(t_end - t0, 3),
         },
     }
