@@ -1025,13 +1025,15 @@ def insert_lesions(
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Insert known ground-glass and solid lesions into a real CT inside its lung mask.
 
-    Lesion density is ADDED to the scan: each voxel keeps its own noise (the difference
-    between the scan and its smoothed version) and gets the lesion texture in place of
-    its smoothed parenchyma value, weighted by a partial-volume occupancy at lesion borders
-    and by how parenchyma-like it is. Vessels and bronchial walls inside a ground-glass
-    lesion therefore stay as they are (and are not GGO truth); inside the solid component
-    a vessel keeps its own value (already in the solid band) and counts as solid truth.
-    Airway lumen (smoothed HU below ``airway_max_hu``) is never turned into lesion.
+    Lesion density is ADDED to the scan. In ground-glass, a parenchyma voxel becomes
+    lesion texture + (voxel - local parenchyma level), so it keeps the scan's own noise and
+    fine texture; the local level is a normalised Gaussian average over parenchyma-like
+    voxels only, so vessels do not leak into it. Voxels that are not parenchyma-like (HU at
+    or above ``parenchyma_max_hu``: vessels, bronchial walls, nodules) keep their value
+    inside ground-glass and are not GGO truth. In the solid component every voxel is raised
+    to at least the solid texture (a vessel keeps its value, already in the solid band, and
+    counts as solid truth). Borders get partial-volume occupancy. Airway lumen (smoothed HU
+    below ``airway_max_hu``) is never turned into lesion.
 
     Parameters
     ----------
@@ -1085,13 +1087,24 @@ def insert_lesions(
     )
     lung_c = lung[box]
     base = hu[box].astype(np.float32)
-    # Smooth level of the scan (noise removed: at least 1 voxel, and at least 1 mm).
-    base_s = ndimage.gaussian_filter(base, sigma=tuple(max(1.0, 1.0 / s) for s in spacing_mm))
-    # 1 for clear parenchyma, fading to 0 as the smoothed value approaches vessel density.
-    parenchyma_w = np.clip((parenchyma_max_hu - base_s) / 100.0 + 0.5, 0.0, 1.0)
+    vox = spacing_mm
+    # Airway lumen: smoothed (noise-free) value below airway_max_hu.
+    airway = ndimage.gaussian_filter(base, sigma=tuple(max(1.0, 1.0 / s) for s in vox)) < (
+        airway_max_hu
+    )
+    # Per-voxel parenchyma-likeness: 1 for clear parenchyma, 0 for vessels and walls.
+    parenchyma_w = np.clip((parenchyma_max_hu - base) / 100.0 + 0.5, 0.0, 1.0)
     parenchyma_w[~lung_c] = 0.0
-    airway = base_s < airway_max_hu
     not_visible = parenchyma_w < 0.5
+    # Local parenchyma level by normalised convolution over parenchyma-like voxels
+    # (hand-written: scipy has no masked Gaussian average).
+    sigma_level = tuple(max(2.0, 2.0 / s) for s in vox)
+    like = (lung_c & (parenchyma_w >= 0.5) & ~airway).astype(np.float32)
+    weight = ndimage.gaussian_filter(like, sigma=sigma_level)
+    level = ndimage.gaussian_filter(base * like, sigma=sigma_level)
+    level /= np.maximum(weight, np.float32(1e-3))
+    level = np.where(weight > 0.05, level, base)
+    del like, weight
     depth_mm = _depth_mm(lung_c, spacing_mm)  # type: ignore[arg-type]
     p, q = _propensity(rng, lung_c, spacing_mm, pleural_depth_mm=depth_mm)  # type: ignore[arg-type]
     del depth_mm
@@ -1110,13 +1123,12 @@ def insert_lesions(
     ggo_hu = np.interp(texture, [-2.0, 2.0], GGO_RANGE_HU).astype(np.float32)
     solid_hu = np.interp(texture, [-2.0, 2.0], SOLID_RANGE_HU).astype(np.float32)
     del texture
-    # Ground-glass: only where the base is parenchyma-like. The scan's own noise (base
-    # minus its smoothed version) is kept because only the smooth level is raised.
-    ggo_gain = lesion_occ * parenchyma_w * np.maximum(ggo_hu - base_s, 0.0)
-    out = base + ggo_gain
-    # Solid: raise the smoothed level to the solid texture; denser voxels keep their value.
-    out += solid_occ * (1.0 - airway) * np.maximum(solid_hu - (base_s + ggo_gain), 0.0)
-    del ggo_gain
+    residual = (base - level) * parenchyma_w  # the scan's own noise in parenchyma
+    # Ground-glass: only where the base is parenchyma-like.
+    out = base + lesion_occ * parenchyma_w * np.maximum(ggo_hu - level, 0.0)
+    # Solid: at least the solid texture (plus the scan's noise); denser voxels keep theirs.
+    out += solid_occ * (1.0 - airway) * np.maximum(solid_hu + residual - out, 0.0)
+    del residual, level
     np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
     hu_new = np.array(hu, dtype=np.int16, copy=True)
     hu_new[box] = np.rint(out).astype(np.int16)

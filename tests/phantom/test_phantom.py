@@ -26,11 +26,6 @@ def ph() -> Phantom:
     return make_phantom(shape=TINY, seed=11, lesion_pct=20.0, solid_pct=5.0)
 
 
-@pytest.fixture(scope="module")
-def ph_small() -> Phantom:
-    return make_phantom(seed=4, lesion_pct=15.0, solid_pct=3.0)  # the "small" preset
-
-
 def _world_index(ph: Phantom, point_xyz_mm: tuple[float, float, float]) -> tuple[int, int, int]:
     """Voxel (z, y, x) of a body-centred point; the phantom's origin centres the body."""
     x, y, z = point_xyz_mm
@@ -91,8 +86,8 @@ def test_truth_volumes_are_voxel_counts(ph: Phantom) -> None:
     assert t["target_lesion_pct"] == 20.0
 
 
-def test_zero_lesion_pct_gives_normal_lungs(ph_small: Phantom) -> None:
-    normal = make_phantom(seed=4, lesion_pct=0.0, solid_pct=0.0)
+def test_zero_lesion_pct_gives_normal_lungs(ph_small: Phantom, normal_small: Phantom) -> None:
+    normal = normal_small
     assert not normal.lesions.any()
     assert normal.truth["lesion_volume_ml"] == 0.0
     # Same seed: identical anatomy and lungs with or without lesions.
