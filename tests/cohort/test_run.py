@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -96,6 +97,18 @@ def test_output_of_another_config_is_refused_unless_rerun_changed(tmp_path):
     redo = _run(root, out, other, rerun_changed=True)
     assert (redo.done, redo.skipped) == (3, 0)
     assert json.loads((out / "run.json").read_text())["config_hash"] == other.hash
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    root = make_cohort(tmp_path / "c", _scans(1))
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".run.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CohortError, match="another lungvol cohort run .* is writing to"):
+            _run(root, out)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert _run(root, out).done == 3
 
 
 def test_results_table_has_ids_visits_days_and_metrics(tmp_path):

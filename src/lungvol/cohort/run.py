@@ -22,9 +22,11 @@ one that the next run redoes. Failed scans are retried by the next run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -46,6 +48,7 @@ logger = logging.getLogger(__name__)
 CACHE_NAME = "cache.json"
 METRICS_NAME = "metrics.json"
 RUN_NAME = "run.json"
+LOCK_NAME = ".run.lock"
 SCAN_COLUMNS = ("subject", "arm", "visit", "day", "scan_date", "scan", "is_day_nominal")
 
 
@@ -180,6 +183,32 @@ def _check_run_json(out: Path, config: LungvolConfig, *, rerun_changed: bool) ->
         )
 
 
+@contextlib.contextmanager
+def _exclusive_run(out: Path):
+    """Hold an advisory lock on ``out`` so that two runs never write the same folder.
+
+    The kernel releases it when the process ends, however it ends (Ctrl-C, kill -9).
+    """
+    with (out / LOCK_NAME).open("a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise CohortError(
+                f"another lungvol cohort run (pid {holder}) is writing to {out}; wait for it "
+                "to finish or use another -o folder"
+            ) from err
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def write_cohort_files(out: Path, cohort: Cohort, *, trial_hash: str = "") -> None:
     """Write jobs.csv, subjects.csv and cohort_issues.csv (no identifiers beyond manifest IDs)."""
     rows = [dataclasses.asdict(j) for j in cohort.jobs]
@@ -224,11 +253,40 @@ def run_cohort(
     Raises
     ------
     CohortError
-        If ``out`` holds results of another config and ``rerun_changed`` is False.
+        If ``out`` holds results of another config and ``rerun_changed`` is False, or
+        another run is writing to ``out`` (an advisory lock, ``out/.run.lock``).
     """
     start = time.perf_counter()
     out = Path(out).resolve()  # absolute: workers (processes, Dask) may run elsewhere
     out.mkdir(parents=True, exist_ok=True)
+    with _exclusive_run(out):
+        return _run_locked(
+            cohort,
+            out,
+            config,
+            executor=executor,
+            on_progress=on_progress,
+            rerun_changed=rerun_changed,
+            device=device,
+            scan_fn=scan_fn,
+            trial_hash=trial_hash,
+            start=start,
+        )
+
+
+def _run_locked(
+    cohort: Cohort,
+    out: Path,
+    config: LungvolConfig,
+    *,
+    executor: Executor,
+    on_progress: Callable[[int, int], None] | None,
+    rerun_changed: bool,
+    device: str,
+    scan_fn: Callable[[ScanTask], Any],
+    trial_hash: str,
+    start: float,
+) -> RunSummary:
     _check_run_json(out, config, rerun_changed=rerun_changed)
     run_info = {
         "lungvol": __version__,
