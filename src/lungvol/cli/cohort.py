@@ -71,7 +71,7 @@ def run_command(
             "--scheduler", help="Dask scheduler address tcp://HOST:PORT instead of local processes."
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "cpu",
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
