@@ -47,6 +47,11 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _generate_phantom() -> Path:
     """Write the phantom as DICOM once; reuse it while its truth.json exists."""
     dicom = PHANTOM_DIR / "dicom"
@@ -100,6 +105,9 @@ def _worker(case: str, profile: bool) -> None:
                 "wall_s": round(wall, 3),
                 "stages_s": metrics.provenance["timings_s"],
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
+                # CPU seconds (user + system) of this process: unlike wall time, barely
+                # affected by other load; wall ~ cpu_s on an idle machine (numpy is ~serial).
+                "cpu_s": round(_cpu_s(), 2),
                 # Other processes on the machine inflate wall time; record how busy it was.
                 "load_avg_1min_after": round(os.getloadavg()[0], 2),
                 "lung_volume_ml": round(metrics.lung_volume_ml, 1),
@@ -141,7 +149,8 @@ def main() -> None:
             stages = "  ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items())
             print(
                 f"{case:8s} {'x'.join(map(str, row['shape_zyx'])):>12s}  "
-                f"wall {row['wall_s']:6.2f} s  peak {row['peak_rss_mb'] / 1024:5.2f} GB  "
+                f"wall {row['wall_s']:6.2f} s  cpu {row['cpu_s']:6.2f} s  "
+                f"peak {row['peak_rss_mb'] / 1024:5.2f} GB  "
                 f"load {row['load_avg_1min_after']:4.1f}  | {stages}"
             )
     machine = {
