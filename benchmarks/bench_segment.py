@@ -82,6 +82,7 @@ def _worker(case: str, profile: bool) -> None:
     config = load_config()
     src = _case_input(case)
     out_root = Path(tempfile.mkdtemp(prefix="lungvol-bench-"))
+    stage_cpu_s: dict[str, float] = {}
     try:
         t = time.perf_counter()
         if profile:
@@ -95,6 +96,7 @@ def _worker(case: str, profile: bool) -> None:
         else:
             metrics = segment_scan(src, out_root / "out", config=config)
         wall = time.perf_counter() - t
+        stage_cpu_s = json.loads((out_root / "out" / "run.json").read_text())["cpu_s"]
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
     print(
@@ -104,6 +106,7 @@ def _worker(case: str, profile: bool) -> None:
                 "shape_zyx": metrics.provenance["geometry"]["shape_zyx"],
                 "wall_s": round(wall, 3),
                 "stages_s": metrics.provenance["timings_s"],
+                "stages_cpu_s": stage_cpu_s,
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
                 # CPU seconds (user + system) of this process: unlike wall time, barely
                 # affected by other load; wall ~ cpu_s on an idle machine (numpy is ~serial).
@@ -146,7 +149,10 @@ def main() -> None:
             proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
-            stages = "  ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items())
+            stages = "  ".join(
+                f"{k} {v:.2f}/{row['stages_cpu_s'].get(k, float('nan')):.2f}"
+                for k, v in row["stages_s"].items()
+            )
             print(
                 f"{case:8s} {'x'.join(map(str, row['shape_zyx'])):>12s}  "
                 f"wall {row['wall_s']:6.2f} s  cpu {row['cpu_s']:6.2f} s  "
@@ -168,6 +174,7 @@ def main() -> None:
                 f"phantom target (<= {TARGET_S:g} s, <= {TARGET_GB:g} GB): "
                 f"{'met' if ok else 'NOT met'}"
             )
+    print("stages: wall/cpu seconds")
     print(f"results: {out}")
 
 
