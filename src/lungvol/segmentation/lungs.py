@@ -39,6 +39,8 @@ from lungvol.types import LUNG_LEFT, LUNG_RIGHT, CTVolume, LungMask
 logger = logging.getLogger(__name__)
 
 _CONN6 = ndimage.generate_binary_structure(3, 1)
+# Border-touching air regions smaller than this (coarse voxels) are never lung.
+_FOV_MIN_VOXELS = 125
 
 
 def _radius_voxels(radius_mm: float, spacing_mm: tuple[float, ...]) -> tuple[int, ...]:
@@ -102,13 +104,29 @@ def _internal_air(
     lab, n = ndimage.label(outside)
     added_ml = 0.0
     if n:
-        means = _label_means(hu, lab, n)
-        lung_like = np.flatnonzero(means > config.pure_air_max_hu) + 1
-        if lung_like.size:
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        # Median, not mean: outside air with a blanket or table edge has a heavy tail.
+        big = np.flatnonzero(sizes[1:] >= _FOV_MIN_VOXELS) + 1
+        lung_like = [i for i in big if np.median(hu[lab == i]) > config.pure_air_max_hu]
+        if lung_like:
             extra = np.isin(lab, lung_like)
             internal |= extra
             added_ml = float(extra.sum())
     return internal, added_ml
+
+
+def _midline_x(hu: np.ndarray, body: np.ndarray, config: LungSegmentationConfig) -> float:
+    """Left-right midline (x index): the spine/sternum column, else the body centre.
+
+    Bone summed over z and y peaks at the vertebral column and sternum; ribs spread out.
+    Works for crops where the body is cut by the field of view.
+    """
+    bone_profile = np.count_nonzero((hu >= config.bone_min_hu) & body, axis=(0, 1))
+    if bone_profile.sum() > 0:
+        smooth = ndimage.uniform_filter1d(bone_profile.astype(float), size=5)
+        return float(np.argmax(smooth))
+    body_x = np.flatnonzero(body.any(axis=(0, 1)))
+    return 0.5 * (body_x[0] + body_x[-1]) if body_x.size else hu.shape[2] / 2.0
 
 
 def _split_pair(component: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndarray | None:
@@ -154,14 +172,12 @@ def _pick_lungs(
     big = [int(i) + 1 for i in order[:2] if sizes_ml[i] >= config.min_lung_volume_ml]
     info: dict = {"split_connected_pair": False}
     parts: list[np.ndarray] = []
+    centre = _midline_x(hu, body, config)
     if len(big) == 1:
         comp = lab == big[0]
-        xs = np.flatnonzero(comp.any(axis=(0, 1)))
-        body_x = np.flatnonzero(body.any(axis=(0, 1)))
-        centre = 0.5 * (body_x[0] + body_x[-1])
-        spans_both = xs[0] < centre - 0.1 * (body_x[-1] - body_x[0]) < centre + 0.1 * (
-            body_x[-1] - body_x[0]
-        ) < xs[-1]
+        xs = np.nonzero(comp)[2]
+        # Both sides hold a sizeable part of it: two lungs joined at a junction line.
+        spans_both = min(np.mean(xs < centre), np.mean(xs > centre)) > 0.2
         split = _split_pair(comp, spacing_mm) if spans_both else None
         if split is not None:
             parts = [split == 1, split == 2]
@@ -177,11 +193,10 @@ def _pick_lungs(
         labels[right] = LUNG_RIGHT
         labels[left] = LUNG_LEFT
     else:
-        body_x = np.flatnonzero(body.any(axis=(0, 1)))
-        centre = 0.5 * (body_x[0] + body_x[-1])
         cx = float(np.mean(np.nonzero(parts[0])[2]))
         labels[parts[0]] = LUNG_RIGHT if cx < centre else LUNG_LEFT
         info["single_lung"] = True
+    info["midline_x_index"] = round(centre, 1)
     # Small lung fragments (partial-volume islands at the bases and apices) near a lung.
     small = np.array([i + 1 for i in range(n) if (i + 1) not in big], dtype=np.int64)
     fragments_ml = 0.0
