@@ -149,8 +149,9 @@ def main() -> None:
             proc = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             rows.append(row)
+            cpu = row["stages_cpu_s"]
             stages = "  ".join(
-                f"{k} {v:.2f}/{row['stages_cpu_s'].get(k, float('nan')):.2f}"
+                f"{k} {v:.2f}" + (f"/{cpu[k]:.2f}" if k in cpu else "")
                 for k, v in row["stages_s"].items()
             )
             print(
