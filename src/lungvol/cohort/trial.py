@@ -20,7 +20,8 @@ from lungvol.errors import ConfigError
 
 DEFAULT_TRIAL = CONFIG_DIR / "shi2022.yaml"
 IMPUTATION_METHODS = ("locf", "none")
-HL_CI_METHODS = ("sas", "r")
+HL_CI_METHODS = ("sas", "exact", "r")  # see lungvol.stats.hodges_lehmann
+QUANTILE_DEFINITIONS = ("sas5", "r7")  # see lungvol.stats.summarize
 # Per-scan metrics an endpoint may use (fields of lungvol.types.ScanMetrics, in %).
 ENDPOINT_METRICS = ("lesion_proportion_pct", "solid_proportion_pct", "ggo_proportion_pct")
 
@@ -146,6 +147,11 @@ class TrialConfig:
             raise ConfigError(
                 f"{self.source}: imputation must be one of {IMPUTATION_METHODS}, "
                 f"got {self.imputation!r}"
+            )
+        if self.quantile_definition not in QUANTILE_DEFINITIONS:
+            raise ConfigError(
+                f"{self.source}: quantile_definition must be one of {QUANTILE_DEFINITIONS}, "
+                f"got {self.quantile_definition!r}"
             )
         if self.hl_ci not in HL_CI_METHODS:
             raise ConfigError(
