@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from io_factory import chest_like, write_non_image, write_secondary_capture
 
 from lungvol.config import IOConfig
@@ -403,3 +405,28 @@ def test_unmarked_coronal_scout_is_treated_as_a_localizer(tmp_path, chest):
     ds.save_as(files[0])
     with pytest.raises(NotCTError, match="localizer/scout image"):
         read_ct(tmp_path)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    rescale=st.sampled_from([(1.0, -1024.0), (1.0, -2048.0), (2.0, -2000.0), (0.5, -1000.0)]),
+    syntax=st.sampled_from(["explicit_vr_little_endian", "jpeg_lossless", "rle_lossless"]),
+)
+def test_write_then_read_round_trips_hu(tmp_path_factory, seed, rescale, syntax):
+    slope, intercept = rescale
+    rng = np.random.default_rng(seed)
+    hu = rng.integers(-1024, 2000, (16, 8, 12)) // 2 * 2  # even: exact for slope 2 and 0.5
+    hu[0, 0, 0] = -1000  # air, so the volume is recognisably HU
+    folder = tmp_path_factory.mktemp("rt")
+    write_dicom_series(
+        hu,
+        folder,
+        spacing_mm=(1.5, 0.5, 0.5),
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        transfer_syntax=syntax,
+    )
+    vol = read_ct(folder)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert vol.hu.dtype == (np.int16 if float(slope).is_integer() else np.float32)
