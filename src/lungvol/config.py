@@ -134,8 +134,8 @@ class LesionSegmentationConfig:
     min_component_volume_ml: float = 0.01
     # Vessel / airway-wall suppression (Frangi-type vesselness on a smoothed volume).
     vessel_suppression: bool = True
-    vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0, 3.0)
-    vesselness_threshold: float = 0.15  # Frangi V (0..1) at or above which a voxel is a tube
+    vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0)
+    vesselness_threshold: float = 0.2  # Frangi V (0..1) at or above which a voxel is a tube
     smoothing_sigma_mm: float = 0.7
     vessel_working_spacing_mm: float = 1.5  # grid for the vesselness filter
     vessel_structure_hu: float = 60.0  # Frangi structureness scale c, in HU

@@ -1,0 +1,103 @@
+"""Lung segmentation rules on a small synthetic chest."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from seg_synthetic import AIR_HU, SHAPE, TISSUE_HU, dice, make_chest, make_volume
+
+from lungvol.config import LungSegmentationConfig
+from lungvol.errors import SegmentationError
+from lungvol.segmentation import segment_lungs
+from lungvol.segmentation.grid import CoarseGrid
+from lungvol.types import LUNG_LEFT, LUNG_RIGHT
+
+CFG = LungSegmentationConfig()
+
+
+@pytest.fixture(scope="module")
+def chest():
+    c = make_chest()
+    return c, segment_lungs(c.volume, CFG)
+
+
+def test_labels_are_uint8_on_the_ct_grid(chest):
+    c, mask = chest
+    assert mask.labels.dtype == np.uint8
+    assert mask.labels.shape == c.volume.shape
+    assert set(np.unique(mask.labels)) <= {0, LUNG_RIGHT, LUNG_LEFT}
+
+
+def test_right_lung_is_low_x_and_matches_the_truth(chest):
+    c, mask = chest
+    assert dice(mask.labels == LUNG_RIGHT, c.right_lung) > 0.97
+    assert dice(mask.labels == LUNG_LEFT, c.left_lung) > 0.97
+    xs_right = np.nonzero(mask.labels == LUNG_RIGHT)[2].mean()
+    xs_left = np.nonzero(mask.labels == LUNG_LEFT)[2].mean()
+    assert xs_right < xs_left
+
+
+def test_labels_follow_the_side_when_the_scan_is_mirrored():
+    c = make_chest(flip_x=True)
+    labels = segment_lungs(c.volume, CFG).labels
+    assert dice(labels == LUNG_RIGHT, c.right_lung) > 0.97
+    assert dice(labels == LUNG_LEFT, c.left_lung) > 0.97
+
+
+def test_trachea_and_main_bronchi_are_excluded(chest):
+    c, mask = chest
+    assert mask.info["trachea_found"]
+    inside = np.count_nonzero(c.airway & (mask.labels > 0))
+    assert inside <= 0.02 * np.count_nonzero(c.airway)
+
+
+def test_pleural_consolidation_is_inside_the_lung(chest):
+    c, mask = chest
+    covered = np.count_nonzero(c.consolidation & (mask.labels == LUNG_RIGHT))
+    assert covered >= 0.8 * np.count_nonzero(c.consolidation)
+
+
+def test_pleural_consolidation_is_left_out_without_pathology_steps():
+    """The inclusion steps do the work: a plain air threshold misses the consolidation."""
+    c = make_chest()
+    cfg = LungSegmentationConfig(fill_closing_radius_mm=2.0, pleural_hull=False)
+    labels = segment_lungs(c.volume, cfg).labels
+    covered = np.count_nonzero(c.consolidation & (labels > 0))
+    assert covered < 0.5 * np.count_nonzero(c.consolidation)
+
+
+def test_info_reports_method_and_timings(chest):
+    _, mask = chest
+    assert "method" in mask.info
+    assert mask.info["timings_s"]["total"] > 0
+    assert mask.info["right_ml"] > 500
+    assert mask.info["left_ml"] > 500
+
+
+def test_soft_tissue_volume_has_no_lungs():
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
+    hu = np.full(SHAPE, AIR_HU, np.float32)
+    body = ((y - SHAPE[1] / 2) / 70.0) ** 2 + ((x - SHAPE[2] / 2) / 100.0) ** 2 <= 1.0
+    hu[np.broadcast_to(body, SHAPE)] = TISSUE_HU
+    with pytest.raises(SegmentationError, match="no lungs in view"):
+        segment_lungs(make_volume(hu), CFG)
+
+
+def test_small_air_pocket_is_not_a_lung():
+    """Bowel-gas-sized air inside the body (< min_lung_volume_ml) is refused."""
+    hu = np.full(SHAPE, TISSUE_HU, np.float32)
+    hu[30:40, 80:100, 100:120] = AIR_HU  # 10x20x20 voxels x 3.125 mm3 = 12.5 mL
+    with pytest.raises(SegmentationError, match="min_lung_volume_ml"):
+        segment_lungs(make_volume(hu), CFG)
+
+
+def test_coarse_grid_roundtrip_keeps_block_means():
+    grid = CoarseGrid.for_volume((5, 7, 9), (1.0, 0.5, 0.5), working_spacing_mm=1.0)
+    assert grid.factors == (1, 2, 2)
+    assert grid.shape == (5, 4, 5)
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 3, grid.shape).astype(np.uint8)
+    full = grid.upsample_nearest(coarse)
+    assert full.shape == (5, 7, 9)
+    # Each complete block is constant and its mean gives back the coarse value.
+    assert np.array_equal(grid.downsample_mean(full)[:, :3, :4], coarse[:, :3, :4])
