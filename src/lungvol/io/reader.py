@@ -41,6 +41,9 @@ _KIND_BY_SUFFIX = {
 }
 _CHUNK_SLICES = 32  # slices decoded per SimpleITK call when values may overflow int16
 _HASH_BLOCK_BYTES = 1 << 20
+# SliceThickness / position spacing accepted without a warning: from slightly thinner than
+# the spacing (rounding) up to 2x (overlapping reconstruction, common and harmless).
+_THICKNESS_SPACING_RATIO = (0.9, 2.0)
 _INT16 = np.iinfo(np.int16)
 # pydicom / pixel-decoder failures on a damaged file; reported as InputError naming the file.
 _DECODE_ERRORS = (
@@ -379,14 +382,18 @@ class _SeriesGeometry:
         self.is_uneven = spread > cfg.uneven_spacing_tolerance_fraction
         if self.is_uneven:
             warnings.append(
-                f"uneven slice spacing ({gaps.min():.2f}..{gaps.max():.2f} mm); resampled to the "
+                "uneven_spacing_resampled: uneven slice spacing "
+                f"({gaps.min():.2f}..{gaps.max():.2f} mm); resampled to the "
                 f"median {self.spacing_mm:.2f} mm by linear interpolation along z"
             )
         thickness = first.slice_thickness_mm
-        if thickness and abs(thickness - self.spacing_mm) > 0.1 * self.spacing_mm:
+        # Overlapping reconstructions (thickness up to twice the spacing) are normal; thinner
+        # slices than their spacing leave tissue unsampled, and thicker ones smear along z.
+        ratio = thickness / self.spacing_mm if thickness else 1.0
+        if not _THICKNESS_SPACING_RATIO[0] <= ratio <= _THICKNESS_SPACING_RATIO[1]:
             warnings.append(
-                f"SliceThickness {thickness:.2f} mm differs from the {self.spacing_mm:.2f} mm "
-                "spacing of the slice positions; the positions are used"
+                f"slice_thickness_mismatch: SliceThickness {thickness:.2f} mm differs from the "
+                f"{self.spacing_mm:.2f} mm spacing of the slice positions; the positions are used"
             )
         # Gantry tilt: the stack advances with an in-plane component (shear).
         travel = positions[-1] - positions[0]
@@ -413,7 +420,8 @@ class _SeriesGeometry:
                     "spaced; lungvol cannot correct both, re-export a regular series"
                 )
             warnings.append(
-                f"gantry tilt of {self.tilt_deg:.1f} degrees; resampled onto an axial LPS grid"
+                f"gantry_tilt_resampled: gantry tilt of {self.tilt_deg:.1f} degrees; resampled "
+                "onto an axial LPS grid"
             )
         self.origin = tuple(float(v) for v in self.first_position)
         self.direction = np.column_stack([self.row_dir, self.col_dir, self.normal])
