@@ -137,7 +137,10 @@ def test_real_chest_ct_end_to_end_is_normal_with_plausible_lungs(
     out = tmp_path / "real"
     metrics = segment_scan(src, out, config=load_config())
     assert {p.name for p in out.iterdir()} == EXPECTED_FILES
-    assert metrics.normal_ct is True
+    assert metrics.normal_ct is True, (
+        f"lesion {metrics.lesion_proportion_pct:.2f}% (GGO {metrics.ggo_proportion_pct:.2f}%, "
+        f"solid {metrics.solid_proportion_pct:.2f}%) of {metrics.lung_volume_ml:.0f} mL; see qc.png"
+    )
     low, high = load_config().quantification.plausible_lung_volume_ml
     assert low <= metrics.lung_volume_ml <= high
     assert metrics.lung_volume_right_ml > 0.3 * metrics.lung_volume_ml
