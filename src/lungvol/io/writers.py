@@ -188,7 +188,8 @@ def write_dicom_series(
     Slice ``k`` of ``hu`` (axis 0, inferior first) is written with ImagePositionPatient
     ``origin + k * spacing_z * (0, 0, 1)`` and ImageOrientationPatient ``[1,0,0, 0,1,0]``
     (rows along +x, columns along +y, LPS). Stored values are
-    ``round((hu - rescale_intercept) / rescale_slope)`` as uint16, or int16 when negative.
+    ``round((hu - rescale_intercept) / rescale_slope)`` as uint16, or int16 when negative,
+    with BitsStored 12 when they fit (as CT scanners write) and 16 otherwise.
 
     Parameters
     ----------
