@@ -149,3 +149,17 @@ def test_real_chest_ct_end_to_end_is_normal_with_plausible_lungs(
     codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
     assert "lung_volume_implausible" not in codes
     assert metrics.provenance["input"]["n_files"] == 141
+
+
+def test_normal_phantom_nifti_is_a_normal_ct(sample_data: Path, tmp_path: Path) -> None:
+    src = sample_data / "phantom_small_normal"
+    truth = json.loads((src / "truth.json").read_text())
+    out = tmp_path / "normal"
+    result = runner.invoke(app, ["segment", str(src / "ct.nii.gz"), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    m = json.loads(result.stdout)
+    assert truth["lesion_proportion_pct"] == 0.0
+    assert m["normal_ct"] is True, m["lesion_proportion_pct"]
+    assert m["lung_volume_ml"] == pytest.approx(truth["lung_volume_ml"], rel=0.10)
+    assert m["provenance"]["input"]["kind"] == "nifti"
+    assert {p.name for p in out.iterdir()} == EXPECTED_FILES
