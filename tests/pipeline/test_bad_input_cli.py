@@ -204,3 +204,51 @@ def test_dicom_seg_of_a_resampled_series_is_refused_and_leaves_nothing(tmp_path:
     write_dicom_series(phantom.hu, folder, spacing_mm=phantom.spacing_mm, gantry_tilt_deg=12.0)
     out = tmp_path / "out"
     _assert_refused(_run([str(folder), "-o", str(out), "--dicom-seg"]), out, contains="resampled")
+
+
+_SLOW_QC_SNIPPET = """
+import sys, time
+sys.path.insert(0, sys.argv.pop(1))
+import lungvol.io, lungvol.pipeline, lungvol.segmentation
+from pipeline._synthetic import chest
+vol, lungs, lesions = chest()
+lungvol.io.read_ct = lambda path, **kw: vol
+lungvol.segmentation.segment_lungs = lambda v, c: lungs
+lungvol.segmentation.segment_lesions = lambda v, lm, c: lesions
+def slow_qc(*args, **kwargs):
+    print("WRITING", flush=True)
+    time.sleep(60)
+lungvol.pipeline.render_qc_png = slow_qc
+from lungvol.cli import main
+main()
+"""
+
+
+def test_sigterm_while_writing_exits_130_and_removes_the_temp_folder(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    src = tmp_path / "in" / "ct.nii.gz"  # stages are faked in the child; only needs to exist
+    src.parent.mkdir()
+    src.write_bytes(b"x")
+    out = tmp_path / "out"
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_QC_SNIPPET, tests_dir, "segment", str(src), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "WRITING", proc.stderr.read() if proc.stderr else line
+        temp = [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]
+        assert len(temp) == 1  # the masks are being written into the hidden temp folder
+        assert (temp[0] / "lungs.nii.gz").is_file()
+        proc.terminate()  # SIGTERM
+        assert proc.wait(timeout=30) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,6 +29,28 @@ def default_output(path: Path) -> Path:
             name = name[: -len(suffix)]
             break
     return Path("lungvol_out") / name
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (``kill``, ``timeout``, schedulers) like Ctrl-C while the scan runs.
+
+    segment_scan cleans its temporary folder on KeyboardInterrupt; Python's default SIGTERM
+    action would end the process without that clean-up. Only the main thread can set
+    handlers, so elsewhere (e.g. a CLI runner in a thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(metrics: ScanMetrics, out_dir: Path, elapsed_s: float) -> None:
@@ -102,15 +128,16 @@ def register(app: typer.Typer) -> None:
         config = load_config(config_file)
         resolved = resolve_device(device)
         out_dir = output if output is not None else default_output(path)
-        metrics = segment_scan(
-            path,
-            out_dir,
-            config=config,
-            series_uid=series,
-            dicom_seg=dicom_seg,
-            device=resolved,
-            overwrite=overwrite,
-        )
+        with _sigterm_as_interrupt():
+            metrics = segment_scan(
+                path,
+                out_dir,
+                config=config,
+                series_uid=series,
+                dicom_seg=dicom_seg,
+                device=resolved,
+                overwrite=overwrite,
+            )
         _print_summary(metrics, out_dir.absolute(), time.perf_counter() - t0)
         if as_json:
             sys.stdout.write(metrics_json(metrics))
