@@ -369,7 +369,7 @@ def test_folder_without_dicom(tmp_path):
 def test_unsupported_file_type(tmp_path):
     f = tmp_path / "scan.png"
     f.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
-    with pytest.raises(InputError, match="neither DICOM nor a volume file"):
+    with pytest.raises(InputError, match="neither DICOM nor a supported volume file"):
         read_ct(f)
 
 
@@ -430,3 +430,15 @@ def test_write_then_read_round_trips_hu(tmp_path_factory, seed, rescale, syntax)
     vol = read_ct(folder)
     np.testing.assert_array_equal(vol.hu, hu)
     assert vol.hu.dtype == (np.int16 if float(slope).is_integer() else np.float32)
+
+
+def test_bare_dicom_without_preamble_or_file_meta_is_read(tmp_path, chest):
+    files = write_dicom_series(chest, tmp_path, spacing_mm=SPACING)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        del ds.file_meta
+        ds.preamble = None
+        pydicom.dcmwrite(f, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert files[0].read_bytes()[:2] == b"\x08\x00"  # starts with a group 0x0008 tag
+    vol = read_ct(tmp_path)
+    np.testing.assert_array_equal(vol.hu, chest)

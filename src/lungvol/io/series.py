@@ -29,6 +29,7 @@ _ENHANCED_CT = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
 _LOCALIZER_WORDS = {"LOCALIZER", "SCOUT", "TOPOGRAM", "SURVIEW", "SCANOGRAM"}
 _DICM_OFFSET = 128
 _MEDIA_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR: has no series, skipped
+_RAW_DICOM_GROUPS = (0x0002, 0x0008)  # first group of a data set written without preamble
 # Geometry definitions (not tuning knobs): a series is axial when its slice normal is closer
 # to z than to x or y; direction cosines / positions closer than these are the same (they
 # differ only by the rounding of DICOM decimal strings).
@@ -146,6 +147,17 @@ def _has_dicm_magic(path: Path) -> bool:
         return fp.read(4) == b"DICM"
 
 
+def _may_be_raw_dicom(path: Path) -> bool:
+    """Whether a file without the DICM preamble starts like a bare DICOM data set.
+
+    Such files (old exports) begin with a group 0x0002 or 0x0008 tag, little endian. Other
+    files are not force-parsed at all: pydicom would read arbitrary bytes as lengths.
+    """
+    with path.open("rb") as fp:
+        head = fp.read(2)
+    return len(head) == 2 and int.from_bytes(head, "little") in _RAW_DICOM_GROUPS
+
+
 def _pixel_problem(
     ds: pydicom.Dataset, pixel_offset: int, file_size: int, path: Path
 ) -> str | None:
@@ -162,7 +174,8 @@ def _pixel_problem(
     if not (rows and cols and bits):
         return None
     expected = int(rows) * int(cols) * int(ds.get("SamplesPerPixel", 1)) * int(bits) // 8
-    implicit = ts is not None and str(ts) == "1.2.840.10008.1.2"
+    encoding = getattr(ds, "original_encoding", None)  # (implicit VR, little endian) as read
+    implicit = bool(encoding[0]) if encoding else ts is not None and str(ts) == "1.2.840.10008.1.2"
     element_header = 8 if implicit else 12
     available = file_size - pixel_offset - element_header
     if available < expected:
@@ -185,6 +198,14 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
         A file with the DICOM preamble whose header cannot be parsed (corrupt/truncated).
     """
     has_magic = _has_dicm_magic(path)
+    if not has_magic and not _may_be_raw_dicom(path):
+        if strict:
+            raise InputError(
+                f"{path} is neither DICOM nor a supported volume file "
+                "(.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd); pass a CT DICOM file/folder or volume"
+            )
+        logger.debug("skipping %s: not DICOM", path)
+        return None
     try:
         with path.open("rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_magic)
