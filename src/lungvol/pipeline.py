@@ -219,6 +219,7 @@ def segment_scan(
     lesions = lseg.segment_lesions(volume, lungs, config.lesions)
     timings["lesions"] = time.perf_counter() - t
     cpu_s["lesions"] = time.process_time() - c
+    logger.info("lungs %.2f s, lesions %.2f s", timings["lungs"], timings["lesions"])
     c = time.process_time()
     metrics = measure_scan(volume, lungs, lesions, config, timings_s=timings, device=device)
     timings["quantification"] = metrics.provenance["timings_s"]["quantification"]

@@ -33,18 +33,22 @@ def _run(args: list[str]) -> Result:
 
 
 def _assert_refused(result: Result, out: Path, *, contains: str | None = None) -> str:
-    """Exit code 1, exactly one stderr line, no traceback, no output, no temp folder."""
+    """Exit code 1, a one-line error as the last stderr line, no traceback, no output, no
+    temp folder. Logged warnings may precede the error (e.g. a resampled tilt) when logging
+    is configured; the error itself is one line.
+    """
     assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:")
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert lines[-1] == errors[0], result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
     assert not out.exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
     if contains is not None:
-        assert contains.lower() in lines[0].lower(), lines[0]
-    return lines[0]
+        assert contains.lower() in errors[0].lower(), errors[0]
+    return errors[0]
 
 
 def _soft_tissue_hu(shape: tuple[int, int, int] = SMALL) -> np.ndarray:

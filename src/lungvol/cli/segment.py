@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import sys
 import threading
@@ -29,6 +30,18 @@ def default_output(path: Path) -> Path:
             name = name[: -len(suffix)]
             break
     return Path("lungvol_out") / name
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Warnings (or, with -v, stage progress) on stderr through rich; stdout stays clean."""
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+        force=True,
+    )
 
 
 @contextlib.contextmanager
@@ -118,8 +131,12 @@ def register(app: typer.Typer) -> None:
         device: Annotated[
             str, typer.Option("--device", help="auto | cpu | cuda.")
         ] = "auto",
+        verbose: Annotated[
+            bool, typer.Option("-v", "--verbose", help="Log each stage (stderr).")
+        ] = False,
     ) -> None:
         """Segment lungs and lesions in one CT scan and measure them."""
+        _setup_logging(verbose)
         from lungvol.config import load_config
         from lungvol.device import resolve_device
         from lungvol.pipeline import metrics_json, segment_scan
