@@ -442,3 +442,30 @@ def test_bare_dicom_without_preamble_or_file_meta_is_read(tmp_path, chest):
     assert files[0].read_bytes()[:2] == b"\x08\x00"  # starts with a group 0x0008 tag
     vol = read_ct(tmp_path)
     np.testing.assert_array_equal(vol.hu, chest)
+
+
+def test_original_series_is_preferred_over_a_thinner_derived_one(tmp_path):
+    original = write_dicom_series(chest_like((20, 32, 32)), tmp_path / "orig", spacing_mm=(2, 1, 1))
+    write_dicom_series(
+        chest_like((40, 32, 32)),
+        tmp_path / "mpr",
+        spacing_mm=(1, 1, 1),
+        image_type=("DERIVED", "SECONDARY", "AXIAL"),
+    )
+    vol = read_ct(tmp_path)
+    assert vol.source.series_uid == pydicom.dcmread(original[0]).SeriesInstanceUID
+    assert "derived images" in vol.source.selection_reason
+
+
+def test_in_plane_rotated_axial_series_keeps_its_direction(tmp_path, chest):
+    files = write_dicom_series(chest, tmp_path, spacing_mm=SPACING)
+    c, s = np.cos(np.radians(10)), np.sin(np.radians(10))
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+        ds.save_as(f)
+    vol = read_ct(tmp_path)
+    np.testing.assert_array_equal(vol.hu, chest)
+    np.testing.assert_allclose(vol.direction[:, 0], [c, s, 0.0], atol=1e-6)
+    np.testing.assert_allclose(vol.direction[:, 2], [0.0, 0.0, 1.0], atol=1e-6)
+    assert vol.source.warnings == ()
