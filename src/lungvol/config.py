@@ -82,7 +82,7 @@ class LungSegmentationConfig:
     body_threshold_hu: float = -300.0  # above: soft tissue / bone
     airway_max_hu: float = -950.0  # seed threshold for trachea/main bronchi
     min_lung_volume_ml: float = 200.0  # a lung candidate smaller than this is not a lung
-    fill_closing_radius_mm: float = 12.0  # closing that brings dense pathology into the lung
+    fill_closing_radius_mm: float = 20.0  # closing that brings dense pathology into the lung
     pleural_hull: bool = True  # include pleura-based opacities via a slice-wise hull
     smoothing_radius_mm: float = 2.0
     # Border-touching air with a median above this is lung cut by the field of view;
@@ -151,6 +151,9 @@ class LesionSegmentationConfig:
     pleural_rim_mm: float = 3.0
     # In-plane opening half-width: dense structures narrower than ~2x this are not lesion.
     thin_structure_radius_mm: float = 1.5
+    # Voxels above the solid band enclosed in-plane by lesion (noise peaks, vessels inside
+    # a tumour or consolidation) count as solid.
+    fill_enclosed_solid: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))

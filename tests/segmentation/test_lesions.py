@@ -57,7 +57,7 @@ def test_pleural_consolidation_is_solid(chest):
 def test_normal_synthetic_lung_has_almost_no_lesion(chest):
     c, lungs, lesions = chest
     false = np.count_nonzero((lesions.labels > 0) & ~c.blob & ~c.consolidation)
-    assert false <= 0.001 * np.count_nonzero(lungs.labels)
+    assert false <= 0.005 * np.count_nonzero(lungs.labels)  # < 0.5 % of the lung
 
 
 def test_info_reports_suppressed_volumes(chest):

@@ -188,6 +188,15 @@ def segment_lesions(
     ggo = lung_b & (smooth >= g_lo) & (smooth < g_hi)
     solid = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
     dense = ggo | solid
+    if config.fill_enclosed_solid:
+        # Voxels above the solid band that are enclosed (in the axial slice) by lesion,
+        # i.e. noise peaks and vessels inside a consolidation or tumour, are solid.
+        in_plane = np.zeros((3, 3, 3), dtype=bool)
+        in_plane[1] = ndimage.generate_binary_structure(2, 1)
+        enclosed = ndimage.binary_fill_holes(dense, structure=in_plane) & ~dense & lung_b
+        enclosed &= smooth > s_hi
+        solid |= enclosed
+        dense |= enclosed
     t_bands = time.perf_counter()
     dense_ml = float(dense.sum() * voxel_ml)
 

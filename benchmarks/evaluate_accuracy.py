@@ -1,0 +1,246 @@
+"""Accuracy of lungvol's lung and lesion segmentation against known truth.
+
+Cases (each reported with its timings):
+
+1. Phantoms (``lungvol.phantom.make_phantom``) at several seeds and lesion burdens, small
+   preset (3 x 2.8 x 2.8 mm) and a finer grid (1.6 x 1.4 x 1.4 mm): lung Dice per side,
+   total / solid lesion volume error (%), lesion-proportion error (percentage points), and
+   the fraction of pleura-touching truth lesion inside the lung mask.
+2. The real 141-slice chest CT (../shared/data/real-ct/chest-ct-full-dicom) as is: lesion
+   proportion of a normal scan (expected < 1 %).
+3. The same scan with lesions inserted by ``lungvol.phantom.insert_lesions`` (inside the
+   lung mask that lungvol segmented on the original scan) at 2-3 burdens: total / solid
+   lesion volume error (%) and proportion error (pp).
+4. Tumour coverage: pyradiomics lung1/lung2 and the IBSI NSCLC crop; fraction of each
+   tumour label inside the lung mask, labelled lesion (any) and labelled solid.
+5. The abdomen scan with only the lung bases: segmented (volumes) or refused (message).
+
+Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
+
+Usage: .venv/bin/python benchmarks/evaluate_accuracy.py [--quick] [--shared PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungvol.config import LungvolConfig
+from lungvol.errors import LungvolError
+from lungvol.io import read_ct
+from lungvol.phantom import insert_lesions, make_phantom
+from lungvol.segmentation import segment_lesions, segment_lungs
+from lungvol.types import CTVolume, LungMask, SourceInfo
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED = REPO.parent / "shared" / "data" / "real-ct"
+CFG = LungvolConfig()
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b)))
+
+
+def _pct_err(measured: float, truth: float) -> float | None:
+    return None if truth <= 0 else 100.0 * (measured - truth) / truth
+
+
+def _segment(volume: CTVolume) -> tuple[LungMask, Any, dict[str, float]]:
+    t0 = time.perf_counter()
+    lungs = segment_lungs(volume, CFG.lungs)
+    t1 = time.perf_counter()
+    lesions = segment_lesions(volume, lungs, CFG.lesions)
+    t2 = time.perf_counter()
+    return lungs, lesions, {"lungs_s": round(t1 - t0, 2), "lesions_s": round(t2 - t1, 2)}
+
+
+def _lesion_metrics(
+    lungs: np.ndarray, lesions: np.ndarray, truth_lungs: np.ndarray, truth_lesions: np.ndarray,
+    voxel_ml: float,
+) -> dict[str, Any]:
+    lung_ml = np.count_nonzero(lungs) * voxel_ml
+    t_lung_ml = np.count_nonzero(truth_lungs) * voxel_ml
+    les_ml = np.count_nonzero(lesions) * voxel_ml
+    sol_ml = np.count_nonzero(lesions == 2) * voxel_ml
+    t_les_ml = np.count_nonzero(truth_lesions) * voxel_ml
+    t_sol_ml = np.count_nonzero(truth_lesions == 2) * voxel_ml
+    return {
+        "lung_ml": round(lung_ml, 1),
+        "truth_lung_ml": round(t_lung_ml, 1),
+        "lesion_ml": round(les_ml, 1),
+        "truth_lesion_ml": round(t_les_ml, 1),
+        "lesion_err_pct": _round(_pct_err(les_ml, t_les_ml)),
+        "solid_ml": round(sol_ml, 1),
+        "truth_solid_ml": round(t_sol_ml, 1),
+        "solid_err_pct": _round(_pct_err(sol_ml, t_sol_ml)),
+        "proportion_pct": round(100 * les_ml / max(lung_ml, 1e-9), 2),
+        "truth_proportion_pct": round(100 * t_les_ml / max(t_lung_ml, 1e-9), 2),
+        "proportion_err_pp": round(100 * les_ml / max(lung_ml, 1e-9)
+                                   - 100 * t_les_ml / max(t_lung_ml, 1e-9), 2),
+        "lesion_dice": round(_dice(lesions > 0, truth_lesions > 0), 3),
+        "truth_lesion_in_lung_mask": round(
+            np.count_nonzero((truth_lesions > 0) & (lungs > 0))
+            / max(1, np.count_nonzero(truth_lesions)), 3),
+    }
+
+
+def _round(v: float | None, nd: int = 1) -> float | None:
+    return None if v is None else round(v, nd)
+
+
+def _volume(hu: np.ndarray, spacing_mm: tuple[float, float, float], name: str) -> CTVolume:
+    return CTVolume(
+        hu=hu, spacing_mm=tuple(float(s) for s in spacing_mm), origin_lps_mm=(0.0, 0.0, 0.0),
+        direction=np.eye(3), source=SourceInfo(path=name, kind="synthetic", sha256=""),
+    )
+
+
+def phantom_cases(quick: bool) -> list[dict[str, Any]]:
+    cases = [(0, 5.0, 1.0, "small"), (1, 15.0, 3.0, "small"), (2, 35.0, 7.0, "small")]
+    if not quick:
+        cases += [(3, 0.0, 0.0, "small"), (4, 20.0, 4.0, "fine"), (5, 10.0, 2.0, "fine")]
+    out = []
+    for seed, les, sol, size in cases:
+        kw: dict[str, Any] = {}
+        if size == "fine":
+            kw = {"shape": (200, 256, 256), "spacing_mm": (1.6, 1.4, 1.4)}
+        ph = make_phantom(seed=seed, lesion_pct=les, solid_pct=sol, **kw)
+        vol = _volume(ph.hu, ph.spacing_mm, f"phantom-{seed}")
+        lungs, lesions, times = _segment(vol)
+        row: dict[str, Any] = {
+            "case": f"phantom {size} seed {seed} lesion {les:g}% solid {sol:g}%",
+            "dice_right": round(_dice(lungs.labels == 1, ph.lungs == 1), 4),
+            "dice_left": round(_dice(lungs.labels == 2, ph.lungs == 2), 4),
+            **_lesion_metrics(lungs.labels, lesions.labels, ph.lungs, ph.lesions,
+                              vol.voxel_volume_ml),
+            **times,
+        }
+        out.append(row)
+        print(_fmt(row), flush=True)
+    return out
+
+
+def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs, lesions, times = _segment(chest)
+    vml = chest.voxel_volume_ml
+    lung_ml = np.count_nonzero(lungs.labels) * vml
+    row = {
+        "case": "real chest 141 slices, normal (+1 small nodule)",
+        "lung_ml": round(lung_ml, 1),
+        "lesion_ml": round(np.count_nonzero(lesions.labels) * vml, 1),
+        "proportion_pct": round(100 * np.count_nonzero(lesions.labels) * vml / lung_ml, 2),
+        "solid_proportion_pct": round(
+            100 * np.count_nonzero(lesions.labels == 2) * vml / lung_ml, 2),
+        "lesion_info": {k: v for k, v in lesions.info.items() if k.endswith("_ml")},
+        **times,
+    }
+    out.append(row)
+    print(_fmt(row), flush=True)
+    burdens = [(10.0, 2.0, 11)] if quick else [(5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13)]
+    for les, sol, seed in burdens:
+        hu_new, truth_les, _truth = insert_lesions(
+            chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,
+            lesion_pct=les, solid_pct=sol,
+        )
+        vol = _volume(hu_new, chest.spacing_mm, "chest+inserted")
+        l2, e2, t2 = _segment(vol)
+        row = {
+            "case": f"real chest + inserted lesion {les:g}% solid {sol:g}%",
+            "dice_lungs_vs_original_mask": round(_dice(l2.labels > 0, lungs.labels > 0), 4),
+            **_lesion_metrics(l2.labels, e2.labels, lungs.labels, truth_les, vml),
+            **t2,
+        }
+        out.append(row)
+        print(_fmt(row), flush=True)
+    tumours = [
+        ("lung1 (small nodule)", shared / "chest-ct-tumour-nrrd" / "lung1_image.nrrd",
+         shared / "chest-ct-tumour-nrrd" / "lung1_label.nrrd"),
+        ("lung2 (tumour)", shared / "chest-ct-tumour-nrrd" / "lung2_image.nrrd",
+         shared / "chest-ct-tumour-nrrd" / "lung2_label.nrrd"),
+        ("nsclc crop (GTV)", shared / "nsclc-crop-dicom-rtstruct" / "nifti" / "image" /
+         "phantom.nii.gz", shared / "nsclc-crop-dicom-rtstruct" / "nifti" / "mask" / "mask.nii.gz"),
+    ]
+    for name, img, lab in tumours:
+        vol = read_ct(img)
+        label = _read_label(lab, vol)
+        lungs_t, les_t, tt = _segment(vol)
+        tum = label > 0
+        n = max(1, np.count_nonzero(tum))
+        row = {
+            "case": f"tumour coverage {name}",
+            "tumour_ml": round(np.count_nonzero(tum) * vol.voxel_volume_ml, 1),
+            "in_lung_mask": round(np.count_nonzero(tum & (lungs_t.labels > 0)) / n, 3),
+            "as_any_lesion": round(np.count_nonzero(tum & (les_t.labels > 0)) / n, 3),
+            "as_solid": round(np.count_nonzero(tum & (les_t.labels == 2)) / n, 3),
+            "lung_ml": round(np.count_nonzero(lungs_t.labels) * vol.voxel_volume_ml, 1),
+            **tt,
+        }
+        out.append(row)
+        print(_fmt(row), flush=True)
+    abd = read_ct(shared / "abdomen-lung-bases-nifti" / "example_ct.nii.gz")
+    try:
+        lungs_a = segment_lungs(abd, CFG.lungs)
+        row = {"case": "abdomen with lung bases", "result": "segmented",
+               "right_ml": lungs_a.info["right_ml"], "left_ml": lungs_a.info["left_ml"]}
+    except LungvolError as err:
+        row = {"case": "abdomen with lung bases", "result": f"refused: {err}"}
+    out.append(row)
+    print(_fmt(row), flush=True)
+    return out
+
+
+def _read_label(path: Path, volume: CTVolume) -> np.ndarray:
+    """Read a label volume through lungvol.io (NIfTI/NRRD) on the CT's grid."""
+    from lungvol.config import IOConfig
+    from lungvol.io import read_ct as _read
+
+    # Labels are 0/1: skip the HU plausibility checks meant for CT.
+    lab = _read(path, config=IOConfig(air_hu_max=1e9, min_value_hu_max=1e9))
+    if lab.hu.shape != volume.hu.shape:
+        raise SystemExit(f"label {path} has shape {lab.hu.shape}, CT {volume.hu.shape}")
+    return np.asarray(lab.hu)
+
+
+def _fmt(row: dict[str, Any]) -> str:
+    keys = [k for k in row if k not in ("case", "lesion_info")]
+    return f"{row['case']:<58} " + "  ".join(f"{k}={row[k]}" for k in keys)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    parser.add_argument("--skip-real", action="store_true")
+    parser.add_argument("--skip-phantoms", action="store_true")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": __import__("os").cpu_count(),
+        "config_hash": CFG.hash,
+    }
+    if not args.skip_phantoms:
+        results["phantoms"] = phantom_cases(args.quick)
+    if not args.skip_real and args.shared.is_dir():
+        results["real"] = real_cases(args.shared, args.quick)
+    results["total_s"] = round(time.perf_counter() - t0, 1)
+    out_dir = REPO / "benchmarks" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"accuracy-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=float))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
