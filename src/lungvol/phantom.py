@@ -21,7 +21,9 @@ Ground truth is the INTENDED anatomy, not a threshold of the noisy image:
   visible, so they are solid); 1 GGO = intended ground-glass minus the vessels and bronchi
   that stay visible through it. A perfect densitometry with the default bands (GGO
   -750..-300 HU, solid -300..+50 HU) inside the truth lung, after vessel suppression,
-  reproduces this truth up to partial-volume borders: lesion HU are kept well inside the
+  reproduces this truth up to noise at the borders: partial-volume blending is remapped so
+  that the noise-free image crosses the band edges exactly at the truth borders
+  (``_edge_weight``), and lesion HU are kept well inside the
   bands (GGO -690..-590, solid -80..+20 before noise) and centred so that half-filled
   border voxels land near the band edges (unbiased volumes).
 
@@ -50,6 +52,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from lungvol.config import LesionSegmentationConfig
 from lungvol.errors import GeometryError, InputError
 from lungvol.types import (
     LESION_GGO,
@@ -86,6 +89,11 @@ PARENCHYMA_POSTERIOR_HU = -828.0  # dependent lung (supine patient)
 # solid): a perfect densitometry then neither grows nor shrinks lesions at their borders.
 GGO_RANGE_HU = (-690.0, -590.0)
 SOLID_RANGE_HU = (-80.0, 20.0)
+# Truth borders sit where the noise-free image crosses the default band edges (the lower
+# edge of the GGO band between parenchyma and lesion, of the solid band between GGO and
+# solid), so a perfect densitometry with the default bands reproduces the truth.
+LESION_EDGE_HU = LesionSegmentationConfig().ggo_band_hu[0]
+SOLID_EDGE_HU = LesionSegmentationConfig().solid_band_hu[0]
 MIN_STORED_HU = -1024.0
 MAX_STORED_HU = 3071.0
 
@@ -260,6 +268,42 @@ def _depth_mm(
     zoom = tuple(n / m for n, m in zip(mask.shape, depth.shape, strict=True))
     depth = ndimage.zoom(depth, zoom, order=1, mode="nearest", grid_mode=True)
     return np.where(mask, depth, np.float32(0.0))
+
+
+def _edge_weight(
+    occupancy: np.ndarray,
+    before_hu: np.ndarray,
+    lesion_hu: np.ndarray,
+    edge_hu: float,
+) -> np.ndarray:
+    """Blend weight (0..1) from an occupancy such that before + w * (lesion - before)
+    crosses ``edge_hu`` exactly where the occupancy is 0.5 (the truth border).
+
+    A piecewise-linear remap 0 -> 0, 0.5 -> theta, 1 -> 1, with theta solved per voxel;
+    without it a lesion 300 HU above parenchyma would cross the -750 HU band edge at a
+    different partial volume than the truth border, biasing densitometry volumes.
+    """
+    step = lesion_hu - before_hu
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.where(step > 1.0, (edge_hu - before_hu) / step, 0.5)
+    theta = np.clip(theta, 0.05, 0.95).astype(np.float32)
+    low = occupancy * 2.0 * theta
+    high = theta + (occupancy - 0.5) * 2.0 * (1.0 - theta)
+    return np.where(occupancy <= 0.5, low, high).astype(np.float32)
+
+
+def _solid_weight(
+    solid_occupancy: np.ndarray,
+    lesion_occupancy: np.ndarray,
+    before_hu: np.ndarray,
+    solid_hu: np.ndarray,
+) -> np.ndarray:
+    """Solid blend weight: crosses the solid band edge at the solid truth border, and never
+    lifts a voxel outside the lesion truth (lesion occupancy < 0.5) into the GGO band."""
+    w = _edge_weight(solid_occupancy, before_hu, solid_hu, SOLID_EDGE_HU)
+    step = np.maximum(solid_hu - before_hu, 1.0)
+    cap = np.clip((LESION_EDGE_HU - 1.0 - before_hu) / step, 0.0, 1.0)
+    return np.where(lesion_occupancy < 0.5, np.minimum(w, cap), w).astype(np.float32)
 
 
 def _paint(hu: np.ndarray, occupancy: np.ndarray, value: np.ndarray | float) -> None:
@@ -910,9 +954,9 @@ def make_phantom(
     solid_occ = np.minimum(solid_occ, lung_occ)
     ggo_hu = np.interp(texture, [-2.0, 2.0], GGO_RANGE_HU).astype(np.float32)
     solid_hu = np.interp(texture, [-2.0, 2.0], SOLID_RANGE_HU).astype(np.float32)
-    _paint(hu, lesion_occ, ggo_hu)
+    _paint(hu, _edge_weight(lesion_occ, hu, ggo_hu, LESION_EDGE_HU), ggo_hu)
     _paint(hu, vessel_occ, VESSEL_HU)
-    _paint(hu, solid_occ, solid_hu)
+    _paint(hu, _solid_weight(solid_occ, lesion_occ, hu, solid_hu), solid_hu)
     _paint(hu, np.maximum(bronchus_outer, central_outer), AIRWAY_WALL_HU)
     _paint(hu, np.maximum(bronchus_lumen, central_lumen), AIR_HU)
     del zz, yy
@@ -1125,9 +1169,14 @@ def insert_lesions(
     del texture
     residual = (base - level) * parenchyma_w  # the scan's own noise in parenchyma
     # Ground-glass: only where the base is parenchyma-like.
-    out = base + lesion_occ * parenchyma_w * np.maximum(ggo_hu - level, 0.0)
+    ggo_gain = _edge_weight(lesion_occ, level, ggo_hu, LESION_EDGE_HU) * parenchyma_w
+    ggo_gain *= np.maximum(ggo_hu - level, 0.0)
+    out = base + ggo_gain
     # Solid: at least the solid texture (plus the scan's noise); denser voxels keep theirs.
-    out += solid_occ * (1.0 - airway) * np.maximum(solid_hu + residual - out, 0.0)
+    solid_w = _solid_weight(solid_occ, lesion_occ, level + ggo_gain, solid_hu)
+    del ggo_gain
+    out += solid_w * (1.0 - airway) * np.maximum(solid_hu + residual - out, 0.0)
+    del solid_w
     del residual, level
     np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
     hu_new = np.array(hu, dtype=np.int16, copy=True)
