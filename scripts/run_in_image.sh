@@ -7,6 +7,7 @@
 #
 # Usage: scripts/run_in_image.sh [--image IMAGE] [--rootfs DIR] [--user UID[:GID]]
 #                                [--mount HOST_DIR:CONTAINER_DIR]... [--] [ARGS...]
+#        scripts/run_in_image.sh [--image IMAGE] --print-rootfs   (export only; print the folder)
 #   e.g. scripts/run_in_image.sh --mount "$PWD/sample_data:/data/in" --mount /tmp/out:/data/out \
 #          -- segment /data/in/phantom_small/dicom -o /data/out/phantom_small
 # ARGS default to the image's CMD. Exit status is the entry point's. Needs root and podman.
@@ -17,6 +18,7 @@ CACHE_DIR="${LUNGVOL_IMAGE_CACHE:-/var/cache/lungvol-image}"
 ROOTFS=""
 USER_SPEC=""
 MOUNTS=()
+PRINT_ROOTFS=0
 PODMAN=(podman --storage-driver vfs)
 
 die() { echo "run_in_image.sh: $*" >&2; exit 125; }
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --rootfs) ROOTFS="$2"; shift 2 ;;
     --user) USER_SPEC="$2"; shift 2 ;;
     --mount) MOUNTS+=("$2"); shift 2 ;;
+    --print-rootfs) PRINT_ROOTFS=1; shift ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     --) shift; break ;;
     *) break ;;
@@ -59,6 +62,11 @@ if [ ! -f "$ROOTFS/.lungvol-exported" ]; then
       && continue
     rm -rf --one-file-system "$old"
   done
+fi
+
+if [ "$PRINT_ROOTFS" = 1 ]; then
+  echo "$ROOTFS"
+  exit 0
 fi
 
 # --- the image's runtime configuration ----------------------------------------------------------

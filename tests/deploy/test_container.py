@@ -26,6 +26,10 @@ BUILD = REPO / "scripts" / "build_image.sh"
 RUN = REPO / "scripts" / "run_in_image.sh"
 IMAGE = "localhost/lungvol:test"
 BUILD_TIMEOUT_S = 660
+_MAIN_FROM = (
+    "import lungvol; assert lungvol.__file__.startswith({src!r}), lungvol.__file__; "
+    "from lungvol.cli import main; main()"
+)
 
 
 def _require_container_tools() -> None:
@@ -111,13 +115,24 @@ def test_segment_inside_image_matches_the_host(
     run_info = json.loads((result / "run.json").read_text())
     assert "cpu" in json.dumps(run_info)  # the resolved device is in the provenance
 
+    # The same sources on the host's .venv: the image's own copy of src/ (the working tree may
+    # have moved on since the build), so only the environment differs.
+    rootfs = subprocess.run(
+        ["bash", str(RUN), "--image", image, "--print-rootfs"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    image_src = Path(rootfs) / "opt" / "lungvol" / "src"
+    assert (image_src / "lungvol" / "pipeline.py").is_file()
     host_out = tmp_path / "host"
-    lungvol = Path(sys.executable).with_name("lungvol")
     host = subprocess.run(
-        [str(lungvol), "segment", str(sample_scan), "-o", str(host_out), "--device", "cpu"],
+        [sys.executable, "-c", _MAIN_FROM.format(src=str(image_src))]
+        + ["segment", str(sample_scan), "-o", str(host_out), "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "PYTHONPATH": str(image_src)},
     )
     assert host.returncode == 0, host.stderr[-4000:]
     on_host = json.loads((host_out / "metrics.json").read_text())
