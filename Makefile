@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(BIN)/lungvol segment sample_data/phantom_small/dicom -o demo_output/phantom_small --dicom-seg
+	$(BIN)/lungvol segment sample_data/phantom_small/dicom -o demo_output/phantom_small --dicom-seg --overwrite
 
 test: install
 	$(BIN)/python -m pytest
