@@ -218,22 +218,13 @@ def test_cli_unreachable_scheduler_is_one_line_exit_1(cohort_folder, tmp_path):
 
     from lungvol.cli import app
 
-    with socket.socket() as s:
+    with socket.socket() as s:  # bound, not listening: connections are refused
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
-    result = CliRunner().invoke(
-        app,
-        [
-            "cohort",
-            "run",
-            str(cohort_folder.root),
-            "-o",
-            str(tmp_path / "o"),
-            "--scheduler",
-            address,
-        ],
-    )
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        out = tmp_path / "o"
+        result = CliRunner().invoke(
+            app, ["cohort", "run", str(cohort_folder.root), "-o", str(out), "--scheduler", address]
+        )
     assert result.exit_code == 1
     assert f"no Dask scheduler answered at {address}" in result.output
     assert "Traceback" not in result.output

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +86,12 @@ def executor(cluster):
     ex.close()
 
 
-def _free_port() -> int:
+@contextlib.contextmanager
+def _refusing_address() -> Iterator[str]:
+    """A loopback port held bound but not listening: connections to it are refused."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def test_every_item_yields_its_result_exactly_once(executor: DaskExecutor) -> None:
@@ -135,9 +140,8 @@ def test_worker_check_distinguishes_a_path_only_the_client_sees(tmp_path: Path) 
 
 
 def test_unreachable_scheduler_is_a_one_line_input_error() -> None:
-    address = f"tcp://127.0.0.1:{_free_port()}"
     start = time.monotonic()
-    with pytest.raises(SchedulerUnreachableError) as info:
+    with _refusing_address() as address, pytest.raises(SchedulerUnreachableError) as info:
         DaskExecutor(address, connect_timeout_s=1.5)
     assert time.monotonic() - start < 20
     message = str(info.value)
@@ -211,3 +215,65 @@ def test_killed_worker_mid_run_every_scan_finishes_exactly_once(cluster, tmp_pat
     assert max(starts.values()) >= 2  # the killed scan really ran again elsewhere
     assert all(isinstance(result, str) for _, result in seen)
     assert not any(isinstance(result, LungvolError | WorkerLostError) for _, result in seen)
+
+
+def slow_identity(x: int) -> int:
+    time.sleep(0.5)
+    return x
+
+
+def test_lost_scheduler_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    # A real `dask scheduler` + `dask worker` pair (the command-line deployment); the scheduler
+    # is killed after two results.
+    import subprocess
+    import sys
+
+    from lungvol.cohort.dask_executor import SchedulerLostError
+
+    dask = Path(sys.executable).with_name("dask")
+    if not dask.exists():
+        pytest.skip("the dask command-line tool is not installed next to this Python")
+    # the scheduler and the workers unpickle the task (slow_identity): same environment
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler = subprocess.Popen(
+        [str(dask), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+        + ["--scheduler-file", str(scheduler_file)],
+        **quiet,
+    )
+    address = None
+    deadline = time.monotonic() + 30
+    while address is None and time.monotonic() < deadline:
+        try:
+            address = json.loads(scheduler_file.read_text())["address"]
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.1)
+    assert address, "dask scheduler did not start"
+    worker = subprocess.Popen(
+        [str(dask), "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+        **quiet,
+    )
+    try:
+        ex = DaskExecutor(address, connect_timeout_s=20, wait_for_workers_s=30)
+        received = []
+
+        def consume() -> None:
+            for item, result in ex.map_unordered(slow_identity, list(range(12))):
+                received.append((item, result))
+                if len(received) == 2:
+                    scheduler.kill()
+
+        with pytest.raises(SchedulerLostError) as info:
+            consume()
+        assert len(received) >= 2
+        assert all(item == result for item, result in received), received
+        message = str(info.value)
+        assert "\n" not in message
+        assert address in message
+        assert "run the same command again" in message
+    finally:
+        scheduler.kill()
+        worker.kill()
+        scheduler.wait(timeout=30)
+        worker.wait(timeout=30)

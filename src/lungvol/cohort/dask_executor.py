@@ -32,6 +32,7 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,6 +49,10 @@ _ADDRESS = re.compile(r"^(tcp|tls|ucx)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\
 
 class SchedulerUnreachableError(InputError):
     """The ``--scheduler`` address is malformed or no Dask scheduler answers there."""
+
+
+class SchedulerLostError(LungvolError, RuntimeError):
+    """The connection to the Dask scheduler broke during a run (finished scans are kept)."""
 
 
 class WorkerLostError(LungvolError, RuntimeError):
@@ -258,19 +263,33 @@ class DaskExecutor:
                 submitted.append(future)
             return submitted
 
-        # This executor's client is deliberately not the process default, so hand its loop over.
-        completed = as_completed(submit_more(), loop=self._client.loop)
+        n_done = 0
         try:
+            # This executor's client is deliberately not the process default: pass its loop.
+            completed = as_completed(submit_more(), loop=self._client.loop)
             for future in completed:
                 index = in_flight.pop(future)
                 item = jobs[index]
-                yield item, self._outcome(future, item, KilledWorker)
+                result = self._outcome(future, item, KilledWorker)
+                if isinstance(result, CancelledError) and self._client.status != "running":
+                    raise self._scheduler_lost(n_done, len(jobs), result)
+                n_done += 1
+                yield item, result
                 future.release()
                 for new in submit_more():
                     completed.add(new)
+        except OSError as err:  # distributed's CommClosedError is an OSError
+            raise self._scheduler_lost(n_done, len(jobs), err) from err
         finally:
             for future in in_flight:
                 future.cancel()
+
+    def _scheduler_lost(self, n_done: int, n_total: int, err: BaseException) -> SchedulerLostError:
+        return SchedulerLostError(
+            f"lost the Dask scheduler at {self.address} after {n_done} of {n_total} scans "
+            f"({err.__class__.__name__}); finished scans are kept: check the scheduler and run "
+            "the same command again to do the rest"
+        )
 
     def _outcome(self, future: Any, item: Any, killed_worker: type) -> Any:
         try:
