@@ -9,6 +9,7 @@ int16 volume never needs a full float copy.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,20 +47,42 @@ class CoarseGrid:
         return float(np.prod(self.spacing_mm)) / 1000.0
 
     def downsample_mean(self, array: np.ndarray) -> np.ndarray:
-        """Block mean of ``array`` (float32, coarse shape). Partial edge blocks use edge padding."""
+        """Block mean of ``array`` (float32, coarse shape). Partial edge blocks use edge padding.
+
+        Block sums are accumulated from strided views (one add per block offset and axis)
+        instead of a 6-D reshape + mean, which numpy reduces slowly over non-adjacent axes.
+        Integer input up to 16 bits is summed exactly in int32.
+        """
         fz, fy, fx = self.factors
         cz, cy, cx = self.shape
         nz, ny, nx = self.full_shape
+        acc_dtype = (
+            np.int32 if array.dtype.kind in "iub" and array.dtype.itemsize <= 2 else np.float32
+        )
         out = np.empty((cz, cy, cx), dtype=np.float32)
         slab_blocks = max(1, _SLAB_VOXELS // max(1, fz * ny * nx))
+        inv = 1.0 / float(fz * fy * fx)
         for c0 in range(0, cz, slab_blocks):
             c1 = min(cz, c0 + slab_blocks)
             z0, z1 = c0 * fz, min(nz, c1 * fz)
-            slab = np.asarray(array[z0:z1], dtype=np.float32)
+            slab = np.asarray(array[z0:z1])
+            if slab.dtype == bool:
+                slab = slab.view(np.uint8)
             pad = ((0, (c1 - c0) * fz - (z1 - z0)), (0, cy * fy - ny), (0, cx * fx - nx))
             if any(p[1] for p in pad):
                 slab = np.pad(slab, pad, mode="edge")
-            out[c0:c1] = slab.reshape(c1 - c0, fz, cy, fy, cx, fx).mean(axis=(1, 3, 5))
+            acc = slab
+            for axis, f in enumerate((fz, fy, fx)):
+                if f == 1:
+                    continue
+                index = [slice(None)] * 3
+                index[axis] = slice(0, None, f)
+                total = acc[tuple(index)].astype(acc_dtype)
+                for k in range(1, f):
+                    index[axis] = slice(k, None, f)
+                    total += acc[tuple(index)]
+                acc = total
+            np.multiply(acc, inv, out=out[c0:c1], casting="unsafe")
         return out
 
     def downsample_fraction(self, mask: np.ndarray) -> np.ndarray:
@@ -96,3 +119,34 @@ def bounding_box(mask: np.ndarray, margin: tuple[int, ...] | int = 0) -> tuple[s
         hi = min(mask.shape[axis], int(idx[-1]) + 1 + margin[axis])
         out.append(slice(lo, hi))
     return tuple(out)
+
+
+# Coarse CTs computed by coarse_mean(), keyed by (id of the array, grid); entries hold a
+# weak reference so an id reused by a new array after garbage collection never hits.
+_COARSE_CACHE: dict[tuple[int, CoarseGrid], tuple[weakref.ref, np.ndarray]] = {}
+_COARSE_CACHE_MAX = 4
+
+
+def coarse_mean(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
+    """``grid.downsample_mean(array)``, computed once per (array object, grid) and cached.
+
+    Lung and lesion segmentation of one volume can share the coarse CT this way (pass the
+    same ``volume.hu`` object and an equal grid). The result is read-only; copy it before
+    modifying. Arrays that do not support weak references are not cached.
+    """
+    key = (id(array), grid)
+    hit = _COARSE_CACHE.get(key)
+    if hit is not None and hit[0]() is array:
+        return hit[1]
+    out = grid.downsample_mean(array)
+    out.flags.writeable = False
+    try:
+        ref = weakref.ref(array)
+    except TypeError:
+        return out
+    for stale in [k for k, (r, _) in _COARSE_CACHE.items() if r() is None]:
+        del _COARSE_CACHE[stale]
+    while len(_COARSE_CACHE) >= _COARSE_CACHE_MAX:
+        del _COARSE_CACHE[next(iter(_COARSE_CACHE))]
+    _COARSE_CACHE[key] = (ref, out)
+    return out
