@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the cohort here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
     import distributed
 

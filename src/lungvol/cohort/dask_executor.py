@@ -19,6 +19,8 @@ Fault handling:
 - A job whose input (``input_path`` or ``path``) the worker cannot read, or whose output folder
   (``result_dir``) it cannot reach, yields an ``InputError`` naming the worker host: the usual
   sign that inputs or outputs are not on storage shared by the submitter and all workers.
+- Losing the scheduler itself ends the run with :class:`SchedulerLostError`; the scans that
+  finished are on disk and a rerun of the cohort skips them.
 
 dask-jobqueue users (SLURM, PBS, ...) start a ``SLURMCluster``/``PBSCluster`` and pass its
 ``scheduler_address``; nothing else changes.
