@@ -132,24 +132,17 @@ class LesionSegmentationConfig:
     ggo_band_hu: tuple[float, float] = (-750.0, -300.0)  # [low, high)
     solid_band_hu: tuple[float, float] = (-300.0, 50.0)  # [low, high]
     min_component_volume_ml: float = 0.01
-    # Vessel / airway-wall suppression (Frangi-type vesselness on a smoothed volume).
-    vessel_suppression: bool = True
-    vessel_sigmas_mm: tuple[float, ...] = (1.0, 2.0)
-    vesselness_threshold: float = 0.2  # Frangi V (0..1) at or above which a voxel is a tube
-    smoothing_sigma_mm: float = 0.7
-    vessel_working_spacing_mm: float = 1.5  # grid for the vesselness filter
-    vessel_structure_hu: float = 60.0  # Frangi structureness scale c, in HU
-    vessel_min_hu: float = -700.0  # coarse voxels at or below this are never vessel
-    # Tubes are removed only where normal parenchyma (below parenchyma_max_hu) fills at
-    # least vessel_min_parenchyma_fraction of the lung in a window of
-    # vessel_context_window_mm: dense patches inside ground glass are not vessels.
-    parenchyma_max_hu: float = -700.0
-    vessel_min_parenchyma_fraction: float = 0.3
-    vessel_context_window_mm: float = 9.0
-    # Dense voxels within this distance of the lung surface (partial-volume rim along the
-    # pleura and diaphragm) count only when connected to lesion that reaches deeper.
-    pleural_rim_mm: float = 3.0
-    # In-plane opening half-width: dense structures narrower than ~2x this are not lesion.
+    smoothing_sigma_mm: float = 0.7  # Gaussian denoising before the HU bands
+    # Background density: grey-level opening with a ball of this radius on a coarse grid;
+    # bright structures thinner than the ball (vessels, halos, airway walls) vanish from it.
+    # 0 = no background gating (plain HU bands).
+    background_radius_mm: float = 4.5
+    background_working_spacing_mm: float = 1.5
+    # A band voxel denser than its background by more than this is a vessel / halo, not
+    # lesion (unless the background itself is solid, or it is a wide solid patch).
+    max_above_background_hu: float = 200.0
+    # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
+    # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
     # Voxels above the solid band enclosed in-plane by lesion (noise peaks, vessels inside
     # a tumour or consolidation) count as solid.
@@ -158,11 +151,16 @@ class LesionSegmentationConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))
         object.__setattr__(self, "solid_band_hu", tuple(float(v) for v in self.solid_band_hu))
-        object.__setattr__(self, "vessel_sigmas_mm", tuple(float(v) for v in self.vessel_sigmas_mm))
         _check_band("lesions.ggo_band_hu", self.ggo_band_hu)
         _check_band("lesions.solid_band_hu", self.solid_band_hu)
         if self.min_component_volume_ml < 0:
             raise ConfigError("lesions.min_component_volume_ml must be >= 0")
+        if self.background_radius_mm < 0 or self.background_working_spacing_mm <= 0:
+            raise ConfigError(
+                f"lesions.background_radius_mm must be >= 0 (got {self.background_radius_mm}) "
+                f"and lesions.background_working_spacing_mm > 0 "
+                f"(got {self.background_working_spacing_mm})"
+            )
 
 
 @dataclass(frozen=True)

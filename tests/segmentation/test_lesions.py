@@ -1,4 +1,4 @@
-"""Lesion densitometry rules: bands, vessel suppression, minimum size in mL."""
+"""Lesion densitometry rules: bands, background gating (vessels), minimum size in mL."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LungMask, SourceIn
 # Only the bands: no smoothing, no suppression, no size filter.
 BANDS_ONLY = LesionSegmentationConfig(
     smoothing_sigma_mm=0.0,
-    vessel_suppression=False,
-    pleural_rim_mm=0.0,
+    background_radius_mm=0.0,
     thin_structure_radius_mm=0.0,
     min_component_volume_ml=0.0,
 )
@@ -63,8 +62,7 @@ def test_normal_synthetic_lung_has_almost_no_lesion(chest):
 def test_info_reports_suppressed_volumes(chest):
     _, _, lesions = chest
     info = lesions.info
-    for key in ("vessel_like_removed_ml", "thin_structures_removed_ml", "pleural_rim_removed_ml",
-                "small_components_removed_ml", "dense_in_band_ml"):
+    for key in ("background_removed_ml", "small_components_removed_ml", "dense_in_band_ml"):
         assert info[key] >= 0.0
     assert info["dense_in_band_ml"] > info["ggo_ml"] + info["solid_ml"]
 
@@ -104,8 +102,8 @@ def test_min_component_size_is_ml_not_voxels(spacing_mm, min_ml, kept):
     hu[3:8, 3:8, 3:8] = -500  # a 5x5x5 voxel cube of ground glass
     lungs = LungMask(np.ones(hu.shape, np.uint8))
     cfg = LesionSegmentationConfig(
-        smoothing_sigma_mm=0.0, vessel_suppression=False, pleural_rim_mm=0.0,
-        thin_structure_radius_mm=0.0, min_component_volume_ml=min_ml,
+        smoothing_sigma_mm=0.0, background_radius_mm=0.0, thin_structure_radius_mm=0.0,
+        min_component_volume_ml=min_ml,
     )
     labels = segment_lesions(_volume(hu, spacing_mm), lungs, cfg).labels
     assert bool(labels.any()) is kept
