@@ -113,6 +113,11 @@ class LungSegmentationConfig:
     pleural_min_bone_fraction: float = 0.5
     bone_min_hu: float = 200.0
     bone_search_mm: float = 15.0
+    # Closing/hole additions within this distance of mediastinal soft tissue (body, not
+    # lung, no bone within bone_search_mm in the slice) are dropped: hilar vessels and
+    # bronchial walls, mediastinal bulges. In-plane holes enclosed by lung are kept.
+    hilar_exclusion_mm: float = 10.0
+    hilar_zone_mm: float = 18.0  # the hila: within this distance of the detected airway tree
 
     def __post_init__(self) -> None:
         object.__setattr__(

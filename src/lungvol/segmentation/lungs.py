@@ -79,6 +79,8 @@ def _label_means(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
 # every slice independently, in one call (much faster than a Python loop over slices).
 _PLANE_CROSS = np.zeros((3, 3, 3), bool)
 _PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
+_PLANE_SQUARE = np.zeros((3, 3, 3), bool)
+_PLANE_SQUARE[1] = True
 
 
 def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
@@ -317,14 +319,51 @@ def _bone_near(
     return near
 
 
+def _mediastinal_additions(
+    candidates: np.ndarray, lung_any: np.ndarray, body: np.ndarray, bone_near: np.ndarray,
+    hilar_zone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+) -> np.ndarray:
+    """Closing/hole additions at the hila (to be dropped).
+
+    Mediastinal tissue = inside the body, not lung, not a candidate, no bone within
+    ``bone_search_mm`` in the slice (includes the proximal airway and its wall band).
+    Within the hilar zone (``hilar_zone``: within ``hilar_zone_mm`` of the detected airway
+    tree), candidates within ``hilar_exclusion_mm`` of mediastinal tissue are dropped: the
+    closing bridges the hilar concavity (vessels and bronchial walls entering the lung),
+    which an expert contour leaves out. Disease against the mediastinum away from the
+    bronchi (e.g. paravertebral, at the bases), pleura-based disease against the ribs (bone
+    near) and disease surrounded by lung are not affected. In-plane pieces of the other
+    hilar-zone additions that touch the dropped part (the deeper part of the bridge) are
+    dropped as well; vessels enclosed in-plane by lung are filled again by the caller.
+    """
+    reach_mm = config.hilar_exclusion_mm
+    if reach_mm <= 0 or not candidates.any():
+        return np.zeros_like(candidates)
+    mediastinal = body & ~lung_any & ~candidates & ~bone_near & hilar_zone
+    if not mediastinal.any():
+        return np.zeros_like(candidates)
+    near = _dilate_mm(mediastinal, reach_mm, spacing_mm)
+    dropped = candidates & near & hilar_zone
+    if not dropped.any():
+        return dropped
+    # The deeper part of a hilar bridge: in-plane pieces of the remaining additions that
+    # touch the dropped mouth (their hilar-zone part).
+    rest = candidates & ~dropped & hilar_zone
+    lab, n = ndimage.label(rest, structure=_PLANE_SQUARE)
+    touching = np.unique(lab[ndimage.binary_dilation(dropped, structure=_PLANE_SQUARE) & rest])
+    return dropped | np.isin(lab, touching[touching > 0])
+
+
 def _include_pathology(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
-    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    airway_tree: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
-    bone_near = _bone_near(hu, spacing_mm, config) if config.pleural_hull else None
+    bone_near = _bone_near(hu, spacing_mm, config)
+    hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
+    dropped_ml = 0.0
     radius = config.fill_closing_radius_mm
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     info: dict = {}
@@ -340,6 +379,18 @@ def _include_pathology(
         holes = filled & ~closed & free
         holes = _hole_fill_open_to_abdomen(holes, closed, config.max_open_face_fraction)
         grown = closed | holes
+        lung_any = (out[box] != 0) | sub
+        dropped = _mediastinal_additions(
+            grown & ~sub & free, lung_any, body[box], bone_near[box], hilar_zone[box],
+            spacing_mm, config,
+        )
+        if dropped.any():
+            # Vessels inside the lung that were joined to a dropped hilar addition come back
+            # as in-plane holes of what is left (the bridged hilar mouth is open again).
+            grown &= ~dropped
+            refill = _fill_holes_2d(grown) & ~grown & free
+            grown |= _hole_fill_open_to_abdomen(refill, grown, config.max_open_face_fraction)
+        dropped_ml += float(np.count_nonzero(dropped & ~grown)) * voxel_ml
         if config.pleural_hull:
             other = (out[box] != 0) & ~sub
             grown |= _pleural_hull(grown, other, free, bone_near[box], spacing_mm, config)
@@ -348,6 +399,7 @@ def _include_pathology(
         sub_out[new] = lab_id
         added[box] |= new
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
+    info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     return out, added, info
 
 
@@ -417,7 +469,9 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
     t_pick = time.perf_counter()
-    labels_c, added_c, path_info = _include_pathology(labels_c, hu, body, blocked, sp, config)
+    labels_c, added_c, path_info = _include_pathology(
+        labels_c, hu, body, blocked, airways.tree, sp, config
+    )
     t_path = time.perf_counter()
     labels = _refine_full_resolution(labels_c, added_c, blocked, grid, volume.hu, config)
     t_end = time.perf_counter()
