@@ -146,3 +146,38 @@ def test_segment_inside_image_matches_the_host(
             in_image[key],
             on_host[key],
         )
+
+
+def test_cohort_run_inside_image_with_worker_processes(image: str, tmp_path: Path) -> None:
+    simulate = pytest.importorskip("lungvol.cohort.simulate")
+    from lungvol.cohort.trial import load_trial
+
+    trial = load_trial(None)
+    cohort = tmp_path / "cohort"
+    simulate.simulate_trial(
+        cohort, trial, subjects_per_arm=(1, 1), size="tiny", missing_fraction=0.5, seed=5
+    )
+    results = tmp_path / "results"
+    results.mkdir()
+    results.chmod(0o777)
+    proc = _run_in_image(
+        image,
+        "cohort",
+        "run",
+        "/data/cohort",
+        "-o",
+        "/data/results",
+        "--workers",
+        "2",
+        "--trial",
+        "/opt/lungvol/configs/shi2022.yaml",
+        "--no-progress",
+        mounts=(f"{cohort}:/data/cohort", f"{results}:/data/results"),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with (results / "scans.csv").open() as fh:
+        rows = fh.read().splitlines()[1:]
+    n_scans = len([p for p in cohort.rglob("ct.nii.gz")])
+    assert len(rows) == n_scans > 0
+    assert f"{n_scans} done" in proc.stdout
+    assert not (results / "failures.csv").read_text().splitlines()[1:]
