@@ -25,6 +25,7 @@ class SyntheticChest:
     consolidation: np.ndarray  # dense region at the lateral pleura of the right lung
     vessel: np.ndarray  # thin tube in the left lung
     blob: np.ndarray  # ground-glass sphere in the left lung
+    hilar: np.ndarray  # hilar vessels (with hilar_vessels=True): part in the lung's hilum
 
 
 def _grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,8 +45,15 @@ def make_volume(hu: np.ndarray) -> CTVolume:
     )
 
 
-def make_chest(*, seed: int = 0, flip_x: bool = False) -> SyntheticChest:
-    """Body ellipse, ribs, spine, two ellipsoid lungs, trachea + main bronchi, lesions."""
+def make_chest(
+    *, seed: int = 0, flip_x: bool = False, hilar_vessels: bool = False
+) -> SyntheticChest:
+    """Body ellipse, ribs, spine, two ellipsoid lungs, trachea + main bronchi, lesions.
+
+    With ``hilar_vessels``, a soft-tissue tube (radius 5 mm, like a pulmonary artery) runs
+    from the mediastinum into each lung beside the main bronchus; ``hilar`` marks its part
+    within 10 mm of the lung's medial border, which an expert contour leaves out.
+    """
     rng = np.random.default_rng(seed)
     z, y, x = _grid()
     hu = np.full(SHAPE, AIR_HU, dtype=np.float32)
@@ -80,13 +88,21 @@ def make_chest(*, seed: int = 0, flip_x: bool = False) -> SyntheticChest:
     hu[vessel] = 40.0
     blob = (((x - 75.0) ** 2 + (y + 5.0) ** 2 + (z + 20.0) ** 2) <= 9.0**2) & lung_l
     hu[blob] = -520.0
+    hilar = np.zeros(SHAPE, bool)
+    if hilar_vessels:
+        for side in (-1.0, 1.0):
+            tube = ((z + 2.0) ** 2 + (y - 6.0) ** 2 <= 5.0**2) & (x * side >= 0) & (x * side <= 45)
+            hu[tube] = TISSUE_HU
+            hilar |= tube & (lung_r | lung_l) & (np.abs(x) <= 22.0)
     hu += rng.normal(0.0, 12.0, SHAPE).astype(np.float32)
     right, left = lung_r, lung_l
     if flip_x:
         hu = hu[:, :, ::-1]
         right, left = lung_l[:, :, ::-1], lung_r[:, :, ::-1]
         airway_outside = airway_outside[:, :, ::-1]
-        consolidation, vessel, blob = (a[:, :, ::-1] for a in (consolidation, vessel, blob))
+        consolidation, vessel, blob, hilar = (
+            a[:, :, ::-1] for a in (consolidation, vessel, blob, hilar)
+        )
     return SyntheticChest(
         volume=make_volume(hu),
         right_lung=np.ascontiguousarray(right),
@@ -95,6 +111,7 @@ def make_chest(*, seed: int = 0, flip_x: bool = False) -> SyntheticChest:
         consolidation=np.ascontiguousarray(consolidation),
         vessel=np.ascontiguousarray(vessel),
         blob=np.ascontiguousarray(blob),
+        hilar=np.ascontiguousarray(hilar),
     )
 
 

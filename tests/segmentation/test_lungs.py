@@ -66,6 +66,28 @@ def test_pleural_consolidation_is_left_out_without_pathology_steps():
     assert covered < 0.5 * np.count_nonzero(c.consolidation)
 
 
+def test_hilar_vessels_are_left_out_but_pleural_consolidation_stays():
+    """Soft tissue entering the lung at the hilum (vessels beside the main bronchi) is not
+    lung, although the pathology closing bridges it; pleura-based consolidation stays."""
+    c = make_chest(hilar_vessels=True)
+    mask = segment_lungs(c.volume, CFG)
+    n_hilar = np.count_nonzero(c.hilar)
+    assert n_hilar > 300
+    assert np.count_nonzero(c.hilar & (mask.labels > 0)) <= 0.2 * n_hilar
+    assert mask.info["mediastinal_additions_dropped_ml"] > 0
+    covered = np.count_nonzero(c.consolidation & (mask.labels == LUNG_RIGHT))
+    assert covered >= 0.8 * np.count_nonzero(c.consolidation)
+    assert dice(mask.labels == LUNG_RIGHT, c.right_lung) > 0.97
+    assert dice(mask.labels == LUNG_LEFT, c.left_lung) > 0.97
+
+
+def test_hilar_vessels_are_bridged_without_the_hilar_rule():
+    """Control: the hilar rule does the work (without it the closing adds the hilum)."""
+    c = make_chest(hilar_vessels=True)
+    labels = segment_lungs(c.volume, LungSegmentationConfig(hilar_exclusion_mm=0.0)).labels
+    assert np.count_nonzero(c.hilar & (labels > 0)) >= 0.5 * np.count_nonzero(c.hilar)
+
+
 def test_info_reports_method_and_timings(chest):
     _, mask = chest
     assert "method" in mask.info
