@@ -132,7 +132,9 @@ def coarse_mean(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
 
     Lung and lesion segmentation of one volume can share the coarse CT this way (pass the
     same ``volume.hu`` object and an equal grid). The result is read-only; copy it before
-    modifying. Arrays that do not support weak references are not cached.
+    modifying. The cache cannot see in-place changes of ``array``: do not modify a CT array
+    between calls (CTVolume arrays are treated as immutable in lungvol). Arrays that do not
+    support weak references are not cached.
     """
     key = (id(array), grid)
     hit = _COARSE_CACHE.get(key)
