@@ -207,7 +207,8 @@ def _pick_lungs(
     small = np.array([i + 1 for i in range(n) if (i + 1) not in big], dtype=np.int64)
     fragments_ml = 0.0
     if small.size:
-        means = _label_means(hu, lab, n)[small - 1]
+        in_small = (lab > 0) & ~np.isin(lab, big)  # the fragments only (few voxels)
+        means = _label_means(hu[in_small], lab[in_small], n)[small - 1]
         candidates = small[means > config.pure_air_max_hu]
         if candidates.size:
             reach = tuple(
@@ -417,20 +418,20 @@ def _refine_full_resolution(
     box_c = bounding_box(lung_c, 1)
     lung_c, labels_c = lung_c[box_c], labels_c[box_c]
     band_c = (ndimage.binary_dilation(lung_c) & ~ndimage.binary_erosion(lung_c)) & ~blocked_c[box_c]
-    band_label_c = np.where(band_c, ndimage.maximum_filter(labels_c, size=3), 0).astype(np.uint8)
-    interior_c = np.where(band_c, 0, labels_c).astype(np.uint8)
+    band_label_c = ndimage.maximum_filter(labels_c, size=3)
+    # Band voxels take the neighbouring lung label; those not added by pathology inclusion
+    # are then re-decided on the CT grid by the air threshold.
+    merged_c = np.where(band_c, band_label_c, labels_c).astype(np.uint8)
+    test_c = band_c & ~added_c[box_c] & (band_label_c > 0)
     box_f = tuple(
         slice(b.start * f, min(n, b.stop * f))
         for b, f, n in zip(box_c, grid.factors, grid.full_shape, strict=True)
     )
     sub_shape = tuple(b.stop - b.start for b in box_f)
     sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
-    interior = sub_grid.upsample_nearest(interior_c)
-    band_label = sub_grid.upsample_nearest(band_label_c)
-    added = sub_grid.upsample_nearest(added_c[box_c] & band_c)
-    hu_sub = hu_full[box_f]
-    keep_band = (band_label > 0) & ((hu_sub < config.air_threshold_hu) | added)
-    full[box_f] = np.where(keep_band, band_label, interior)
+    sub = sub_grid.upsample_nearest(merged_c)
+    sub[sub_grid.upsample_nearest(test_c) & (hu_full[box_f] >= config.air_threshold_hu)] = 0
+    full[box_f] = sub
     return full
 
 
