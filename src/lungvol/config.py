@@ -118,6 +118,9 @@ class LungSegmentationConfig:
     # bronchial walls, mediastinal bulges. In-plane holes enclosed by lung are kept.
     hilar_exclusion_mm: float = 10.0
     hilar_zone_mm: float = 18.0  # the hila: within this distance of the detected airway tree
+    # The pleural hull's bone test uses ribs only: bone within this distance of the midline
+    # (spine, sternum) is ignored, so deficits facing the mediastinum are not added.
+    midline_bone_half_width_mm: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -307,10 +307,18 @@ def _pleural_hull(
 
 
 def _bone_near(
-    hu: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig
+    hu: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    exclude_x: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Voxels with bone (``bone_min_hu``) within ``bone_search_mm`` in their axial slice."""
+    """Voxels with bone (``bone_min_hu``) within ``bone_search_mm`` in their axial slice.
+
+    ``exclude_x`` = (low, high) x indices: bone in that column (spine, sternum) is ignored,
+    so that only the ribs count.
+    """
     bone = hu >= config.bone_min_hu
+    if exclude_x is not None:
+        lo, hi = max(0, int(np.floor(exclude_x[0]))), max(0, int(np.ceil(exclude_x[1])) + 1)
+        bone[:, :, lo:hi] = False
     near = np.zeros_like(bone)
     # Slice by slice: 2-D transforms are several times faster than one 3-D transform with
     # an enormous z sampling.
@@ -355,16 +363,36 @@ def _mediastinal_additions(
     return dropped | np.isin(lab, touching[touching > 0])
 
 
+def _touching_in_plane(candidates: np.ndarray, other_lung: np.ndarray) -> np.ndarray:
+    """In-plane pieces of ``candidates`` that touch the other lung (to be dropped).
+
+    An addition of one lung that reaches the other lung in an axial slice has crossed the
+    mediastinum (heart, great vessels, anterior/posterior junction); intrapulmonary
+    vessels and disease are separated from the other lung by pleura and mediastinum.
+    """
+    if not candidates.any() or not other_lung.any():
+        return np.zeros_like(candidates)
+    lab, _n = ndimage.label(candidates, structure=_PLANE_CROSS)
+    contact = ndimage.binary_dilation(other_lung, structure=_PLANE_SQUARE) & candidates
+    ids = np.unique(lab[contact])
+    return np.isin(lab, ids[ids > 0])
+
+
 def _include_pathology(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
-    airway_tree: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    airway_tree: np.ndarray, midline_x: float, spacing_mm: tuple[float, ...],
+    config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
     bone_near = _bone_near(hu, spacing_mm, config)
+    # Pleura-based additions must lie along the ribs: the spine/sternum column is ignored.
+    half_px = config.midline_bone_half_width_mm / spacing_mm[2]
+    rib_near = _bone_near(hu, spacing_mm, config, (midline_x - half_px, midline_x + half_px))
     hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
     dropped_ml = 0.0
+    across_ml = 0.0
     radius = config.fill_closing_radius_mm
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     info: dict = {}
@@ -381,26 +409,29 @@ def _include_pathology(
         holes = _hole_fill_open_to_abdomen(holes, closed, config.max_open_face_fraction)
         grown = closed | holes
         lung_any = (out[box] != 0) | sub
+        candidates = grown & ~sub & free
         dropped = _mediastinal_additions(
-            grown & ~sub & free, lung_any, body[box], bone_near[box], hilar_zone[box],
-            spacing_mm, config,
+            candidates, lung_any, body[box], bone_near[box], hilar_zone[box], spacing_mm, config
         )
-        if dropped.any():
+        across = _touching_in_plane(candidates, lung_any & ~sub)
+        if dropped.any() or across.any():
             # Vessels inside the lung that were joined to a dropped hilar addition come back
             # as in-plane holes of what is left (the bridged hilar mouth is open again).
-            grown &= ~dropped
-            refill = _fill_holes_2d(grown) & ~grown & free
+            grown &= ~(dropped | across)
+            refill = _fill_holes_2d(grown) & ~grown & free & ~across
             grown |= _hole_fill_open_to_abdomen(refill, grown, config.max_open_face_fraction)
         dropped_ml += float(np.count_nonzero(dropped & ~grown)) * voxel_ml
+        across_ml += float(np.count_nonzero(across)) * voxel_ml
         if config.pleural_hull:
             other = (out[box] != 0) & ~sub
-            grown |= _pleural_hull(grown, other, free, bone_near[box], spacing_mm, config)
+            grown |= _pleural_hull(grown, other, free, rib_near[box], spacing_mm, config)
         new = grown & ~sub & free
         sub_out = out[box]
         sub_out[new] = lab_id
         added[box] |= new
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
+    info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
     return out, added, info
 
 
@@ -471,7 +502,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
     t_pick = time.perf_counter()
     labels_c, added_c, path_info = _include_pathology(
-        labels_c, hu, body, blocked, airways.tree, sp, config
+        labels_c, hu, body, blocked, airways.tree, pick_info["midline_x_index"], sp, config
     )
     t_path = time.perf_counter()
     labels = _refine_full_resolution(labels_c, added_c, blocked, grid, volume.hu, config)
