@@ -33,7 +33,8 @@ def _as_volume(hu: np.ndarray, spacing_mm) -> CTVolume:
 
 def test_phantom_lung_dice_and_lesion_volume():
     """Lung Dice target 0.97 is met. Lesion volume: target |error| <= 5 %, measured about
-    -15..-25 % on the small preset (partial volume at 2.8 mm); checked at 35 %."""
+    -26 % for this phantom (its ground glass is patchy at the scale of the 4.5 mm background
+    ball and crossed by vessels); checked at 35 %."""
     ph = make_phantom(seed=1, lesion_pct=15.0, solid_pct=3.0)
     vol = _as_volume(ph.hu, ph.spacing_mm)
     lungs = segment_lungs(vol, CFG.lungs)
@@ -68,12 +69,28 @@ def test_real_chest_lungs_are_plausible(chest):
 
 
 def test_real_normal_chest_lesion_proportion(chest):
-    """Target < 1 %; the classical method measures ~5.7 % on this scan (dense dependent
-    parenchyma and vessel halos near -750 HU), checked at < 8 %."""
+    """Target < 1 %; measured 1.2-2.2 % on this scan depending on how much of the hila the
+    lung mask keeps (large hilar / lower-lobe vessels read as solid), checked at < 2.5 %."""
     vol, lungs = chest
     lesions = segment_lesions(vol, lungs, CFG.lesions)
     proportion = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(lungs.labels)
-    assert proportion < 8.0
+    assert proportion < 2.5
+
+
+def test_real_chest_inserted_lesions_volume(chest):
+    """15 % lesion (3 % solid) inserted into the real chest (phantom.insert_lesions) inside
+    its lung mask: target total error <= 10 %; measured -3 to -8 %, checked at 15 %."""
+    from lungvol.phantom import insert_lesions
+
+    vol, lungs = chest
+    hu, truth, _ = insert_lesions(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=12,
+                                  lesion_pct=15.0, solid_pct=3.0)
+    with_lesions = _as_volume(hu, vol.spacing_mm)
+    lesions = segment_lesions(with_lesions, segment_lungs(with_lesions, CFG.lungs), CFG.lesions)
+    measured = np.count_nonzero(lesions.labels)
+    expected = np.count_nonzero(truth)
+    assert abs(measured - expected) <= 0.15 * expected
+    assert np.count_nonzero((lesions.labels > 0) & (truth > 0)) >= 0.65 * expected
 
 
 def _label(path) -> np.ndarray:

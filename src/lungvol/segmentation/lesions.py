@@ -18,12 +18,15 @@ Lesion is decided on two maps:
 Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`` =
 [low, high], both edges inclusive):
 
-- ground glass: in the GGO band, inside the lung, with ground-glass-level (or denser)
-  background at or above the GGO band's low edge, and not more than
-  ``max_above_background_hu`` denser than that background (a vessel partial-volume halo
-  inside a ground-glass patch is denser than its surroundings). Only ground-glass-level
-  background is dilated for this rule, so halos around isolated large vessels are not
-  ground glass;
+- ground glass: in the GGO band, inside the lung, with ground-glass background at or
+  above the GGO band's low edge, and not more than ``max_above_background_hu`` denser
+  than that background (a vessel partial-volume halo inside a ground-glass patch is
+  denser than its surroundings). The ground-glass background is a second opening in
+  which solid-band and denser voxels count as air, so it exists only where ground-glass
+  density is broad by itself (the partial-volume skirt of block means around a vessel
+  does not count), raised to the undilated plain background (ground glass inside or
+  around a consolidation or tumour, ground glass densely crossed by vessels). The halo
+  of vessels about as wide as the ball (~2 x ``background_radius_mm``) can still pass;
 - solid: in the solid band, with background at or above the GGO band's low edge and either
   (a) background in the solid band (consolidation, tumour, nodule wider than the ball),
   (b) not more than ``max_above_background_hu`` above the background, or (c) wider
@@ -55,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
 # Coarse-grid value of lung-mask exterior in the background opening (air): the ball must
-# fit inside the lung.
+# fit inside the lung. Also the value of dense voxels in the ground-glass background.
 _OUTSIDE_HU = -1000.0
 
 
@@ -68,27 +71,34 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
 
 
 def _background(
-    hu_box: np.ndarray, lung_box: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig,
+    hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Opened background density (CT box grid), dilated by one coarse voxel: any level,
-    and ground-glass level only (solid-level background is not spread to neighbours).
+    """Opened background densities (CT box grid), each dilated by one coarse voxel.
 
-    Both are upsampled from the coarse grid by nearest block (the decision at
-    full resolution is made by each voxel's own HU band).
+    Returns ``(any_level, ggo_level)``. ``any_level`` opens the CT itself. ``ggo_level``
+    opens the CT with solid-band and denser voxels (vessels, walls, solid) counted as air,
+    so ground-glass background exists only where ground-glass-density parenchyma is broad
+    by itself, not in the partial-volume skirt around a vessel; it is then raised to
+    ``any_level``'s undilated value (ground glass inside a consolidation or tumour). Both
+    are upsampled from the coarse grid by nearest block (the decision at full resolution is
+    made by each voxel's own HU band).
     """
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
-    hu_c = grid.downsample_mean(hu_box)
-    hu_c[grid.downsample_fraction(lung_box) < 0.5] = _OUTSIDE_HU
-    opened = ndimage.grey_opening(
-        hu_c, footprint=_ball(config.background_radius_mm, grid.spacing_mm), mode="nearest"
-    )
-    del hu_c
-    dil_any = ndimage.maximum_filter(opened, size=3, mode="nearest")
-    ggo_level = np.where(opened < config.solid_band_hu[0], opened, _OUTSIDE_HU)
-    dil_ggo = np.maximum(ndimage.maximum_filter(ggo_level, size=3, mode="nearest"), opened)
+    outside = grid.downsample_fraction(lung_box) < 0.5
+    ball = _ball(config.background_radius_mm, grid.spacing_mm)
+
+    def opened(values: np.ndarray) -> np.ndarray:
+        coarse = grid.downsample_mean(values)
+        coarse[outside] = _OUTSIDE_HU
+        return ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
+
+    open_any = opened(hu_box)
+    open_ggo = opened(np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box))
+    dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
+    dil_ggo = np.maximum(ndimage.maximum_filter(open_ggo, size=3, mode="nearest"), open_any)
     return grid.upsample_nearest(dil_any), grid.upsample_nearest(dil_ggo)
 
 
@@ -153,7 +163,7 @@ def segment_lesions(
     t_bands = time.perf_counter()
 
     if config.background_radius_mm > 0:
-        bg_any, bg_ggo = _background(hu_b, lung_b, sp, config)  # type: ignore[arg-type]
+        bg_any, bg_ggo = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
         del hu_b
         max_above = config.max_above_background_hu
         ggo = ggo_band & (bg_ggo >= g_lo) & (smooth - bg_ggo <= max_above)
