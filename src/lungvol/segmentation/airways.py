@@ -23,6 +23,11 @@ from lungvol.segmentation.grid import bounding_box
 
 logger = logging.getLogger(__name__)
 
+# A trachea seed must continue downwards as dark air for at least this length (the top
+# slice can hold oesophageal air or a lung-apex fragment that ends at once). Not a tuning
+# knob: any trachea in a chest CT is several centimetres long.
+_TRACHEA_MIN_LENGTH_MM = 20.0
+
 
 @dataclass(frozen=True)
 class AirwayResult:
@@ -45,6 +50,7 @@ def _find_trachea_seed(
     n_search = max(1, int(round((z_top - z_bottom + 1) * config.trachea_search_fraction)))
     pixel_mm2 = spacing_mm[1] * spacing_mm[2]
     lo_mm2, hi_mm2 = config.trachea_area_mm2
+    n_below = max(1, int(np.ceil(_TRACHEA_MIN_LENGTH_MM / spacing_mm[0])))
     for z in range(z_top, z_top - n_search, -1):
         body_x = np.flatnonzero(body[z].any(axis=0))
         if body_x.size == 0:
@@ -68,11 +74,30 @@ def _find_trachea_seed(
             offset = abs(cx - centre_x) / half_width
             if offset > config.trachea_max_offset_fraction:
                 continue
-            if best is None or offset < best[0]:
-                best = (offset, i)
+            if not _continues_down(hu, internal, z, lab == i, n_below, config):
+                continue  # an air pocket (oesophagus, apex fragment), not a tube
+            # The trachea is the widest central air tube (the oesophagus is narrower).
+            if best is None or area > best[0]:
+                best = (area, i)
         if best is not None:
             return z, lab == best[1]
     return None
+
+
+def _continues_down(
+    hu: np.ndarray, internal: np.ndarray, z: int, comp: np.ndarray, n_below: int,
+    config: LungSegmentationConfig,
+) -> bool:
+    """Whether dark air connected to ``comp`` (slice ``z``) reaches ``n_below`` slices down."""
+    z0 = max(0, z - n_below)
+    if z - z0 < n_below:
+        return False
+    dark = internal[z0 : z + 1] & (hu[z0 : z + 1] < config.airway_threshold_max_hu)
+    dark[-1] |= comp
+    lab, _n = ndimage.label(dark)
+    ids = np.unique(lab[-1][comp])
+    ids = ids[ids > 0]
+    return bool(ids.size) and bool(np.isin(lab[0], ids).any())
 
 
 def find_airways(
