@@ -151,3 +151,17 @@ def test_coarse_mean_is_computed_once_per_array_and_grid():
     again = coarse_mean(b, grid)
     assert again is not first
     assert np.array_equal(again, first)
+
+
+def test_air_pocket_in_the_top_slice_is_not_taken_for_the_trachea():
+    """Oesophageal air in the top slice (round, central, ending at once) is not a trachea."""
+    c = make_chest()
+    hu = c.volume.hu.copy()
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
+    pocket = (z >= SHAPE[0] - 2) & ((y - 110) ** 2 + (x - SHAPE[2] // 2) ** 2 <= 5**2)
+    hu[np.broadcast_to(pocket, SHAPE)] = AIR_HU
+    mask = segment_lungs(make_volume(hu), CFG)
+    assert mask.info["trachea_found"]
+    assert mask.info["airway_removed_ml"] > 5.0
+    inside = np.count_nonzero(c.airway & (mask.labels > 0))
+    assert inside <= 0.02 * np.count_nonzero(c.airway)
