@@ -77,6 +77,12 @@ if [ "$UPDATE_CONSTRAINTS" = 1 ]; then
   log "wrote scripts/image-constraints.txt"
 fi
 
+# One build at a time, and none while scripts/run_in_image.sh runs an image (it holds the
+# same lock shared): the prune below must not remove an image that is being exported or run.
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.lock"
+flock -x 9
+
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lungvol-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 

@@ -38,11 +38,17 @@ done
 
 [ "$(id -u)" = 0 ] || die "must run as root (chroot and bind mounts need it)"
 command -v podman >/dev/null || die "podman not found; install it: apt-get install podman"
+# Shared with other runs, exclusive against scripts/build_image.sh (which prunes images).
+mkdir -p "$CACHE_DIR"
+exec 9>"$CACHE_DIR/.lock"
+flock -s 9
 image_id="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null)" \
   || die "image $IMAGE not found in podman (vfs) storage; build it with scripts/build_image.sh"
 ROOTFS="${ROOTFS:-$CACHE_DIR/rootfs-${image_id:0:12}}"
 
 # --- the image's root filesystem, exported once per image ID ------------------------------------
+exec 8>"$CACHE_DIR/.export.lock"
+flock -x 8   # one export at a time; released right after
 if [ ! -f "$ROOTFS/.lungvol-exported" ]; then
   # never delete through a mount left behind by an interrupted run (/dev, the data folders)
   if awk -v r="$ROOTFS/" 'index($2 "/", r) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
@@ -63,6 +69,8 @@ if [ ! -f "$ROOTFS/.lungvol-exported" ]; then
     rm -rf --one-file-system "$old"
   done
 fi
+
+flock -u 8
 
 if [ "$PRINT_ROOTFS" = 1 ]; then
   echo "$ROOTFS"
@@ -121,7 +129,8 @@ done
 
 set +e
 chroot --userspec="$uid:$gid" "$ROOTFS" /usr/bin/env -i "${env[@]}" HOME="$home" \
-  /bin/sh -c 'cd "$1" || exit 125; shift; exec "$@"' sh "${workdir:-/}" "${entrypoint[@]}" "$@"
+  /bin/sh -c 'cd "$1" || exit 125; shift; exec "$@"' sh "${workdir:-/}" "${entrypoint[@]}" "$@" \
+  8>&- 9>&-
 status=$?
 set -e
 exit "$status"
