@@ -73,16 +73,16 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Opened background densities (CT box grid), each dilated by one coarse voxel.
+) -> tuple[CoarseGrid, np.ndarray, np.ndarray]:
+    """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
     Returns ``(any_level, ggo_level)``. ``any_level`` opens the CT itself. ``ggo_level``
     opens the CT with solid-band and denser voxels (vessels, walls, solid) counted as air,
     so ground-glass background exists only where ground-glass-density parenchyma is broad
     by itself, not in the partial-volume skirt around a vessel; it is then raised to
-    ``any_level``'s undilated value (ground glass inside a consolidation or tumour). Both
-    are upsampled from the coarse grid by nearest block (the decision at full resolution is
-    made by each voxel's own HU band).
+    ``any_level``'s undilated value (ground glass inside a consolidation or tumour). The
+    caller reads them at its band voxels by nearest block (the decision at full resolution
+    is made by each voxel's own HU band).
     """
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
@@ -99,7 +99,13 @@ def _background(
     open_ggo = opened(np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box))
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
     dil_ggo = np.maximum(ndimage.maximum_filter(open_ggo, size=3, mode="nearest"), open_any)
-    return grid.upsample_nearest(dil_any), grid.upsample_nearest(dil_ggo)
+    return grid, dil_any, dil_ggo
+
+
+def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Values of a coarse map at CT voxels ``idx`` (nearest block). Cheaper than upsampling
+    the whole map when only band voxels are needed."""
+    return coarse[tuple(i // f for i, f in zip(idx, grid.factors, strict=True))]
 
 
 def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
@@ -163,17 +169,22 @@ def segment_lesions(
     t_bands = time.perf_counter()
 
     if config.background_radius_mm > 0:
-        bg_any, bg_ggo = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
+        grid, bg_any, bg_ggo = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
         del hu_b
         max_above = config.max_above_background_hu
-        ggo = ggo_band & (bg_ggo >= g_lo) & (smooth - bg_ggo <= max_above)
-        del bg_ggo
+        idx = np.nonzero(ggo_band)
+        bg = _at_voxels(grid, bg_ggo, idx)
+        keep = (bg >= g_lo) & (smooth[idx] - bg <= max_above)
+        ggo = np.zeros_like(ggo_band)
+        ggo[tuple(i[keep] for i in idx)] = True
         radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
         wide_solid = _opening_in_plane(solid_band, radius_px)  # type: ignore[arg-type]
-        solid = solid_band & (bg_any >= g_lo) & (
-            (bg_any >= s_lo) | (smooth - bg_any <= max_above) | wide_solid
-        )
-        del bg_any, wide_solid
+        idx = np.nonzero(solid_band)
+        bg = _at_voxels(grid, bg_any, idx)
+        keep = (bg >= g_lo) & ((bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx])
+        solid = np.zeros_like(solid_band)
+        solid[tuple(i[keep] for i in idx)] = True
+        del bg_any, bg_ggo, wide_solid, idx, bg, keep
     else:  # plain HU bands
         ggo, solid = ggo_band.copy(), solid_band.copy()
     background_ml = float(
@@ -182,11 +193,19 @@ def segment_lesions(
     if config.fill_enclosed_solid:
         # Voxels above the solid band that are enclosed (in the axial slice) by solid
         # lesion, i.e. noise peaks and vessels inside a consolidation or tumour, are solid.
+        # In-plane holes = 4-connected (in-plane) components of the complement that do not
+        # reach the slice border; labelling is much cheaper than binary_fill_holes here.
         in_plane = np.zeros((3, 3, 3), dtype=bool)
         in_plane[1] = ndimage.generate_binary_structure(2, 1)
-        enclosed = ndimage.binary_fill_holes(solid, structure=in_plane) & ~solid & lung_b
-        solid |= enclosed & (smooth > s_hi)
-        del enclosed
+        lab, n = ndimage.label(~solid, structure=in_plane)
+        if n:
+            open_to_border = np.zeros(n + 1, dtype=bool)
+            for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+                open_to_border[edge] = True
+            enclosed = ~open_to_border[lab]
+            solid |= enclosed & lung_b & (smooth > s_hi)
+            del enclosed
+        del lab
     del smooth
     lesion = ggo | solid
     t_bg = time.perf_counter()
