@@ -386,14 +386,22 @@ def _include_pathology(
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
-    bone_near = _bone_near(hu, spacing_mm, config)
+    radius = config.fill_closing_radius_mm
+    # Bone maps are only needed inside the lungs' boxes (the closing margin below); bone
+    # up to bone_search_mm beyond them still counts.
+    lungs_box = bounding_box(labels > 0, _radius_voxels(radius + config.bone_search_mm, spacing_mm))
+    x0 = lungs_box[2].start
+    bone_near = np.zeros(labels.shape, bool)
+    bone_near[lungs_box] = _bone_near(hu[lungs_box], spacing_mm, config)
     # Pleura-based additions must lie along the ribs: the spine/sternum column is ignored.
     half_px = config.midline_bone_half_width_mm / spacing_mm[2]
-    rib_near = _bone_near(hu, spacing_mm, config, (midline_x - half_px, midline_x + half_px))
+    rib_near = np.zeros(labels.shape, bool)
+    rib_near[lungs_box] = _bone_near(
+        hu[lungs_box], spacing_mm, config, (midline_x - x0 - half_px, midline_x - x0 + half_px)
+    )
     hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
     dropped_ml = 0.0
     across_ml = 0.0
-    radius = config.fill_closing_radius_mm
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     info: dict = {}
     for lab_id, name in ((LUNG_RIGHT, "right"), (LUNG_LEFT, "left")):
