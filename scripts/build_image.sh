@@ -82,6 +82,12 @@ fi
 mkdir -p "$CACHE_DIR"
 exec 9>"$CACHE_DIR/.lock"
 flock -x 9
+# An interrupted build (timeout, Ctrl-C) leaves its buildah working container behind: a full
+# root filesystem copy under vfs. No build runs while we hold the lock, so remove them.
+for cid in $("${PODMAN[@]}" ps -a --external --filter name=working-container --format '{{.ID}}' \
+             2>/dev/null); do
+  "${PODMAN[@]}" rm --storage "$cid" >/dev/null 2>&1 || true
+done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/lungvol-build.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
