@@ -18,8 +18,12 @@ import yaml
 
 from lungvol.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-PACKAGED_DEFAULT = Path(__file__).resolve().parent / "default.yaml"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_REPO_CONFIGS = _PACKAGE_DIR.parents[1] / "configs"
+# The repo's configs/ in a source checkout; in an installed wheel the same YAML files ship
+# inside the package (default.yaml and shi2022.yaml are symlinks into configs/ in the repo).
+CONFIG_DIR = _REPO_CONFIGS if (_REPO_CONFIGS / "default.yaml").is_file() else _PACKAGE_DIR
+PACKAGED_DEFAULT = _PACKAGE_DIR / "default.yaml"
 
 
 def _check_band(name: str, band: tuple[float, float]) -> None:
@@ -107,7 +111,7 @@ class LungSegmentationConfig:
     # 2-D holes whose top+bottom faces touch non-lung for more than this fraction open onto
     # the abdomen (diaphragm dome) and are not filled.
     max_open_face_fraction: float = 0.5
-    pleural_max_depth_mm: float = 30.0  # deepest pleura-based opacity added by the hull
+    pleural_max_depth_mm: float = 60.0  # deepest pleura-based opacity added by the hull
     # A hull deficit is pleura-based (added) when at least this fraction of its outer chord
     # has bone (ribs, coarse HU >= bone_min_hu) within bone_search_mm in the slice.
     pleural_min_bone_fraction: float = 0.5
