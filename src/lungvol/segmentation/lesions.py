@@ -30,9 +30,10 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
 - solid: in the solid band, with background at or above the GGO band's low edge and either
   (a) background in the solid band (consolidation, tumour, nodule wider than the ball),
   (b) not more than ``max_above_background_hu`` above the background, or (c) wider
-  in-plane than ``2 x thin_structure_radius_mm`` (binary opening of the solid band;
-  solid components inside ground glass); vessels thinner than that inside ground glass
-  are not lesion (as in the phantom truth and ``insert_lesions``);
+  in-plane than ``2 x thin_structure_radius_mm`` (binary opening of the solid band, then
+  geodesic reconstruction by the same radius inside the band; solid components inside
+  ground glass); vessels thinner than that inside ground glass are not lesion (as in the
+  phantom truth and ``insert_lesions``);
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
 - connected lesion components (26-connectivity) SMALLER than ``min_component_volume_ml``
@@ -179,6 +180,13 @@ def segment_lesions(
         ggo[tuple(i[keep] for i in idx)] = True
         radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
         wide_solid = _opening_in_plane(solid_band, radius_px)  # type: ignore[arg-type]
+        # Geodesic in-plane reconstruction by the same radius inside the solid band: the
+        # square opening clips corners and narrow lobes of solid components, while vessels
+        # that leave a component gain only ``radius_px`` voxels.
+        for _ in range(max(radius_px)):
+            wide_solid = ndimage.maximum_filter(
+                wide_solid.view(np.uint8), size=(1, 3, 3), mode="constant"
+            ).astype(bool) & solid_band
         idx = np.nonzero(solid_band)
         bg = _at_voxels(grid, bg_any, idx)
         keep = (bg >= g_lo) & ((bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx])
