@@ -26,6 +26,12 @@ CONFIG_DIR = _REPO_CONFIGS if (_REPO_CONFIGS / "default.yaml").is_file() else _P
 PACKAGED_DEFAULT = _PACKAGE_DIR / "default.yaml"
 
 
+def content_hash(data: dict[str, Any]) -> str:
+    """sha256 of ``data`` as canonical JSON (sorted keys), first 16 hex digits."""
+    blob = json.dumps(data, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def _check_band(name: str, band: tuple[float, float]) -> None:
     if len(band) != 2 or not band[0] < band[1]:
         raise ConfigError(f"{name} must be [low, high] with low < high, got {list(band)}")
@@ -232,8 +238,7 @@ class LungvolConfig:
     @property
     def hash(self) -> str:
         """sha256 of the resolved config (canonical JSON), first 16 hex digits."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_hash(self.to_dict())
 
 
 _SECTIONS: dict[str, type] = {

@@ -7,15 +7,13 @@ valid keys, and every range is checked when the object is built.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from lungvol.config import CONFIG_DIR
+from lungvol.config import CONFIG_DIR, content_hash
 from lungvol.errors import ConfigError
 
 DEFAULT_TRIAL = CONFIG_DIR / "shi2022.yaml"
@@ -193,8 +191,7 @@ class TrialConfig:
     @property
     def hash(self) -> str:
         """sha256 of the resolved trial definition (canonical JSON), first 16 hex digits."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return content_hash(self.to_dict())
 
 
 def _check_keys(values: Any, cls: type, *, where: str, what: str) -> dict[str, Any]:
