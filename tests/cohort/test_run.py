@@ -200,3 +200,16 @@ def test_dask_executor_runs_the_cohort_through_the_same_contract(tmp_path):
             executor.close()
     assert (summary.done, summary.failed) == (6, 0)
     assert [r["status"] for r in collect_results(out)] == ["ok"] * 6
+
+
+def test_partial_result_of_a_killed_scan_is_removed_by_the_next_run(tmp_path):
+    root = make_cohort(tmp_path / "c", _scans(1))
+    out = tmp_path / "out"
+    _run(root, out)
+    stale = out / "scans" / "S0" / ".month1.tmp-0123456789ab"
+    stale.mkdir()
+    (stale / "lungs.nii.gz").write_bytes(b"half")
+    again = _run(root, out)
+    assert (again.done, again.skipped) == (0, 3)
+    assert not stale.exists()
+    assert (out / "scans" / "S0" / "month1" / "metrics.json").is_file()

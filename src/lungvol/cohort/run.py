@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -274,6 +275,20 @@ def run_cohort(
         )
 
 
+def _remove_stale_temp_folders(out: Path) -> None:
+    """Delete ``.<visit>.tmp-*`` folders left by a scan whose process was killed.
+
+    Safe only under the run lock: no other process of this run writes to ``out`` then.
+    """
+    scans = out / "scans"
+    if not scans.is_dir():
+        return
+    for stale in scans.glob("*/.*.tmp-*"):
+        if stale.is_dir():
+            logger.info("removing a partial result left by an interrupted run: %s", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _run_locked(
     cohort: Cohort,
     out: Path,
@@ -288,6 +303,7 @@ def _run_locked(
     start: float,
 ) -> RunSummary:
     _check_run_json(out, config, rerun_changed=rerun_changed)
+    _remove_stale_temp_folders(out)
     run_info = {
         "lungvol": __version__,
         "config_hash": config.hash,
