@@ -165,6 +165,13 @@ class LesionSegmentationConfig:
     # Voxels above the solid band enclosed in-plane by lesion (noise peaks, vessels inside
     # a tumour or consolidation) count as solid.
     fill_enclosed_solid: bool = True
+    # Rejected solid-band components (26-connected) whose lung neighbourhood within
+    # enclosure_shell_mm is at least this fraction ground-glass lesion are solid (solid
+    # patches narrower than the ball inside ground glass; vessels continue into normal
+    # lung). > 1 disables.
+    enclosed_solid_min_ggo_fraction: float = 0.6
+    enclosure_shell_mm: float = 3.0
+    enclosed_solid_max_length_mm: float = 40.0  # longer components are vessels (tubes)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))
@@ -178,6 +185,12 @@ class LesionSegmentationConfig:
                 f"lesions.background_radius_mm must be >= 0 (got {self.background_radius_mm}) "
                 f"and lesions.background_working_spacing_mm > 0 "
                 f"(got {self.background_working_spacing_mm})"
+            )
+        if self.enclosed_solid_min_ggo_fraction < 0 or self.enclosure_shell_mm <= 0:
+            raise ConfigError(
+                "lesions.enclosed_solid_min_ggo_fraction must be >= 0 (got "
+                f"{self.enclosed_solid_min_ggo_fraction}; > 1 disables) and "
+                f"lesions.enclosure_shell_mm > 0 (got {self.enclosure_shell_mm})"
             )
 
 

@@ -187,3 +187,34 @@ def test_background_settings_are_validated():
         LesionSegmentationConfig(background_radius_mm=-1.0)
     with pytest.raises(ConfigError, match="background_working_spacing_mm"):
         LesionSegmentationConfig(background_working_spacing_mm=0.0)
+
+
+def test_narrow_solid_patch_enclosed_by_ground_glass_is_solid():
+    """A 3 mm solid patch inside ground glass is narrower than the thin-structure opening
+    and denser than its background; it is solid because ground glass encloses it (the
+    enclosure rule), and is not solid when the rule is disabled."""
+    hu, lungs = _lung_cube()
+    hu[8:32, 12:48, 12:48] = -620.0
+    patch = np.zeros(hu.shape, bool)
+    patch[18:22, 28:31, 28:31] = True
+    hu[patch] = -50.0
+    hu += _noise(hu.shape, seed=3)
+    vol = _volume(hu.astype(np.int16))
+    labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(
+        enclosed_solid_min_ggo_fraction=2.0)).labels
+    plain = segment_lesions(vol, lungs, LesionSegmentationConfig(
+        background_radius_mm=0.0, min_component_volume_ml=0.0)).labels
+    n_plain = np.count_nonzero(plain[patch] == LESION_SOLID)
+    assert n_plain >= 0.5 * patch.sum()
+    assert np.count_nonzero(labels[patch] == LESION_SOLID) >= 0.95 * n_plain
+    assert np.count_nonzero(off[patch] == LESION_SOLID) <= 0.2 * patch.sum()
+
+
+def test_enclosure_settings_are_validated():
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="enclosure_shell_mm"):
+        LesionSegmentationConfig(enclosure_shell_mm=0.0)
+    with pytest.raises(ConfigError, match="enclosed_solid_min_ggo_fraction"):
+        LesionSegmentationConfig(enclosed_solid_min_ggo_fraction=-0.1)

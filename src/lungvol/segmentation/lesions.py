@@ -122,6 +122,52 @@ def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
     return ndimage.maximum_filter(eroded, size=size, mode="constant").astype(bool) & mask
 
 
+def _grow_enclosed_solid(
+    ggo: np.ndarray, solid: np.ndarray, ggo_band: np.ndarray, solid_band: np.ndarray,
+    lung: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
+) -> int:
+    """Add rejected solid-band components enclosed by ground glass to ``solid`` (in place).
+
+    The background rules reject solid-band voxels denser than their background: vessels,
+    but also solid patches narrower than the opening inside ground glass (and the caps of
+    wider ones). Each 26-connected component of rejected solid-band voxels is judged by
+    the lung voxels within ``enclosure_shell_mm`` of it (a box, per-axis half-widths of at
+    least one voxel), leaving out rejected ground-glass-band voxels (partial-volume halos,
+    neutral) and solid lesion (neutral: a vessel's edge next to an accepted vessel is not
+    evidence either way). A solid patch inside ground glass is enclosed by ground-glass
+    lesion; a vessel in normal lung, or crossing ground glass, continues into normal
+    parenchyma (its component follows the vessel). Components whose counted neighbourhood
+    is at least ``enclosed_solid_min_ggo_fraction`` ground-glass lesion are added.
+    Returns the number of voxels added.
+    """
+    rejected = solid_band & ~solid
+    lab, n = ndimage.label(rejected, structure=_CONN26)
+    if not n:
+        return 0
+    size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
+    # Neighbourhood voxels take the largest nearby label (a voxel near two components
+    # counts for one of them only: at most makes the test stricter for the other).
+    near = ndimage.maximum_filter(lab, size=size, mode="constant")
+    shell = (near > 0) & (lab == 0) & lung & ~(ggo_band & ~ggo) & ~solid
+    total = np.bincount(near[shell], minlength=n + 1)
+    on_ggo = np.bincount(near[shell & ggo], minlength=n + 1)
+    accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
+    accept[0] = False
+    # Guard for vessels that cross a large ground-glass patch with only short stubs in
+    # normal lung: a component whose largest bounding-box side exceeds
+    # ``enclosed_solid_max_length_mm`` is not a patch.
+    objs = ndimage.find_objects(lab)
+    for i in np.flatnonzero(accept):
+        o = objs[i - 1]
+        length = max((b.stop - b.start) * s for b, s in zip(o, spacing_mm, strict=True))
+        if length > config.enclosed_solid_max_length_mm:
+            accept[i] = False
+    add = accept[lab]
+    solid |= add
+    return int(np.count_nonzero(add))
+
+
 def segment_lesions(
     volume: CTVolume, lungs: LungMask, config: LesionSegmentationConfig
 ) -> LesionMask:
@@ -195,6 +241,11 @@ def segment_lesions(
         del bg_any, bg_ggo, wide_solid, idx, bg, keep
     else:  # plain HU bands
         ggo, solid = ggo_band.copy(), solid_band.copy()
+    grown_ml = 0.0
+    if config.background_radius_mm > 0 and config.enclosed_solid_min_ggo_fraction <= 1.0:
+        grown_ml = voxel_ml * _grow_enclosed_solid(
+            ggo, solid, ggo_band, solid_band, lung_b, sp, config  # type: ignore[arg-type]
+        )
     background_ml = float(
         (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
     )
@@ -244,6 +295,7 @@ def segment_lesions(
         "solid_band_hu": [s_lo, s_hi],
         "dense_in_band_ml": round(dense_ml, 3),
         "background_removed_ml": round(background_ml, 3),
+        "enclosed_solid_added_ml": round(grown_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
         "min_component_volume_ml": config.min_component_volume_ml,
         "min_component_rule": "components with volume < minimum are removed (= kept)",
