@@ -34,6 +34,12 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   geodesic reconstruction by the same radius inside the band; solid components inside
   ground glass); vessels thinner than that inside ground glass are not lesion (as in the
   phantom truth and ``insert_lesions``);
+- rejected solid-band components (26-connected) enclosed by ground glass are solid: at
+  least ``enclosed_solid_min_ggo_fraction`` of their lung neighbourhood within
+  ``enclosure_shell_mm`` is ground-glass lesion (rejected ground-glass-band halos and solid
+  lesion are neutral), and none longer than ``enclosed_solid_max_length_mm``. Solid
+  patches narrower than the opening inside ground glass are enclosed; vessels continue
+  into normal lung, where their component follows them;
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
 - connected lesion components (26-connectivity) SMALLER than ``min_component_volume_ml``
