@@ -52,19 +52,6 @@ def cohort_folder(tmp_path_factory: pytest.TempPathFactory):
     return cohort
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        silence_logs=40,
-    ) as local_cluster:
-        yield local_cluster
-
-
 def _scan_rows(out: Path) -> list[dict[str, str]]:
     with (out / "scans.csv").open(newline="") as fh:
         return list(csv.DictReader(fh))

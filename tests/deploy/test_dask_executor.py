@@ -66,19 +66,6 @@ def slow_atomic_job(job: Job) -> str:
     return job.name
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=":0",
-        silence_logs=40,
-    ) as local_cluster:
-        yield local_cluster
-
-
 @pytest.fixture
 def executor(cluster):
     ex = DaskExecutor(cluster.scheduler_address, connect_timeout_s=10, wait_for_workers_s=30)
