@@ -156,9 +156,32 @@ class LesionSegmentationConfig:
     # 0 = no background gating (plain HU bands).
     background_radius_mm: float = 4.5
     background_working_spacing_mm: float = 1.5
-    # A band voxel denser than its background by more than this is a vessel / halo, not
-    # lesion (unless the background itself is solid, or it is a wide solid patch).
+    # Along the costal pleura (outside voxels within pleural_bone_distance_mm of bone) the
+    # lung is continued outward by pleural_extrapolation_mm with the values of lung at least
+    # pleural_core_depth_mm deep, so that subpleural bands thinner than the ball keep their
+    # background. 0 disables (outside the lung is air everywhere).
+    pleural_extrapolation_mm: float = 6.0
+    pleural_core_depth_mm: float = 3.5
+    pleural_bone_distance_mm: float = 10.0
+    bone_min_hu: float = 200.0
     max_above_background_hu: float = 200.0
+    # Lesion REGION test: a band voxel is lesion only where the opened background is at
+    # least region_min_background_hu AND region_above_parenchyma_hu above the local level of
+    # normal (air-filled, < parenchyma_max_hu) lung, in blocks of parenchyma_block_mm.
+    # Dependent lung of a supine patient sits near -780 HU with much of it at the
+    # ground-glass band's -750 edge; the band still decides each voxel's class.
+    region_min_background_hu: float = -720.0
+    region_above_parenchyma_hu: float = 90.0
+    parenchyma_max_hu: float = -700.0
+    parenchyma_block_mm: float = 8.0
+    # Hysteresis: ground-glass-band voxels connected to ground-glass cores within
+    # lesion_extension_mm are ground glass (rims and fingers narrower than the ball) when
+    # at least extension_min_hu and extension_above_parenchyma_hu above normal lung, and not
+    # within extension_vessel_clearance_mm of a rejected vessel / airway wall. 0 disables.
+    lesion_extension_mm: float = 5.0
+    extension_min_hu: float = -750.0
+    extension_above_parenchyma_hu: float = 100.0
+    extension_vessel_clearance_mm: float = 2.0
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
@@ -191,6 +214,16 @@ class LesionSegmentationConfig:
                 "lesions.enclosed_solid_min_ggo_fraction must be >= 0 (got "
                 f"{self.enclosed_solid_min_ggo_fraction}; > 1 disables) and "
                 f"lesions.enclosure_shell_mm > 0 (got {self.enclosure_shell_mm})"
+            )
+        for key in (
+            "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
+            "lesion_extension_mm", "extension_vessel_clearance_mm",
+        ):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")
+        if self.parenchyma_block_mm <= 0:
+            raise ConfigError(
+                f"lesions.parenchyma_block_mm must be > 0 (got {self.parenchyma_block_mm})"
             )
 
 

@@ -64,6 +64,8 @@ from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMa
 logger = logging.getLogger(__name__)
 
 _CONN26 = np.ones((3, 3, 3), dtype=bool)
+_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_PLANE[1] = True
 # Coarse-grid value of lung-mask exterior in the background opening (air): the ball must
 # fit inside the lung. Also the value of dense voxels in the ground-glass background.
 _OUTSIDE_HU = -1000.0
@@ -80,33 +82,79 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-) -> tuple[CoarseGrid, np.ndarray, np.ndarray]:
+) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray]:
     """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
-    Returns ``(any_level, ggo_level)``. ``any_level`` opens the CT itself. ``ggo_level``
-    opens the CT with solid-band and denser voxels (vessels, walls, solid) counted as air,
-    so ground-glass background exists only where ground-glass-density parenchyma is broad
-    by itself, not in the partial-volume skirt around a vessel; it is then raised to
-    ``any_level``'s undilated value (ground glass inside a consolidation or tumour). The
-    caller reads them at its band voxels by nearest block (the decision at full resolution
-    is made by each voxel's own HU band).
+    Returns ``(grid, any_level, ggo_level, pure_ggo_level)``. ``any_level`` opens the CT
+    itself. ``pure_ggo_level`` opens the CT with solid-band and denser voxels (vessels,
+    walls, solid) counted as air, so it exists only where ground-glass-density parenchyma
+    is broad by itself, not in the partial-volume skirt around a vessel; ``ggo_level`` is
+    it raised to ``any_level``'s undilated value (ground glass inside a consolidation or
+    tumour). The caller reads them at its band voxels by nearest block (the decision at
+    full resolution is made by each voxel's own HU band).
+
+    Outside the lung counts as air, except along the costal pleura (see
+    :func:`_pleural_extrapolation`).
     """
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
     outside = grid.downsample_fraction(lung_box) < 0.5
+    source = _pleural_extrapolation(grid, hu_box, outside, config)
     ball = _ball(config.background_radius_mm, grid.spacing_mm)
 
     def opened(values: np.ndarray) -> np.ndarray:
         coarse = grid.downsample_mean(values)
-        coarse[outside] = _OUTSIDE_HU
+        if source is None:
+            coarse[outside] = _OUTSIDE_HU
+        else:
+            coarse = coarse[source[0]]
+            coarse[source[1]] = _OUTSIDE_HU
         return ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
 
     open_any = opened(hu_box)
     open_ggo = opened(np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box))
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
-    dil_ggo = np.maximum(ndimage.maximum_filter(open_ggo, size=3, mode="nearest"), open_any)
-    return grid, dil_any, dil_ggo
+    pure_ggo = ndimage.maximum_filter(open_ggo, size=3, mode="nearest")
+    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo
+
+
+def _pleural_extrapolation(
+    grid: CoarseGrid, hu_box: np.ndarray, outside: np.ndarray,
+    config: LesionSegmentationConfig,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
+    """Where each coarse voxel takes its background value from, or None (outside = air).
+
+    Returns ``(nearest, air)``: index arrays of the source voxel, and the voxels that are
+    air whatever their source.
+
+    The ball of the opening must fit inside the lung, so a subpleural band thinner than
+    the ball (the commonest COVID-19 pattern) would vanish from the background. Along the
+    costal pleura (outside voxels within ``pleural_bone_distance_mm`` of rib / spine bone)
+    the lung is therefore continued outward by ``pleural_extrapolation_mm``: each such
+    voxel takes the value of the nearest lung voxel at least ``pleural_core_depth_mm``
+    deep (the partial-volume rim itself is replaced too). The ball then only has to fit
+    the band's footprint on the pleura. Elsewhere (diaphragm dome, mediastinum, hila,
+    where partial volume with soft tissue is broad in axial slices) outside stays air.
+    scipy's distance transform with ``return_indices`` does the nearest-voxel lookup.
+    """
+    if config.pleural_extrapolation_mm <= 0:
+        return None
+    sp = grid.spacing_mm
+    depth = ndimage.distance_transform_edt(~outside, sampling=sp)
+    core = depth > config.pleural_core_depth_mm
+    if not core.any():
+        return None
+    dist, nearest = ndimage.distance_transform_edt(~core, sampling=sp, return_indices=True)
+    bone = grid.downsample_mean(hu_box) >= config.bone_min_hu
+    far_from_bone = (
+        ndimage.distance_transform_edt(~bone, sampling=sp) > config.pleural_bone_distance_mm
+        if bone.any() else np.ones_like(bone)
+    )
+    air = (dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm) | (
+        outside & far_from_bone
+    )
+    return tuple(nearest), air
 
 
 def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -174,6 +222,79 @@ def _grow_enclosed_solid(
     return int(np.count_nonzero(add))
 
 
+def _parenchyma_level(
+    hu_box: np.ndarray, lung_box: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
+) -> tuple[CoarseGrid, np.ndarray]:
+    """Local density of normal, air-filled parenchyma (HU) on a coarse grid.
+
+    Block mean of lung voxels below ``parenchyma_max_hu`` (no vessels, no lesion) in
+    blocks of ``parenchyma_block_mm``; blocks with little such lung are filled by
+    normalised Gaussian smoothing over two blocks. Dependent lung of a supine patient is
+    denser than non-dependent lung (a real normal scan here: posterior median -784 HU,
+    anterior -864 HU); a threshold relative to this level tells faint ground glass from
+    dependent density where a fixed one near the band edge cannot.
+    """
+    grid = CoarseGrid.for_volume(
+        hu_box.shape, spacing_mm, working_spacing_mm=config.parenchyma_block_mm
+    )
+    normal = lung_box & (hu_box < config.parenchyma_max_hu)
+    frac = grid.downsample_fraction(normal)
+    mean = grid.downsample_mean(np.where(normal, hu_box, 0.0).astype(np.float32))
+    weight = np.where(frac > 0.1, frac, 0.0).astype(np.float32)
+    level = np.where(weight > 0, mean / np.maximum(frac, 1e-6), 0.0).astype(np.float32)
+    num = ndimage.gaussian_filter(level * weight, 2.0, mode="nearest")
+    den = ndimage.gaussian_filter(weight, 2.0, mode="nearest")
+    filled = np.where(den > 1e-3, num / np.maximum(den, 1e-6), config.parenchyma_max_hu)
+    return grid, filled.astype(np.float32)
+
+
+def _extend_from_cores(
+    ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, ggo_band: np.ndarray,
+    solid_band: np.ndarray, smooth: np.ndarray, lung: np.ndarray,
+    parenchyma: tuple[CoarseGrid, np.ndarray], spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
+) -> int:
+    """Hysteresis: extend ground glass from its cores into connected band voxels (in place).
+
+    The opening keeps lesion only where its ball fits, so rims and fingers of irregular
+    lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
+    accepted on its own ground-glass background, not on a vessel-raised one) through such
+    voxels, within ``lesion_extension_mm``, become ground glass when their lightly
+    denoised HU is at least ``extension_min_hu`` and ``extension_above_parenchyma_hu``
+    above the local normal-lung level (``parenchyma``), and they are not within
+    ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
+    wall: growth must not run along their partial-volume skirts; the dense rim along the
+    pleura is not counted as a vessel). Returns the number of voxels added.
+    """
+    idx = np.nonzero(ggo_band)
+    floor = np.maximum(
+        config.extension_min_hu,
+        _at_voxels(parenchyma[0], parenchyma[1], idx) + config.extension_above_parenchyma_hu,
+    )
+    ok = smooth[idx] >= floor
+    cand = np.zeros_like(ggo_band)
+    cand[tuple(i[ok] for i in idx)] = True
+    del idx, floor, ok
+    if config.extension_vessel_clearance_mm > 0:
+        size = tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
+        deep = ndimage.minimum_filter(lung.view(np.uint8), size=size, mode="constant")
+        vessel = solid_band & ~solid & deep.astype(bool)
+        cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
+    # In-plane steps of the smallest in-plane spacing; 26-connected steps only while the
+    # slice spacing is within the distance (each such step also moves one slice).
+    steps = max(1, int(round(config.lesion_extension_mm / min(spacing_mm[1:]))))
+    z_steps = int(config.lesion_extension_mm / spacing_mm[0])
+    grown = seeds.copy()
+    allowed = cand | seeds
+    for k in range(steps):
+        structure = _CONN26 if k < z_steps else _PLANE
+        grown = ndimage.binary_dilation(grown, structure=structure, mask=allowed)
+    add = grown & ~ggo & ~solid
+    ggo |= add
+    return int(np.count_nonzero(add))
+
+
 def segment_lesions(
     volume: CTVolume, lungs: LungMask, config: LesionSegmentationConfig
 ) -> LesionMask:
@@ -222,14 +343,29 @@ def segment_lesions(
     t_bands = time.perf_counter()
 
     if config.background_radius_mm > 0:
-        grid, bg_any, bg_ggo = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
-        del hu_b
+        grid, bg_any, bg_ggo, bg_pure = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
         max_above = config.max_above_background_hu
         idx = np.nonzero(ggo_band)
         bg = _at_voxels(grid, bg_ggo, idx)
-        keep = (bg >= g_lo) & (smooth[idx] - bg <= max_above)
+        paren = _parenchyma_level(hu_b, lung_b, sp, config)  # type: ignore[arg-type]
+        del hu_b
+
+        def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
+            """Least background density of a lesion region at voxels ``ix`` (HU)."""
+            return np.maximum(
+                config.region_min_background_hu,
+                _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
+            )
+
+        floor = region_floor(idx)
+        keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
         ggo = np.zeros_like(ggo_band)
         ggo[tuple(i[keep] for i in idx)] = True
+        # Ground glass on its own (not vessel-raised) background: cores for the extension.
+        seeds = np.zeros_like(ggo_band)
+        pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
+        seeds[tuple(i[pure] for i in idx)] = True
+        del pure
         radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
         wide_solid = _opening_in_plane(solid_band, radius_px)  # type: ignore[arg-type]
         # Geodesic in-plane reconstruction by the same radius inside the solid band: the
@@ -241,17 +377,27 @@ def segment_lesions(
             ).astype(bool) & solid_band
         idx = np.nonzero(solid_band)
         bg = _at_voxels(grid, bg_any, idx)
-        keep = (bg >= g_lo) & ((bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx])
+        keep = (bg >= region_floor(idx)) & (
+            (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
+        )
         solid = np.zeros_like(solid_band)
         solid[tuple(i[keep] for i in idx)] = True
-        del bg_any, bg_ggo, wide_solid, idx, bg, keep
+        del bg_any, bg_ggo, bg_pure, wide_solid, idx, bg, keep
     else:  # plain HU bands
+        del hu_b
         ggo, solid = ggo_band.copy(), solid_band.copy()
     grown_ml = 0.0
     if config.background_radius_mm > 0 and config.enclosed_solid_min_ggo_fraction <= 1.0:
         grown_ml = voxel_ml * _grow_enclosed_solid(
             ggo, solid, ggo_band, solid_band, lung_b, sp, config  # type: ignore[arg-type]
         )
+    extended_ml = 0.0
+    if config.background_radius_mm > 0 and config.lesion_extension_mm > 0:
+        extended_ml = voxel_ml * _extend_from_cores(
+            ggo, solid, seeds, ggo_band, solid_band, smooth, lung_b, paren, sp,  # type: ignore[arg-type]
+            config,
+        )
+        del seeds, paren
     background_ml = float(
         (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
     )
@@ -302,6 +448,7 @@ def segment_lesions(
         "dense_in_band_ml": round(dense_ml, 3),
         "background_removed_ml": round(background_ml, 3),
         "enclosed_solid_added_ml": round(grown_ml, 3),
+        "extended_from_cores_ml": round(extended_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
         "min_component_volume_ml": config.min_component_volume_ml,
         "min_component_rule": "components with volume < minimum are removed (= kept)",
