@@ -171,7 +171,7 @@ class LesionSegmentationConfig:
     # Dependent lung of a supine patient sits near -780 HU with much of it at the
     # ground-glass band's -750 edge; the band still decides each voxel's class.
     region_min_background_hu: float = -720.0
-    region_above_parenchyma_hu: float = 90.0
+    region_above_parenchyma_hu: float = 110.0
     parenchyma_max_hu: float = -700.0
     parenchyma_block_mm: float = 8.0
     # Hysteresis: ground-glass-band voxels connected to ground-glass cores within
@@ -182,6 +182,9 @@ class LesionSegmentationConfig:
     extension_min_hu: float = -750.0
     extension_above_parenchyma_hu: float = 100.0
     extension_vessel_clearance_mm: float = 2.0
+    # Solid hysteresis: solid-band voxels connected to accepted solid within this distance
+    # are solid (edges and narrow lobes of solid components). 0 disables.
+    solid_extension_mm: float = 2.0
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
@@ -217,7 +220,7 @@ class LesionSegmentationConfig:
             )
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
-            "lesion_extension_mm", "extension_vessel_clearance_mm",
+            "lesion_extension_mm", "extension_vessel_clearance_mm", "solid_extension_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

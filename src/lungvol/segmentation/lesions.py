@@ -249,6 +249,28 @@ def _parenchyma_level(
     return grid, filled.astype(np.float32)
 
 
+def _grow_geodesic(
+    mask: np.ndarray, allowed: np.ndarray, spacing_mm: tuple[float, float, float],
+    distance_mm: float,
+) -> int:
+    """Grow ``mask`` (in place) through ``allowed`` voxels by about ``distance_mm``.
+
+    In-plane steps of the smallest in-plane spacing; 26-connected steps only while the
+    slice spacing is within the distance (each such step also moves one slice).
+    scipy's ``binary_dilation(mask=...)`` is the geodesic step. Returns voxels added.
+    """
+    steps = max(1, int(round(distance_mm / min(spacing_mm[1:]))))
+    z_steps = int(distance_mm / spacing_mm[0])
+    grown = mask.copy()
+    within = allowed | mask
+    for k in range(steps):
+        structure = _CONN26 if k < z_steps else _PLANE
+        grown = ndimage.binary_dilation(grown, structure=structure, mask=within)
+    add = grown & ~mask
+    mask |= add
+    return int(np.count_nonzero(add))
+
+
 def _extend_from_cores(
     ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, ggo_band: np.ndarray,
     solid_band: np.ndarray, smooth: np.ndarray, lung: np.ndarray,
@@ -281,15 +303,8 @@ def _extend_from_cores(
         deep = ndimage.minimum_filter(lung.view(np.uint8), size=size, mode="constant")
         vessel = solid_band & ~solid & deep.astype(bool)
         cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
-    # In-plane steps of the smallest in-plane spacing; 26-connected steps only while the
-    # slice spacing is within the distance (each such step also moves one slice).
-    steps = max(1, int(round(config.lesion_extension_mm / min(spacing_mm[1:]))))
-    z_steps = int(config.lesion_extension_mm / spacing_mm[0])
     grown = seeds.copy()
-    allowed = cand | seeds
-    for k in range(steps):
-        structure = _CONN26 if k < z_steps else _PLANE
-        grown = ndimage.binary_dilation(grown, structure=structure, mask=allowed)
+    _grow_geodesic(grown, cand, spacing_mm, config.lesion_extension_mm)
     add = grown & ~ggo & ~solid
     ggo |= add
     return int(np.count_nonzero(add))
@@ -329,7 +344,16 @@ def segment_lesions(
         return LesionMask(labels=labels, info={"empty_lung_mask": True})
     sp = tuple(float(s) for s in volume.spacing_mm)
     sigma_px = tuple(config.smoothing_sigma_mm / s for s in sp)
-    box = bounding_box(lung, tuple(int(np.ceil(3 * s)) + 1 for s in sigma_px))
+    # Margin: the smoothing kernel, and bone near the costal pleura (the ribs lie outside
+    # the lungs' box at its lateral, anterior and posterior extremes).
+    reach_mm = (
+        config.pleural_bone_distance_mm + config.pleural_extrapolation_mm
+        if config.pleural_extrapolation_mm > 0 else 0.0
+    )
+    box = bounding_box(lung, tuple(
+        max(int(np.ceil(3 * sg)) + 1, int(np.ceil(reach_mm / s)))
+        for sg, s in zip(sigma_px, sp, strict=True)
+    ))
     lung_b = lung[box]
     hu_b = volume.hu[box].astype(np.float32)
     smooth = ndimage.gaussian_filter(hu_b, sigma=sigma_px, mode="nearest") if any(
@@ -398,6 +422,8 @@ def segment_lesions(
             config,
         )
         del seeds, paren
+    if config.background_radius_mm > 0 and config.solid_extension_mm > 0:
+        extended_ml += voxel_ml * _grow_geodesic(solid, solid_band, sp, config.solid_extension_mm)  # type: ignore[arg-type]
     background_ml = float(
         (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
     )
