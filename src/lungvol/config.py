@@ -162,7 +162,7 @@ class LesionSegmentationConfig:
     # background. 0 disables (outside the lung is air everywhere).
     pleural_extrapolation_mm: float = 6.0
     pleural_core_depth_mm: float = 3.5
-    pleural_bone_distance_mm: float = 10.0
+    pleural_bone_distance_mm: float = 7.0
     bone_min_hu: float = 200.0
     max_above_background_hu: float = 200.0
     # Lesion REGION test: a band voxel is lesion only where the opened background is at

@@ -82,10 +82,11 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
     """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
-    Returns ``(grid, any_level, ggo_level, pure_ggo_level)``. ``any_level`` opens the CT
+    Returns ``(grid, any_level, ggo_level, pure_ggo_level, parenchyma)`` (the last from
+    :func:`_parenchyma_level`). ``any_level`` opens the CT
     itself. ``pure_ggo_level`` opens the CT with solid-band and denser voxels (vessels,
     walls, solid) counted as air, so it exists only where ground-glass-density parenchyma
     is broad by itself, not in the partial-volume skirt around a vessel; ``ggo_level`` is
@@ -99,28 +100,33 @@ def _background(
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
-    outside = grid.downsample_fraction(lung_box) < 0.5
-    source = _pleural_extrapolation(grid, hu_box, outside, config)
+    lung_fraction = grid.downsample_fraction(lung_box)
+    outside = lung_fraction < 0.5
+    coarse_hu = grid.downsample_mean(hu_box)
+    source = _pleural_extrapolation(grid, coarse_hu, outside, config)
     ball = _ball(config.background_radius_mm, grid.spacing_mm)
 
-    def opened(values: np.ndarray) -> np.ndarray:
-        coarse = grid.downsample_mean(values)
+    def opened(coarse: np.ndarray) -> np.ndarray:
         if source is None:
+            coarse = coarse.copy()
             coarse[outside] = _OUTSIDE_HU
         else:
             coarse = coarse[source[0]]
             coarse[source[1]] = _OUTSIDE_HU
         return ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
 
-    open_any = opened(hu_box)
-    open_ggo = opened(np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box))
+    open_any = opened(coarse_hu)
+    open_ggo = opened(grid.downsample_mean(
+        np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box)
+    ))
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
     pure_ggo = ndimage.maximum_filter(open_ggo, size=3, mode="nearest")
-    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo
+    parenchyma = _parenchyma_level(grid, coarse_hu, lung_fraction, config)
+    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma
 
 
 def _pleural_extrapolation(
-    grid: CoarseGrid, hu_box: np.ndarray, outside: np.ndarray,
+    grid: CoarseGrid, coarse_hu: np.ndarray, outside: np.ndarray,
     config: LesionSegmentationConfig,
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
     """Where each coarse voxel takes its background value from, or None (outside = air).
@@ -130,7 +136,7 @@ def _pleural_extrapolation(
 
     The ball of the opening must fit inside the lung, so a subpleural band thinner than
     the ball (the commonest COVID-19 pattern) would vanish from the background. Along the
-    costal pleura (outside voxels within ``pleural_bone_distance_mm`` of rib / spine bone)
+    costal pleura (outside voxels with bone within ``pleural_bone_distance_mm``, per axis)
     the lung is therefore continued outward by ``pleural_extrapolation_mm``: each such
     voxel takes the value of the nearest lung voxel at least ``pleural_core_depth_mm``
     deep (the partial-volume rim itself is replaced too). The ball then only has to fit
@@ -141,19 +147,16 @@ def _pleural_extrapolation(
     if config.pleural_extrapolation_mm <= 0:
         return None
     sp = grid.spacing_mm
-    depth = ndimage.distance_transform_edt(~outside, sampling=sp)
-    core = depth > config.pleural_core_depth_mm
+    core_ball = _ball(config.pleural_core_depth_mm, sp)
+    core = ndimage.binary_erosion(~outside, structure=core_ball, border_value=0)
     if not core.any():
         return None
     dist, nearest = ndimage.distance_transform_edt(~core, sampling=sp, return_indices=True)
-    bone = grid.downsample_mean(hu_box) >= config.bone_min_hu
-    far_from_bone = (
-        ndimage.distance_transform_edt(~bone, sampling=sp) > config.pleural_bone_distance_mm
-        if bone.any() else np.ones_like(bone)
-    )
-    air = (dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm) | (
-        outside & far_from_bone
-    )
+    bone = coarse_hu >= config.bone_min_hu
+    reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in sp)
+    near_bone = ndimage.maximum_filter(bone.view(np.uint8), size=reach, mode="constant")
+    air = dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm
+    air |= outside & ~near_bone.astype(bool)
     return tuple(nearest), air
 
 
@@ -223,30 +226,38 @@ def _grow_enclosed_solid(
 
 
 def _parenchyma_level(
-    hu_box: np.ndarray, lung_box: np.ndarray, spacing_mm: tuple[float, float, float],
+    grid: CoarseGrid, coarse_hu: np.ndarray, lung_fraction: np.ndarray,
     config: LesionSegmentationConfig,
 ) -> tuple[CoarseGrid, np.ndarray]:
-    """Local density of normal, air-filled parenchyma (HU) on a coarse grid.
+    """Local density of normal, air-filled parenchyma (HU) on a grid of ``parenchyma_block_mm``.
 
-    Block mean of lung voxels below ``parenchyma_max_hu`` (no vessels, no lesion) in
-    blocks of ``parenchyma_block_mm``; blocks with little such lung are filled by
-    normalised Gaussian smoothing over two blocks. Dependent lung of a supine patient is
-    denser than non-dependent lung (a real normal scan here: posterior median -784 HU,
-    anterior -864 HU); a threshold relative to this level tells faint ground glass from
-    dependent density where a fixed one near the band edge cannot.
+    Mean of the background grid's blocks that are all lung and below
+    ``parenchyma_max_hu`` (no vessel, no lesion in them), per block of
+    ``parenchyma_block_mm``; blocks with few such blocks are filled by normalised Gaussian
+    smoothing over two blocks. Dependent lung of a supine patient is denser than
+    non-dependent lung (a real normal scan here: posterior median -784 HU, anterior
+    -864 HU); a threshold relative to this level tells faint ground glass from dependent
+    density where a fixed one near the band edge cannot. Returns a grid whose factors map
+    CT indices to the level map (for :func:`_at_voxels`) and the map.
     """
-    grid = CoarseGrid.for_volume(
-        hu_box.shape, spacing_mm, working_spacing_mm=config.parenchyma_block_mm
+    sub = CoarseGrid.for_volume(
+        coarse_hu.shape, grid.spacing_mm, working_spacing_mm=config.parenchyma_block_mm
     )
-    normal = lung_box & (hu_box < config.parenchyma_max_hu)
-    frac = grid.downsample_fraction(normal)
-    mean = grid.downsample_mean(np.where(normal, hu_box, 0.0).astype(np.float32))
+    normal = (lung_fraction >= 0.999) & (coarse_hu < config.parenchyma_max_hu)
+    frac = sub.downsample_fraction(normal)
+    mean = sub.downsample_mean(np.where(normal, coarse_hu, 0.0).astype(np.float32))
     weight = np.where(frac > 0.1, frac, 0.0).astype(np.float32)
     level = np.where(weight > 0, mean / np.maximum(frac, 1e-6), 0.0).astype(np.float32)
     num = ndimage.gaussian_filter(level * weight, 2.0, mode="nearest")
     den = ndimage.gaussian_filter(weight, 2.0, mode="nearest")
     filled = np.where(den > 1e-3, num / np.maximum(den, 1e-6), config.parenchyma_max_hu)
-    return grid, filled.astype(np.float32)
+    # i // (f1 * f2) == (i // f1) // f2: one lookup grid from CT indices.
+    lookup = CoarseGrid(
+        grid.full_shape,
+        tuple(a * b for a, b in zip(grid.factors, sub.factors, strict=True)),  # type: ignore[arg-type]
+        grid.full_spacing_mm,
+    )
+    return lookup, filled.astype(np.float32)
 
 
 def _grow_geodesic(
@@ -259,15 +270,20 @@ def _grow_geodesic(
     slice spacing is within the distance (each such step also moves one slice).
     scipy's ``binary_dilation(mask=...)`` is the geodesic step. Returns voxels added.
     """
+    if not mask.any():
+        return 0
     steps = max(1, int(round(distance_mm / min(spacing_mm[1:]))))
-    z_steps = int(distance_mm / spacing_mm[0])
-    grown = mask.copy()
-    within = allowed | mask
-    for k in range(steps):
-        structure = _CONN26 if k < z_steps else _PLANE
-        grown = ndimage.binary_dilation(grown, structure=structure, mask=within)
-    add = grown & ~mask
-    mask |= add
+    z_steps = min(steps, int(distance_mm / spacing_mm[0]))
+    box = bounding_box(mask, tuple(steps if ax else z_steps for ax in range(3)))
+    seed, within = mask[box], (allowed[box] | mask[box])
+    grown = seed
+    # binary_dilation with iterations and a mask only revisits the changed border.
+    if z_steps:
+        grown = ndimage.binary_dilation(grown, _CONN26, iterations=z_steps, mask=within)
+    if steps > z_steps:
+        grown = ndimage.binary_dilation(grown, _PLANE, iterations=steps - z_steps, mask=within)
+    add = grown & ~seed
+    mask[box] |= add
     return int(np.count_nonzero(add))
 
 
@@ -289,24 +305,36 @@ def _extend_from_cores(
     wall: growth must not run along their partial-volume skirts; the dense rim along the
     pleura is not counted as a vessel). Returns the number of voxels added.
     """
-    idx = np.nonzero(ggo_band)
+    if not seeds.any():
+        return 0
+    # Only voxels within reach of a seed matter: work in that box.
+    reach = tuple(
+        int(np.ceil((config.lesion_extension_mm + config.extension_vessel_clearance_mm) / s)) + 1
+        for s in spacing_mm
+    )
+    box = bounding_box(seeds, reach)
+    offset = tuple(b.start for b in box)
+    band_b, solid_b = ggo_band[box], solid[box]
+    idx = np.nonzero(band_b)
+    full_idx = tuple(i + o for i, o in zip(idx, offset, strict=True))
     floor = np.maximum(
         config.extension_min_hu,
-        _at_voxels(parenchyma[0], parenchyma[1], idx) + config.extension_above_parenchyma_hu,
+        _at_voxels(parenchyma[0], parenchyma[1], full_idx) + config.extension_above_parenchyma_hu,
     )
-    ok = smooth[idx] >= floor
-    cand = np.zeros_like(ggo_band)
+    ok = smooth[box][idx] >= floor
+    cand = np.zeros_like(band_b)
     cand[tuple(i[ok] for i in idx)] = True
-    del idx, floor, ok
+    del idx, full_idx, floor, ok
     if config.extension_vessel_clearance_mm > 0:
         size = tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
-        deep = ndimage.minimum_filter(lung.view(np.uint8), size=size, mode="constant")
-        vessel = solid_band & ~solid & deep.astype(bool)
+        deep = ndimage.minimum_filter(lung[box].view(np.uint8), size=size, mode="constant")
+        vessel = solid_band[box] & ~solid_b & deep.astype(bool)
         cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
-    grown = seeds.copy()
+    grown = seeds[box].copy()
     _grow_geodesic(grown, cand, spacing_mm, config.lesion_extension_mm)
-    add = grown & ~ggo & ~solid
-    ggo |= add
+    ggo_b = ggo[box]
+    add = grown & ~ggo_b & ~solid_b
+    ggo_b |= add
     return int(np.count_nonzero(add))
 
 
@@ -367,11 +395,10 @@ def segment_lesions(
     t_bands = time.perf_counter()
 
     if config.background_radius_mm > 0:
-        grid, bg_any, bg_ggo, bg_pure = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
+        grid, bg_any, bg_ggo, bg_pure, paren = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
         max_above = config.max_above_background_hu
         idx = np.nonzero(ggo_band)
         bg = _at_voxels(grid, bg_ggo, idx)
-        paren = _parenchyma_level(hu_b, lung_b, sp, config)  # type: ignore[arg-type]
         del hu_b
 
         def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
