@@ -9,17 +9,25 @@ Lesion is decided on two maps:
    (``background_working_spacing_mm``, block means). Bright structures thinner than the
    ball (vessels, their partial-volume halos, bronchial walls, fissures) vanish from it;
    broad opacities (ground glass, consolidation, nodules wider than the ball) keep their
-   density. Lung outside the mask counts as air, so the ball must fit inside the lung:
-   the partial-volume rim along the pleura and diaphragm does not become background. The
-   opened map is then dilated by one coarse voxel, because the ball cannot reach a coarse
-   block that is only partly lesion (the block mean is diluted) and the borders would be
-   lost; whether a border voxel is lesion is left to its own HU band.
+   density. Outside the lung mask counts as air (the partial-volume rim along the
+   diaphragm, mediastinum and hila does not become background), except along the costal
+   pleura, where the lung is continued outward with the values of lung at least
+   ``pleural_core_depth_mm`` deep, so that a subpleural band only needs a footprint on the
+   pleura as wide as the ball, not a thickness (``pleural_extrapolation_mm``). The opened
+   map is then dilated by one coarse voxel, because the ball cannot reach a coarse block
+   that is only partly lesion (the block mean is diluted) and the borders would be lost;
+   whether a border voxel is lesion is left to its own HU band;
+3. a PARENCHYMA level: the local density of normal air-filled lung (block means below
+   ``parenchyma_max_hu`` in blocks of ``parenchyma_block_mm``). A lesion REGION needs a
+   background at least ``region_min_background_hu`` and ``region_above_parenchyma_hu``
+   above it: dependent lung of a supine patient (posterior median -784 HU on the real
+   normal scan here) is not a lesion, faint ground glass on non-dependent lung is.
 
 Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`` =
 [low, high], both edges inclusive):
 
-- ground glass: in the GGO band, inside the lung, with ground-glass background at or
-  above the GGO band's low edge, and not more than ``max_above_background_hu`` denser
+- ground glass: in the GGO band, inside the lung, with ground-glass background in the
+  lesion region (above), and not more than ``max_above_background_hu`` denser
   than that background (a vessel partial-volume halo inside a ground-glass patch is
   denser than its surroundings). The ground-glass background is a second opening in
   which solid-band and denser voxels count as air, so it exists only where ground-glass
@@ -27,7 +35,7 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   does not count), raised to the undilated plain background (ground glass inside or
   around a consolidation or tumour, ground glass densely crossed by vessels). The halo
   of vessels about as wide as the ball (~2 x ``background_radius_mm``) can still pass;
-- solid: in the solid band, with background at or above the GGO band's low edge and either
+- solid: in the solid band, with background in the lesion region and either
   (a) background in the solid band (consolidation, tumour, nodule wider than the ball),
   (b) not more than ``max_above_background_hu`` above the background, or (c) wider
   in-plane than ``2 x thin_structure_radius_mm`` (binary opening of the solid band, then
@@ -40,13 +48,20 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   lesion are neutral), and none longer than ``enclosed_solid_max_length_mm``. Solid
   patches narrower than the opening inside ground glass are enclosed; vessels continue
   into normal lung, where their component follows them;
+- hysteresis: ground-glass-band voxels connected to ground glass accepted on its own
+  ground-glass background (not on one raised by a vessel) within ``lesion_extension_mm``
+  are ground glass when ``extension_above_parenchyma_hu`` above the parenchyma level and
+  not within ``extension_vessel_clearance_mm`` of a rejected vessel / airway wall (rims and
+  fingers of lesions narrower than the ball); solid-band voxels connected to solid within
+  ``solid_extension_mm`` are solid;
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
 - connected lesion components (26-connectivity) SMALLER than ``min_component_volume_ml``
   are dropped; a component of exactly that volume is kept.
 
 ``LesionMask.info`` reports the dense volume in the bands, what the background rules and
-the size filter removed (mL), the final volumes and timings.
+the size filter removed and what the enclosure and hysteresis rules added (mL), the final
+volumes and timings.
 """
 
 from __future__ import annotations
