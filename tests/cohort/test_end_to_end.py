@@ -96,10 +96,10 @@ def test_measured_proportions_rank_the_scans_like_the_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-11-22): on 96x128x128 phantoms (3 x 2.8 x 2.8 mm) lesion segmentation "
-    "under-estimates ground glass and solid by ~20-30 % (docs/segmentation.md), so per-scan "
-    "errors reach several pp and relative changes compress; the chain itself is checked by the "
-    "other tests here",
+    reason="known gap (2026-11-22, session 2): one scan of 15 (S002/month3) reads +1.12 pp "
+    "lesion; on these 96x128x128 phantoms the false-positive floor (hilar vessels wider than "
+    "the background ball, ~1 % of lung on a normal phantom) is about the tolerance itself "
+    "(docs/segmentation.md)",
 )
 def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
     truth = {(r["subject"], r["visit"]): r for r in _rows(trial_run["cohort"] / "truth.csv")}
@@ -117,10 +117,10 @@ def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-11-22): on 96x128x128 phantoms (3 x 2.8 x 2.8 mm) lesion segmentation "
-    "under-estimates ground glass and solid by ~20-30 % (docs/segmentation.md), so per-scan "
-    "errors reach several pp and relative changes compress; the chain itself is checked by the "
-    "other tests here",
+    reason="known gap (2026-11-22, session 2): total-lesion medians are within tolerance, but "
+    "solid relative change reads +17..+34 pp (less negative) at month 1 and 3: the solid "
+    "false-positive floor on hilar vessels (~0.5 % of lung) does not shrink when the true "
+    "solid does, so relative change compresses (docs/segmentation.md)",
 )
 def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
     truth = {(r["endpoint"], r["visit"]): r
