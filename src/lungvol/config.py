@@ -180,7 +180,7 @@ class LesionSegmentationConfig:
     # within extension_vessel_clearance_mm of a rejected vessel / airway wall. 0 disables.
     lesion_extension_mm: float = 5.0
     extension_min_hu: float = -750.0
-    extension_above_parenchyma_hu: float = 100.0
+    extension_above_parenchyma_hu: float = 90.0
     extension_vessel_clearance_mm: float = 2.0
     # Solid hysteresis: solid-band voxels connected to accepted solid within this distance
     # are solid (edges and narrow lobes of solid components). 0 disables.
