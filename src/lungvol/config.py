@@ -131,20 +131,17 @@ class LungSegmentationConfig:
     # The pleural hull's bone test uses ribs only: bone within this distance of the midline
     # (spine, sternum) is ignored, so deficits facing the mediastinum are not added.
     midline_bone_half_width_mm: float = 30.0
-    # Dense tissue in dents of the costal surface (see lungs._surface_dents); 0 = off.
-    surface_dent_max_mm: float = 10.0  # deepest dent filled, per ray
-    surface_dent_min_hu: float = -300.0  # softer voxels are fat / partial volume, not lesion
-    surface_closing_width_mm: float = 40.0  # widest dent filled (along z and along the arc)
-    # Outer rim of disease that reaches the pleura (see lungs._lesion_rim); 0 = off.
-    rim_max_mm: float = 4.0  # thickest rim added
-    rim_seed_min_hu: float = -150.0  # lung at or above this (coarse) seeds the rim
-    rim_min_hu: float = -300.0  # softer voxels are fat / partial volume, not lesion
-    rim_max_hu: float = 100.0  # denser voxels are muscle, heart, liver (at 2 mm)
-    rim_min_neighbours: int = 4  # of the 26 neighbours, at least this many already dense lung
-    rim_max_step_hu: float = 40.0  # |HU - mean HU of those neighbours|: lesion texture varies slowly
-    # Lifted lung base (see lungs._basal_dents): opening of the base height map; 0 = off.
-    basal_opening_radius_mm: float = 20.0
-    basal_dent_max_mm: float = 20.0  # deepest lift filled, per column
+    # Outer rim of dense disease that reaches the pleura (lungs._lesion_rim); 0 mm = off.
+    # Dense lung grows into soft tissue whose HU continues that of the lesion beside it.
+    rim_max_mm: float = 4.0  # thickest rim added on the working grid
+    rim_seed_min_hu: float = -150.0  # lung at or above this is dense disease (seeds the rim)
+    rim_min_hu: float = -300.0  # rim voxels lie in [rim_min_hu, rim_max_hu]
+    rim_max_hu: float = 100.0
+    rim_min_dense_neighbours: int = 4  # of the 26 neighbours (working grid) dense lung
+    rim_min_dense_neighbours_ct_grid: int = 7  # same, for the CT-grid pass (noisier voxels)
+    # |HU - mean HU of the dense neighbours| at most this: lesion texture varies slowly,
+    # the step to extrapleural fat or to muscle is larger.
+    rim_max_step_hu: float = 40.0
 
     def __post_init__(self) -> None:
         object.__setattr__(

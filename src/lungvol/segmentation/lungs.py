@@ -16,8 +16,13 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    ``pathology_max_hu`` (no bone), then 2-D hole filling; holes that open onto the abdomen
    (the diaphragm dome seen in axial slices) are rejected. With ``pleural_hull`` a
    slice-wise convex hull adds pleura-based opacities that are bounded by the chest wall.
+   Lesion rim: dense disease that reaches the pleura is grown by up to ``rim_max_mm``
+   into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood), so the
+   outer 1-3 mm of consolidation against the chest wall, diaphragm or mediastinum is
+   kept; healthy lung seeds nothing.
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
-   voxels are re-decided with the air threshold (pathology additions are kept).
+   voxels are re-decided with the air threshold (pathology additions are kept); rejected
+   voxels that continue a dense lesion come back by the same rim rule on the CT grid.
 """
 
 from __future__ import annotations
@@ -379,22 +384,21 @@ def _touching_in_plane(candidates: np.ndarray, other_lung: np.ndarray) -> np.nda
 
 
 def _lesion_rim(
-    labels: np.ndarray, added: np.ndarray, hu: np.ndarray, body: np.ndarray,
+    labels: np.ndarray, hu: np.ndarray, body: np.ndarray,
     blocked: np.ndarray, hilar_zone: np.ndarray, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
 ) -> np.ndarray:
     """Outer rim of dense disease that reaches the pleura (labels of the added voxels).
 
     Where disease fills the lung up to the chest wall, the air threshold and the closing
-    (whose ball sags between the healthy pleura on either side) stop short of the wall.
-    Dense lung (pathology additions, lung voxels at or above ``rim_seed_min_hu``) is grown
-    by up to ``rim_max_mm`` (6-connected steps) into body voxels with HU in
-    [``rim_min_hu``, ``rim_max_hu``], outside the hila and the airway band. The chest wall
-    stops it: a grown voxel must be no nearer to the skin than the healthy (aerated) pleura
-    around it (Gaussian-weighted mean over ``rim_wall_sigma_mm``, minus
-    ``rim_wall_tolerance_mm``), and every step must approach the skin, so liver, spleen and
-    heart below or beside the lung stay out. Healthy lung seeds nothing, so its surface is
-    unchanged.
+    (whose ball sags between the healthy pleura on either side) stop 1-3 mm short of the
+    wall. Dense lung (at or above ``rim_seed_min_hu``) grows by up to ``rim_max_mm``, one
+    voxel per step, into body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] outside the
+    hila and the airway band. A voxel joins when at least ``rim_min_dense_neighbours`` of
+    its 26 neighbours are already dense lung or rim and its HU is within
+    ``rim_max_step_hu`` of their mean: lesion texture varies slowly, while the step to the
+    extrapleural fat or to muscle, liver and heart is larger. Healthy (aerated) lung seeds
+    nothing, so its surface is unchanged.
     """
     out = np.zeros(labels.shape, np.uint8)
     lung = labels > 0
@@ -419,7 +423,7 @@ def _lesion_rim(
         count = ndimage.uniform_filter(g, 3, mode="constant") * 27.0
         mean_hu = ndimage.uniform_filter(g * h, 3, mode="constant") * 27.0 / np.maximum(count, 1.0)
         step = (
-            soft & (grown == 0) & (count >= config.rim_min_neighbours - 0.5)
+            soft & (grown == 0) & (count >= config.rim_min_dense_neighbours - 0.5)
             & (np.abs(h - mean_hu) <= config.rim_max_step_hu)
         )
         if not step.any():
@@ -429,32 +433,11 @@ def _lesion_rim(
     return out
 
 
-def _envelope_depth_mm(
-    mask: np.ndarray, points: tuple[np.ndarray, ...], radius_mm: float,
-    spacing_mm: tuple[float, ...],
-) -> np.ndarray:
-    """Signed depth (mm) of ``points`` inside the closing of ``mask`` by ``radius_mm``.
-
-    The closing is computed with distance transforms on a 2x coarser grid (8x fewer
-    voxels); its signed distance field is interpolated linearly at the points, so its
-    surface stays within a fraction of a voxel of the mask where the mask is convex.
-    ``mask`` needs a margin of ``radius_mm`` to the array border.
-    """
-    shape2 = tuple((n + 1) // 2 for n in mask.shape)
-    pad = [(0, 2 * m - n) for m, n in zip(shape2, mask.shape, strict=True)]
-    frac = np.pad(mask, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
-    sp2 = tuple(2 * s for s in spacing_mm)
-    dilated = ndimage.distance_transform_edt(frac < 0.5, sampling=sp2) <= radius_mm
-    depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
-    coords = [(p - 0.5) / 2.0 for p in points]
-    return ndimage.map_coordinates(depth, coords, order=1, mode="nearest")
-
-
 def _include_pathology(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
     airway_tree: np.ndarray, midline_x: float, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray, dict]:
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
@@ -512,143 +495,11 @@ def _include_pathology(
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
-    rim = _lesion_rim(out, added, hu, body, blocked, hilar_zone, spacing_mm, config)
+    rim = _lesion_rim(out, hu, body, blocked, hilar_zone, spacing_mm, config)
     out = np.where(rim > 0, rim, out).astype(np.uint8)
     added |= rim > 0
     info["lesion_rim_added_ml"] = round(float(np.count_nonzero(rim)) * voxel_ml, 2)
-    return out, added, rib_near, info
-
-
-def _basal_dents(
-    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
-    rib_near: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
-) -> tuple[np.ndarray, dict]:
-    """Dense tissue that replaces the lung base (diaphragm-surface continuity).
-
-    Per lung, the base is a height map: b(y, x) = lowest lung slice of each column. Dense
-    disease in a costophrenic recess lifts b locally; a grey-scale opening of b with a disc
-    of radius ``basal_opening_radius_mm`` lowers such bumps to the level of the surrounding
-    healthy base (the broad diaphragm dome is kept up to a sag of r^2 / (2 x dome radius)).
-    Columns lowered by more than ``basal_dent_max_mm`` are left alone. Added are body
-    voxels between the old and new base with HU in [``surface_dent_min_hu``,
-    ``pathology_max_hu``], 6-connected to the lung. ``rib_near`` is unused (same signature
-    as :func:`_surface_dents`).
-    """
-    out = np.zeros(labels.shape, np.uint8)
-    radius = config.basal_opening_radius_mm
-    if radius <= 0 or config.basal_dent_max_mm <= 0 or not (labels > 0).any():
-        return out, {}
-    sz, sy, sx = spacing_mm
-    ry, rx = (int(round(radius / s)) for s in (sy, sx))
-    yy, xx = np.mgrid[-ry : ry + 1, -rx : rx + 1]
-    disc = (yy * sy) ** 2 + (xx * sx) ** 2 <= radius**2
-    max_slices = int(np.floor(config.basal_dent_max_mm / sz))
-    allowed = (
-        body & ~blocked & (labels == 0)
-        & (hu >= config.surface_dent_min_hu) & (hu <= config.pathology_max_hu)
-    )
-    added = 0
-    for lab_id in (LUNG_RIGHT, LUNG_LEFT):
-        lung = labels == lab_id
-        if not lung.any():
-            continue
-        box = bounding_box(lung, (max_slices, 0, 0))
-        sub = lung[box]
-        defined = sub.any(axis=0)
-        base = np.where(defined, np.argmax(sub, axis=0), np.inf).astype(float)
-        eroded = ndimage.minimum_filter(base, footprint=disc, mode="constant", cval=np.inf)
-        eroded[~defined] = -np.inf
-        opened = ndimage.maximum_filter(eroded, footprint=disc, mode="constant", cval=-np.inf)
-        drop = np.where(defined, base - np.minimum(opened, base), 0.0)
-        ok = (drop > 0) & (drop <= max_slices)
-        if not ok.any():
-            continue
-        zz = np.arange(sub.shape[0])[:, None, None]
-        lo = np.where(ok, base - drop, np.inf)
-        cand = allowed[box] & (zz >= lo[None]) & (zz < base[None])
-        comp, _n = ndimage.label(cand | sub, structure=_CONN6)
-        keep = np.unique(comp[sub])
-        cand &= np.isin(comp, keep[keep > 0])
-        out[box][cand] = lab_id
-        allowed[box] &= ~cand
-        added += int(cand.sum())
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    return out, {"basal_dents_added_ml": round(added * voxel_ml, 2)}
-
-
-def _surface_dents(
-    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
-    rib_near: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
-) -> tuple[np.ndarray, dict]:
-    """Dense tissue that replaces lung at the costal surface (3-D surface continuity).
-
-    Per lung, the outer surface is a height map: r(z, angle) = the largest in-plane
-    distance (mm) of a lung voxel from the lung's axis (per-slice centroid, smoothed over
-    z) in each angular sector. Dense disease at the pleura dents this map; a grey-scale
-    closing over ``surface_closing_width_mm`` (in z and along the arc) fills dents that
-    healthy surface surrounds, above and below as well as to the sides. A ray whose dent
-    is deeper than ``surface_dent_max_mm`` is left alone (no lung there: liver dome, heart,
-    mediastinum). Added are body voxels between the old and the filled radius with HU in
-    [``surface_dent_min_hu``, ``pathology_max_hu``] with a rib (not spine or sternum)
-    within ``bone_search_mm`` in the slice (``rib_near``), 6-connected to the lung.
-    """
-    out = np.zeros(labels.shape, np.uint8)
-    depth_max = config.surface_dent_max_mm
-    if depth_max <= 0 or not (labels > 0).any():
-        return out, {}
-    sz, sy, sx = spacing_mm
-    n_bins = 180
-    allowed = (
-        body & ~blocked & (labels == 0) & rib_near
-        & (hu >= config.surface_dent_min_hu) & (hu <= config.pathology_max_hu)
-    )
-    added_ml = 0.0
-    for lab_id in (LUNG_RIGHT, LUNG_LEFT):
-        lung = labels == lab_id
-        if not lung.any():
-            continue
-        box = bounding_box(lung, _radius_voxels(depth_max, spacing_mm))
-        sub = lung[box]
-        nz = sub.shape[0]
-        area = np.count_nonzero(sub, axis=(1, 2)).astype(float)
-        yy, xx = np.mgrid[0 : sub.shape[1], 0 : sub.shape[2]]
-        cy = np.tensordot(sub, yy, axes=([1, 2], [0, 1])) / np.maximum(area, 1)
-        cx = np.tensordot(sub, xx, axes=([1, 2], [0, 1])) / np.maximum(area, 1)
-        # Smooth the axis over z (area-weighted) so neighbouring slices share their rays.
-        k = 2 * max(1, int(round(config.surface_closing_width_mm / 2 / sz))) + 1
-        w = ndimage.uniform_filter1d(area, k, mode="nearest") + 1e-9
-        cy = ndimage.uniform_filter1d(cy * area, k, mode="nearest") / w
-        cx = ndimage.uniform_filter1d(cx * area, k, mode="nearest") / w
-        dy = (yy[None] - cy[:, None, None]) * sy
-        dx = (xx[None] - cx[:, None, None]) * sx
-        rad = np.hypot(dy, dx)
-        sector = ((np.arctan2(dy, dx) + np.pi) * (n_bins / (2 * np.pi))).astype(np.intp) % n_bins
-        zz = np.broadcast_to(np.arange(nz)[:, None, None], sub.shape)
-        r_max = np.zeros((nz, n_bins))
-        np.maximum.at(r_max, (zz[sub], sector[sub]), rad[sub])
-        # Closing: dilation then erosion of r; sectors wrap around, z ends do not extrapolate.
-        typical_r = float(np.median(r_max[r_max > 0]))
-        half_sect = max(1, int(round(config.surface_closing_width_mm / 2 / typical_r * n_bins / (2 * np.pi))))
-        half_z = max(1, int(round(config.surface_closing_width_mm / 2 / sz)))
-        padded = np.pad(r_max, ((0, 0), (half_sect, half_sect)), mode="wrap")
-        size = (2 * half_z + 1, 2 * half_sect + 1)
-        closed = ndimage.minimum_filter(
-            ndimage.maximum_filter(padded, size=size, mode="constant", cval=0.0),
-            size=size, mode="constant", cval=0.0,
-        )[:, half_sect:-half_sect]
-        gain = closed - r_max
-        ok_ray = (r_max > 0) & (gain > 0) & (gain <= depth_max)
-        r_to = np.where(ok_ray, closed, 0.0)
-        r_from = np.where(ok_ray, r_max, np.inf)
-        cand = allowed[box] & (rad > r_from[zz, sector]) & (rad <= r_to[zz, sector])
-        comp, _n = ndimage.label(cand | sub, structure=_CONN6)
-        keep = np.unique(comp[sub])
-        cand &= np.isin(comp, keep[keep > 0])
-        out[box][cand] = lab_id
-        allowed[box] &= ~cand
-        added_ml += float(cand.sum())
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-    return out, {"surface_dents_added_ml": round(added_ml * voxel_ml, 2)}
+    return out, added, info
 
 
 def _refine_full_resolution(
@@ -677,9 +528,57 @@ def _refine_full_resolution(
     sub_shape = tuple(b.stop - b.start for b in box_f)
     sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
     sub = sub_grid.upsample_nearest(merged_c)
-    sub[sub_grid.upsample_nearest(test_c) & (hu_full[box_f] >= config.air_threshold_hu)] = 0
+    hu_box = hu_full[box_f]
+    rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.air_threshold_hu)
+    sub[rejected] = 0
+    _grow_rim_full_resolution(sub, hu_box, rejected, config)
     full[box_f] = sub
     return full
+
+
+# The 26 neighbours of a voxel, as (dz, dy, dx) offsets.
+_OFFSETS26 = np.array(
+    [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dz or dy or dx]
+)
+
+
+def _grow_rim_full_resolution(
+    labels: np.ndarray, hu: np.ndarray, rejected: np.ndarray, config: LungSegmentationConfig
+) -> None:
+    """The rim rule of :func:`_lesion_rim` on the CT grid, for voxels the refinement rejected.
+
+    A rejected voxel with HU in [``rim_min_hu``, ``rim_max_hu``] comes back (in place, in
+    ``labels``) when at least ``rim_min_dense_neighbours_ct_grid`` of its 26 neighbours are
+    lung at or above ``rim_seed_min_hu`` and its HU is within ``rim_max_step_hu`` of their
+    mean; two passes. Gathers neighbours by flat index for the rejected voxels only.
+    """
+    if config.rim_max_mm <= 0:
+        return
+    cand = rejected & (hu >= config.rim_min_hu) & (hu <= config.rim_max_hu)
+    cand[[0, -1], :, :] = False  # no neighbours beyond the box
+    cand[:, [0, -1], :] = False
+    cand[:, :, [0, -1]] = False
+    idx = np.flatnonzero(cand)
+    if idx.size == 0:
+        return
+    flat_labels = labels.reshape(-1)
+    flat_hu = hu.reshape(-1).astype(np.float32)
+    strides = np.array([labels.shape[1] * labels.shape[2], labels.shape[2], 1])
+    offsets = _OFFSETS26 @ strides
+    for _ in range(2):
+        nb = idx[:, None] + offsets[None, :]
+        nb_lab = flat_labels[nb]
+        nb_hu = flat_hu[nb]
+        dense = (nb_lab > 0) & (nb_hu >= config.rim_seed_min_hu)
+        count = dense.sum(axis=1)
+        mean_hu = np.where(dense, nb_hu, 0.0).sum(axis=1) / np.maximum(count, 1)
+        ok = (count >= config.rim_min_dense_neighbours_ct_grid) & (
+            np.abs(flat_hu[idx] - mean_hu) <= config.rim_max_step_hu
+        )
+        if not ok.any():
+            break
+        flat_labels[idx[ok]] = nb_lab[ok].max(axis=1)
+        idx = idx[~ok]
 
 
 def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
@@ -717,21 +616,16 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
     t_pick = time.perf_counter()
-    labels_c, added_c, rib_near, path_info = _include_pathology(
+    labels_c, added_c, path_info = _include_pathology(
         labels_c, hu, body, blocked, airways.tree, pick_info["midline_x_index"], sp, config
     )
-    for fill in (_basal_dents, _surface_dents):
-        extra, extra_info = fill(labels_c, hu, body, blocked, rib_near, sp, config)
-        labels_c = np.where(extra > 0, extra, labels_c)
-        added_c |= extra > 0
-        path_info.update(extra_info)
     t_path = time.perf_counter()
     labels = _refine_full_resolution(labels_c, added_c, blocked, grid, volume.hu, config)
     t_end = time.perf_counter()
     voxel_ml = volume.voxel_volume_ml
     info = {
         "method": "classical: body mask, internal air, airway removal, side split, "
-        "closing + hole fill + pleural hull, full-resolution boundary refinement",
+        "closing + hole fill + pleural hull + lesion rim, full-resolution boundary refinement",
         "working_spacing_mm": [round(s, 3) for s in sp],
         "block_factors": list(grid.factors),
         "fov_lung_air_ml": round(fov_air * grid.voxel_volume_ml, 2),
