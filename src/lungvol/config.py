@@ -142,6 +142,7 @@ class LungSegmentationConfig:
     # |HU - mean HU of the dense neighbours| at most this: lesion texture varies slowly,
     # the step to extrapleural fat or to muscle is larger.
     rim_max_step_hu: float = 40.0
+    rim_envelope_radius_mm: float = 40.0  # the rim stays inside the lung closed by this
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -387,28 +387,32 @@ def _lesion_rim(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray,
     blocked: np.ndarray, hilar_zone: np.ndarray, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
-) -> np.ndarray:
-    """Outer rim of dense disease that reaches the pleura (labels of the added voxels).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outer rim of dense disease that reaches the pleura.
 
     Where disease fills the lung up to the chest wall, the air threshold and the closing
     (whose ball sags between the healthy pleura on either side) stop 1-3 mm short of the
     wall. Dense lung (at or above ``rim_seed_min_hu``) grows by up to ``rim_max_mm``, one
     voxel per step, into body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] outside the
-    hila and the airway band. A voxel joins when at least ``rim_min_dense_neighbours`` of
+    hila and the airway band, and inside the lung's envelope (a closing of the lung with
+    radius ``rim_envelope_radius_mm``, see :func:`_envelope_depth_mm`). A voxel joins when at least ``rim_min_dense_neighbours`` of
     its 26 neighbours are already dense lung or rim and its HU is within
     ``rim_max_step_hu`` of their mean: lesion texture varies slowly, while the step to the
     extrapleural fat or to muscle, liver and heart is larger. Healthy (aerated) lung seeds
     nothing, so its surface is unchanged.
+
+    Returns the labels of the added voxels and the lesion zone (seeds + rim), where the
+    CT-grid pass of the refinement may add more.
     """
     out = np.zeros(labels.shape, np.uint8)
     lung = labels > 0
+    zone = np.zeros(labels.shape, bool)
     steps = int(round(config.rim_max_mm / max(spacing_mm)))
-    if steps <= 0 or not lung.any():
-        return out
     seeds = lung & (hu >= config.rim_seed_min_hu)
-    if not seeds.any():
-        return out
-    box = bounding_box(seeds, steps + 1)
+    if steps <= 0 or not seeds.any():
+        return out, zone
+    radius = config.rim_envelope_radius_mm
+    box = bounding_box(seeds, _radius_voxels(radius, spacing_mm))
     sub = labels[box]
     sub_lung = sub > 0
     h = hu[box].astype(np.float32)
@@ -416,7 +420,23 @@ def _lesion_rim(
         body[box] & ~blocked[box] & ~hilar_zone[box] & ~sub_lung
         & (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
     )
-    grown = np.where(seeds[box], sub, 0).astype(np.uint8)
+    # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
+    # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
+    near = soft & ndimage.binary_dilation(sub_lung, structure=_CONN6, iterations=steps)
+    soft = near
+    soft[near] = _envelope_depth_mm(sub_lung, np.nonzero(near), radius, spacing_mm) >= 0
+    # Seeds are lesions, not partial volume: a seed component must hold a voxel whose six
+    # neighbours are all dense (seed or soft tissue outside the lung). A one-voxel sheet of
+    # partial volume (lung apex and base caps, the pleura) has air on one side and drops out.
+    seed = seeds[box]
+    core = seed & ndimage.binary_erosion(seed | soft, structure=_CONN6)
+    comp, _n = ndimage.label(seed, structure=_CONN6)
+    keep = np.unique(comp[core])
+    seed &= np.isin(comp, keep[keep > 0])
+    zone = np.zeros(labels.shape, bool)
+    if not seed.any():
+        return out, zone
+    grown = np.where(seed, sub, 0).astype(np.uint8)
     for _ in range(steps):
         # Neighbour count and mean HU of the grown region in each 3x3x3 neighbourhood.
         g = (grown > 0).astype(np.float32)
@@ -430,14 +450,39 @@ def _lesion_rim(
             break
         grown[step] = ndimage.maximum_filter(grown, size=3)[step]
     out[box] = np.where(sub_lung, 0, grown)
-    return out
+    # The CT-grid pass may act next to the lesion, inside the envelope.
+    ring = ndimage.binary_dilation(grown > 0, structure=_CONN6) & ~sub_lung & (grown == 0)
+    ring[ring] = _envelope_depth_mm(sub_lung, np.nonzero(ring), radius, spacing_mm) >= 0
+    zone[box] = (grown > 0) | ring
+    return out, zone
+
+
+def _envelope_depth_mm(
+    mask: np.ndarray, points: tuple[np.ndarray, ...], radius_mm: float,
+    spacing_mm: tuple[float, ...],
+) -> np.ndarray:
+    """Signed depth (mm) of ``points`` inside the closing of ``mask`` by ``radius_mm``.
+
+    Distance transforms on a 2x coarser grid (8x fewer voxels), interpolated linearly at
+    the points: the surface stays within about a voxel of the mask where it is convex.
+    Near the array border the closing is underestimated (conservative).
+    """
+    shape2 = tuple((n + 1) // 2 for n in mask.shape)
+    pad = [(0, 2 * m - n) for m, n in zip(shape2, mask.shape, strict=True)]
+    frac = np.pad(mask, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
+    sp2 = tuple(2 * s for s in spacing_mm)
+    dilated = ndimage.distance_transform_edt(frac < 0.5, sampling=sp2) <= radius_mm
+    depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
+    coords = [(p - 0.5) / 2.0 for p in points]
+    return ndimage.map_coordinates(depth, coords, order=1, mode="nearest")
+
 
 
 def _include_pathology(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
     airway_tree: np.ndarray, midline_x: float, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
-) -> tuple[np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
@@ -495,18 +540,22 @@ def _include_pathology(
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
-    rim = _lesion_rim(out, hu, body, blocked, hilar_zone, spacing_mm, config)
+    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, hilar_zone, spacing_mm, config)
     out = np.where(rim > 0, rim, out).astype(np.uint8)
     added |= rim > 0
     info["lesion_rim_added_ml"] = round(float(np.count_nonzero(rim)) * voxel_ml, 2)
-    return out, added, info
+    return out, added, lesion_zone, info
 
 
 def _refine_full_resolution(
-    labels_c: np.ndarray, added_c: np.ndarray, blocked_c: np.ndarray, grid: CoarseGrid,
-    hu_full: np.ndarray, config: LungSegmentationConfig,
+    labels_c: np.ndarray, added_c: np.ndarray, blocked_c: np.ndarray, lesion_c: np.ndarray,
+    grid: CoarseGrid, hu_full: np.ndarray, config: LungSegmentationConfig,
 ) -> np.ndarray:
-    """Upsample coarse labels; re-decide CT voxels in a one-voxel band along the surface."""
+    """Upsample coarse labels; re-decide CT voxels in a one-voxel band along the surface.
+
+    Rejected voxels next to the lesion zone (``lesion_c``, coarse) may come back by the
+    rim rule (:func:`_grow_rim_full_resolution`).
+    """
     if all(f == 1 for f in grid.factors):
         return labels_c.astype(np.uint8)  # the working grid is the CT grid: nothing to refine
     lung_c = labels_c > 0
@@ -531,7 +580,8 @@ def _refine_full_resolution(
     hu_box = hu_full[box_f]
     rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.air_threshold_hu)
     sub[rejected] = 0
-    _grow_rim_full_resolution(sub, hu_box, rejected, config)
+    near_lesion = sub_grid.upsample_nearest(lesion_c[box_c])
+    _grow_rim_full_resolution(sub, hu_box, rejected & near_lesion, config)
     full[box_f] = sub
     return full
 
@@ -616,11 +666,13 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
     t_pick = time.perf_counter()
-    labels_c, added_c, path_info = _include_pathology(
+    labels_c, added_c, lesion_c, path_info = _include_pathology(
         labels_c, hu, body, blocked, airways.tree, pick_info["midline_x_index"], sp, config
     )
     t_path = time.perf_counter()
-    labels = _refine_full_resolution(labels_c, added_c, blocked, grid, volume.hu, config)
+    labels = _refine_full_resolution(
+        labels_c, added_c, blocked, lesion_c, grid, volume.hu, config
+    )
     t_end = time.perf_counter()
     voxel_ml = volume.voxel_volume_ml
     info = {
