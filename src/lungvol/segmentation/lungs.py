@@ -64,12 +64,25 @@ def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...]
 
 
 def _closing_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
-    """Euclidean closing by a ball of ``radius_mm``; ``mask`` must have a margin > radius.
+    """Euclidean closing by a ball of ``radius_mm``.
 
     Uses two distance transforms instead of a large structuring element (much faster).
+    Where ``mask`` has less than the radius to the array border (a lung cut by the field of
+    view), the array is padded with background: otherwise the border counts as foreground
+    and the closing fills a slab of tissue along it.
     """
-    dilated = ndimage.distance_transform_edt(~mask, sampling=spacing_mm) <= radius_mm
+    need = _radius_voxels(radius_mm, spacing_mm)
+    pad = []
+    for axis, (r, n) in enumerate(zip(need, mask.shape, strict=True)):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if idx.size == 0:
+            return mask.copy()
+        pad.append((max(0, r - int(idx[0])), max(0, r - (n - 1 - int(idx[-1])))))
+    work = np.pad(mask, pad) if any(p != (0, 0) for p in pad) else mask
+    dilated = ndimage.distance_transform_edt(~work, sampling=spacing_mm) <= radius_mm
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing_mm) > radius_mm
+    if work is not mask:
+        closed = closed[tuple(slice(lo, lo + n) for (lo, _hi), n in zip(pad, mask.shape, strict=True))]
     return closed | mask
 
 
