@@ -418,77 +418,121 @@ def _lesion_rim(
     CT-grid pass of the refinement may add more.
     """
     out = np.zeros(labels.shape, np.uint8)
-    lung = labels > 0
     zone = np.zeros(labels.shape, bool)
     steps = int(round(config.rim_max_mm / max(spacing_mm)))
-    seeds = lung & (hu >= config.rim_seed_min_hu)
+    seeds = (labels > 0) & (hu >= config.rim_seed_min_hu)
     if steps <= 0 or not seeds.any():
         return out, zone
-    radius = config.rim_envelope_radius_mm
-    box = bounding_box(seeds, _radius_voxels(radius, spacing_mm))
+    box = bounding_box(seeds, steps + 1)
     sub = labels[box]
     sub_lung = sub > 0
-    h = hu[box].astype(np.float32)
-    soft = (
-        body[box] & ~blocked[box] & ~hilar_zone[box] & ~sub_lung
-        & (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
-    )
-    # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
-    # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
-    near = soft & ndimage.binary_dilation(sub_lung, structure=_CONN6, iterations=steps)
-    soft = near
-    soft[near] = _envelope_depth_mm(sub_lung, np.nonzero(near), radius, spacing_mm) >= 0
+    seed = seeds[box]
+    h = hu[box]
+    soft = ndimage.binary_dilation(seed, structure=_CONN6, iterations=steps) & ~sub_lung
+    soft &= body[box] & ~blocked[box] & ~hilar_zone[box]
+    soft &= (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
     # Seeds are lesions, not partial volume: a seed component must hold a voxel whose six
     # neighbours are all dense (seed or soft tissue outside the lung). A one-voxel sheet of
-    # partial volume (lung apex and base caps, the pleura) has air on one side and drops out.
-    seed = seeds[box]
+    # partial volume (the pleura, lung apex and base caps) has air on one side and drops out.
     core = seed & ndimage.binary_erosion(seed | soft, structure=_CONN6)
     comp, _n = ndimage.label(seed, structure=_CONN6)
     keep = np.unique(comp[core])
     seed &= np.isin(comp, keep[keep > 0])
-    zone = np.zeros(labels.shape, bool)
-    if not seed.any():
+    soft &= ndimage.binary_dilation(seed, structure=_CONN6, iterations=steps)
+    if not soft.any():
         return out, zone
+    # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
+    # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
+    inside = _envelope(labels > 0, box, config.rim_envelope_radius_mm, spacing_mm)
+    soft[soft] = inside(np.nonzero(soft))
     grown = np.where(seed, sub, 0).astype(np.uint8)
-    for _ in range(steps):
-        # Neighbour count and mean HU of the grown region in each 3x3x3 neighbourhood.
-        g = (grown > 0).astype(np.float32)
-        count = ndimage.uniform_filter(g, 3, mode="constant") * 27.0
-        mean_hu = ndimage.uniform_filter(g * h, 3, mode="constant") * 27.0 / np.maximum(count, 1.0)
-        step = (
-            soft & (grown == 0) & (count >= config.rim_min_dense_neighbours - 0.5)
-            & (np.abs(h - mean_hu) <= config.rim_max_step_hu)
-        )
-        if not step.any():
-            break
-        grown[step] = ndimage.maximum_filter(grown, size=3)[step]
+    _grow_by_continuity(
+        grown, h, soft, grown > 0, config.rim_min_dense_neighbours, steps, config
+    )
     out[box] = np.where(sub_lung, 0, grown)
-    # The CT-grid pass may act next to the lesion, inside the envelope.
+    # The CT-grid pass of the refinement may act next to the lesion, inside the envelope.
     ring = ndimage.binary_dilation(grown > 0, structure=_CONN6) & ~sub_lung & (grown == 0)
-    ring[ring] = _envelope_depth_mm(sub_lung, np.nonzero(ring), radius, spacing_mm) >= 0
+    ring[ring] = inside(np.nonzero(ring))
     zone[box] = (grown > 0) | ring
     return out, zone
 
 
-def _envelope_depth_mm(
-    mask: np.ndarray, points: tuple[np.ndarray, ...], radius_mm: float,
-    spacing_mm: tuple[float, ...],
-) -> np.ndarray:
-    """Signed depth (mm) of ``points`` inside the closing of ``mask`` by ``radius_mm``.
+def _grow_by_continuity(
+    labels: np.ndarray, hu: np.ndarray, candidates: np.ndarray, dense: np.ndarray,
+    min_neighbours: int, passes: int, config: LungSegmentationConfig,
+) -> None:
+    """Label candidates that continue a dense lesion, in place (``labels``, ``dense``).
 
-    Distance transforms on a 2x coarser grid (8x fewer voxels), interpolated linearly at
-    the points: the surface stays within about a voxel of the mask where it is convex.
-    Near the array border the closing is underestimated (conservative).
+    A candidate joins when at least ``min_neighbours`` of its 26 neighbours are dense and
+    its HU is within ``rim_max_step_hu`` of their mean; it takes their largest label and is
+    dense for the next pass. Neighbours are gathered by flat index for the candidates only
+    (cheap for a thin rim); voxels on the array faces never join.
     """
-    shape2 = tuple((n + 1) // 2 for n in mask.shape)
-    pad = [(0, 2 * m - n) for m, n in zip(shape2, mask.shape, strict=True)]
-    frac = np.pad(mask, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
+    cand = candidates.copy()
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = [0, -1]
+        cand[tuple(index)] = False
+    idx = np.flatnonzero(cand)
+    if idx.size == 0:
+        return
+    if not (labels.flags.c_contiguous and dense.flags.c_contiguous):
+        raise ValueError("labels and dense must be C-contiguous (updated in place)")
+    flat_labels = labels.reshape(-1)
+    flat_dense = dense.reshape(-1)
+    flat_hu = hu.reshape(-1)
+    strides = np.array([labels.shape[1] * labels.shape[2], labels.shape[2], 1])
+    offsets = _OFFSETS26 @ strides
+    for _ in range(passes):
+        nb = idx[:, None] + offsets[None, :]
+        nb_dense = flat_dense[nb]
+        nb_hu = flat_hu[nb].astype(np.float32)
+        count = nb_dense.sum(axis=1)
+        mean_hu = np.where(nb_dense, nb_hu, 0.0).sum(axis=1) / np.maximum(count, 1)
+        ok = (count >= min_neighbours) & (
+            np.abs(flat_hu[idx] - mean_hu) <= config.rim_max_step_hu
+        )
+        if not ok.any():
+            break
+        flat_labels[idx[ok]] = np.where(nb_dense[ok], flat_labels[nb[ok]], 0).max(axis=1)
+        flat_dense[idx[ok]] = True
+        idx = idx[~ok]
+
+
+# The 26 neighbours of a voxel, as (dz, dy, dx) offsets.
+_OFFSETS26 = np.array(
+    [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dz or dy or dx]
+)
+
+
+def _envelope(
+    mask: np.ndarray, box: tuple[slice, ...], radius_mm: float, spacing_mm: tuple[float, ...]
+):
+    """Test for points (indices within ``box``): inside the closing of ``mask`` by ``radius_mm``?
+
+    Distance transforms on a 2x coarser grid (8x fewer voxels) over ``box`` grown by the
+    radius; the signed depth is interpolated linearly at the points, so the surface stays
+    within about a voxel of the mask where it is convex. Near the array border the closing
+    is underestimated (conservative).
+    """
+    ebox = tuple(
+        slice(max(0, b.start - r), min(n, b.stop + r))
+        for b, r, n in zip(box, _radius_voxels(radius_mm, spacing_mm), mask.shape, strict=True)
+    )
+    sub = mask[ebox]
+    shape2 = tuple((n + 1) // 2 for n in sub.shape)
+    pad = [(0, 2 * m - n) for m, n in zip(shape2, sub.shape, strict=True)]
+    frac = np.pad(sub, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
     sp2 = tuple(2 * s for s in spacing_mm)
     dilated = ndimage.distance_transform_edt(frac < 0.5, sampling=sp2) <= radius_mm
     depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
-    coords = [(p - 0.5) / 2.0 for p in points]
-    return ndimage.map_coordinates(depth, coords, order=1, mode="nearest")
+    shift = [b.start - e.start for b, e in zip(box, ebox, strict=True)]
 
+    def inside(points: tuple[np.ndarray, ...]) -> np.ndarray:
+        coords = [(p + d - 0.5) / 2.0 for p, d in zip(points, shift, strict=True)]
+        return ndimage.map_coordinates(depth, coords, order=1, mode="nearest") >= 0
+
+    return inside
 
 
 def _include_pathology(
@@ -599,11 +643,6 @@ def _refine_full_resolution(
     return full
 
 
-# The 26 neighbours of a voxel, as (dz, dy, dx) offsets.
-_OFFSETS26 = np.array(
-    [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dz or dy or dx]
-)
-
 
 def _grow_rim_full_resolution(
     labels: np.ndarray, hu: np.ndarray, rejected: np.ndarray, config: LungSegmentationConfig
@@ -613,35 +652,16 @@ def _grow_rim_full_resolution(
     A rejected voxel with HU in [``rim_min_hu``, ``rim_max_hu``] comes back (in place, in
     ``labels``) when at least ``rim_min_dense_neighbours_ct_grid`` of its 26 neighbours are
     lung at or above ``rim_seed_min_hu`` and its HU is within ``rim_max_step_hu`` of their
-    mean; two passes. Gathers neighbours by flat index for the rejected voxels only.
+    mean; two passes.
     """
-    if config.rim_max_mm <= 0:
+    if config.rim_max_mm <= 0 or not rejected.any():
         return
-    cand = rejected & (hu >= config.rim_min_hu) & (hu <= config.rim_max_hu)
-    cand[[0, -1], :, :] = False  # no neighbours beyond the box
-    cand[:, [0, -1], :] = False
-    cand[:, :, [0, -1]] = False
-    idx = np.flatnonzero(cand)
-    if idx.size == 0:
-        return
-    flat_labels = labels.reshape(-1)
-    flat_hu = hu.reshape(-1).astype(np.float32)
-    strides = np.array([labels.shape[1] * labels.shape[2], labels.shape[2], 1])
-    offsets = _OFFSETS26 @ strides
-    for _ in range(2):
-        nb = idx[:, None] + offsets[None, :]
-        nb_lab = flat_labels[nb]
-        nb_hu = flat_hu[nb]
-        dense = (nb_lab > 0) & (nb_hu >= config.rim_seed_min_hu)
-        count = dense.sum(axis=1)
-        mean_hu = np.where(dense, nb_hu, 0.0).sum(axis=1) / np.maximum(count, 1)
-        ok = (count >= config.rim_min_dense_neighbours_ct_grid) & (
-            np.abs(flat_hu[idx] - mean_hu) <= config.rim_max_step_hu
-        )
-        if not ok.any():
-            break
-        flat_labels[idx[ok]] = nb_lab[ok].max(axis=1)
-        idx = idx[~ok]
+    box = bounding_box(rejected, 1)
+    sub, h = labels[box].copy(), hu[box]
+    cand = rejected[box] & (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
+    dense = (sub > 0) & (h >= config.rim_seed_min_hu)
+    _grow_by_continuity(sub, h, cand, dense, config.rim_min_dense_neighbours_ct_grid, 2, config)
+    labels[box] = sub
 
 
 def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
