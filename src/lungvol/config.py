@@ -143,6 +143,7 @@ class LungSegmentationConfig:
     # the step to extrapleural fat or to muscle is larger.
     rim_max_step_hu: float = 40.0
     rim_envelope_radius_mm: float = 40.0  # the rim stays inside the lung closed by this
+    rim_envelope_tolerance_mm: float = 1.0  # ... or at most this far outside it
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -17,9 +17,10 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    (the diaphragm dome seen in axial slices) are rejected. With ``pleural_hull`` a
    slice-wise convex hull adds pleura-based opacities that are bounded by the chest wall.
    Lesion rim: dense disease that reaches the pleura is grown by up to ``rim_max_mm``
-   into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood), so the
-   outer 1-3 mm of consolidation against the chest wall, diaphragm or mediastinum is
-   kept; healthy lung seeds nothing.
+   into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood) and that lies
+   inside the lung's envelope (3-D closing by ``rim_envelope_radius_mm``), so the outer
+   1-3 mm of consolidation against the chest wall or diaphragm is kept and the wall
+   beyond is not; healthy lung seeds nothing.
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
    voxels are re-decided with the air threshold (pathology additions are kept); rejected
    voxels that continue a dense lesion come back by the same rim rule on the CT grid.
@@ -82,7 +83,8 @@ def _closing_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...
     dilated = ndimage.distance_transform_edt(~work, sampling=spacing_mm) <= radius_mm
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing_mm) > radius_mm
     if work is not mask:
-        closed = closed[tuple(slice(lo, lo + n) for (lo, _hi), n in zip(pad, mask.shape, strict=True))]
+        crop = tuple(slice(lo, lo + n) for (lo, _hi), n in zip(pad, mask.shape, strict=True))
+        closed = closed[crop]
     return closed | mask
 
 
@@ -405,17 +407,18 @@ def _lesion_rim(
 
     Where disease fills the lung up to the chest wall, the air threshold and the closing
     (whose ball sags between the healthy pleura on either side) stop 1-3 mm short of the
-    wall. Dense lung (at or above ``rim_seed_min_hu``) grows by up to ``rim_max_mm``, one
-    voxel per step, into body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] outside the
-    hila and the airway band, and inside the lung's envelope (a closing of the lung with
-    radius ``rim_envelope_radius_mm``, see :func:`_envelope_depth_mm`). A voxel joins when at least ``rim_min_dense_neighbours`` of
-    its 26 neighbours are already dense lung or rim and its HU is within
-    ``rim_max_step_hu`` of their mean: lesion texture varies slowly, while the step to the
-    extrapleural fat or to muscle, liver and heart is larger. Healthy (aerated) lung seeds
-    nothing, so its surface is unchanged.
+    wall. Dense lung (at or above ``rim_seed_min_hu``; components with a dense core, not
+    one-voxel partial-volume sheets) grows by up to ``rim_max_mm``, one voxel per step, into
+    body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] outside the hila and the airway
+    band. A voxel joins when at least ``rim_min_dense_neighbours`` of its 26 neighbours are
+    dense and its HU is within ``rim_max_step_hu`` of their mean (lesion texture varies
+    slowly; the step to extrapleural fat is larger), and only inside the lung's envelope:
+    the lung closed by ``rim_envelope_radius_mm`` (plus ``rim_envelope_tolerance_mm``), a
+    smooth surface across the diseased patch. The envelope is what keeps out chest wall,
+    liver or heart as dense as the lesion. Healthy (aerated) lung seeds nothing.
 
-    Returns the labels of the added voxels and the lesion zone (seeds + rim), where the
-    CT-grid pass of the refinement may add more.
+    Returns the labels of the added voxels and the lesion zone (rim, seeds and the voxels
+    next to them inside the envelope), where the CT-grid pass of the refinement may add more.
     """
     out = np.zeros(labels.shape, np.uint8)
     zone = np.zeros(labels.shape, bool)
@@ -443,7 +446,10 @@ def _lesion_rim(
         return out, zone
     # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
     # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
-    inside = _envelope(labels > 0, box, config.rim_envelope_radius_mm, spacing_mm)
+    inside = _envelope(
+        labels > 0, box, config.rim_envelope_radius_mm, config.rim_envelope_tolerance_mm,
+        spacing_mm,
+    )
     soft[soft] = inside(np.nonzero(soft))
     grown = np.where(seed, sub, 0).astype(np.uint8)
     _grow_by_continuity(
@@ -506,14 +512,16 @@ _OFFSETS26 = np.array(
 
 
 def _envelope(
-    mask: np.ndarray, box: tuple[slice, ...], radius_mm: float, spacing_mm: tuple[float, ...]
+    mask: np.ndarray, box: tuple[slice, ...], radius_mm: float, tolerance_mm: float,
+    spacing_mm: tuple[float, ...],
 ):
-    """Test for points (indices within ``box``): inside the closing of ``mask`` by ``radius_mm``?
+    """Test for points (indices within ``box``): inside the closing of ``mask`` by ``radius_mm``
+    (or less than ``tolerance_mm`` outside it)?
 
     Distance transforms on a 2x coarser grid (8x fewer voxels) over ``box`` grown by the
     radius; the signed depth is interpolated linearly at the points, so the surface stays
-    within about a voxel of the mask where it is convex. Near the array border the closing
-    is underestimated (conservative).
+    within about a voxel of the mask where it is convex. Beyond the array border there is
+    no lung.
     """
     ebox = tuple(
         slice(max(0, b.start - r), min(n, b.stop + r))
@@ -524,13 +532,17 @@ def _envelope(
     pad = [(0, 2 * m - n) for m, n in zip(shape2, sub.shape, strict=True)]
     frac = np.pad(sub, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
     sp2 = tuple(2 * s for s in spacing_mm)
-    dilated = ndimage.distance_transform_edt(frac < 0.5, sampling=sp2) <= radius_mm
+    # Background margin: the array border must not count as foreground (a lung cut by the
+    # field of view would get a slab of tissue along it).
+    margin = _radius_voxels(radius_mm, sp2)
+    lung2 = np.pad(frac >= 0.5, [(m, m) for m in margin])
+    dilated = ndimage.distance_transform_edt(~lung2, sampling=sp2) <= radius_mm
     depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
     shift = [b.start - e.start for b, e in zip(box, ebox, strict=True)]
 
     def inside(points: tuple[np.ndarray, ...]) -> np.ndarray:
-        coords = [(p + d - 0.5) / 2.0 for p, d in zip(points, shift, strict=True)]
-        return ndimage.map_coordinates(depth, coords, order=1, mode="nearest") >= 0
+        coords = [(p + d - 0.5) / 2.0 + m for p, d, m in zip(points, shift, margin, strict=True)]
+        return ndimage.map_coordinates(depth, coords, order=1, mode="nearest") >= -tolerance_mm
 
     return inside
 
