@@ -399,9 +399,8 @@ def _touching_in_plane(candidates: np.ndarray, other_lung: np.ndarray) -> np.nda
 
 
 def _lesion_rim(
-    labels: np.ndarray, hu: np.ndarray, body: np.ndarray,
-    blocked: np.ndarray, hilar_zone: np.ndarray, spacing_mm: tuple[float, ...],
-    config: LungSegmentationConfig,
+    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
+    wall_zone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Outer rim of dense disease that reaches the pleura.
 
@@ -409,10 +408,11 @@ def _lesion_rim(
     (whose ball sags between the healthy pleura on either side) stop 1-3 mm short of the
     wall. Dense lung (at or above ``rim_seed_min_hu``; components with a dense core, not
     one-voxel partial-volume sheets) grows by up to ``rim_max_mm``, one voxel per step, into
-    body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] outside the hila and the airway
-    band. A voxel joins when at least ``rim_min_dense_neighbours`` of its 26 neighbours are
-    dense and its HU is within ``rim_max_step_hu`` of their mean (lesion texture varies
-    slowly; the step to extrapleural fat is larger), and only inside the lung's envelope:
+    body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] in ``wall_zone`` (outside the
+    hila) and outside the airway band. A voxel joins when at least
+    ``rim_min_dense_neighbours`` of its 26 neighbours are dense and its HU is within
+    ``rim_max_step_hu`` of their mean (lesion texture varies slowly; the step to
+    extrapleural fat is larger), and only inside the lung's envelope:
     the lung closed by ``rim_envelope_radius_mm`` (plus ``rim_envelope_tolerance_mm``), a
     smooth surface across the diseased patch. The envelope is what keeps out chest wall,
     liver or heart as dense as the lesion. Healthy (aerated) lung seeds nothing.
@@ -432,7 +432,7 @@ def _lesion_rim(
     seed = seeds[box]
     h = hu[box]
     soft = ndimage.binary_dilation(seed, structure=_CONN6, iterations=steps) & ~sub_lung
-    soft &= body[box] & ~blocked[box] & ~hilar_zone[box]
+    soft &= body[box] & ~blocked[box] & wall_zone[box]
     soft &= (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
     # Seeds are lesions, not partial volume: a seed component must hold a voxel whose six
     # neighbours are all dense (seed or soft tissue outside the lung). A one-voxel sheet of
@@ -458,6 +458,7 @@ def _lesion_rim(
     out[box] = np.where(sub_lung, 0, grown)
     # The CT-grid pass of the refinement may act next to the lesion, inside the envelope.
     ring = ndimage.binary_dilation(grown > 0, structure=_CONN6) & ~sub_lung & (grown == 0)
+    ring &= wall_zone[box]
     ring[ring] = inside(np.nonzero(ring))
     zone[box] = (grown > 0) | ring
     return out, zone
@@ -609,7 +610,8 @@ def _include_pathology(
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
-    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, hilar_zone, spacing_mm, config)
+    # Not at the hila: there, vessels of the lesion's HU enter the lung.
+    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, ~hilar_zone, spacing_mm, config)
     out = np.where(rim > 0, rim, out).astype(np.uint8)
     added |= rim > 0
     info["lesion_rim_added_ml"] = round(float(np.count_nonzero(rim)) * voxel_ml, 2)
