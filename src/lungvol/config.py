@@ -131,6 +131,19 @@ class LungSegmentationConfig:
     # The pleural hull's bone test uses ribs only: bone within this distance of the midline
     # (spine, sternum) is ignored, so deficits facing the mediastinum are not added.
     midline_bone_half_width_mm: float = 30.0
+    # Outer rim of dense disease that reaches the pleura (lungs._lesion_rim); 0 mm = off.
+    # Dense lung grows into soft tissue whose HU continues that of the lesion beside it.
+    rim_max_mm: float = 4.0  # thickest rim added on the working grid
+    rim_seed_min_hu: float = -150.0  # lung at or above this is dense disease (seeds the rim)
+    rim_min_hu: float = -300.0  # rim voxels lie in [rim_min_hu, rim_max_hu]
+    rim_max_hu: float = 100.0
+    rim_min_dense_neighbours: int = 4  # of the 26 neighbours (working grid) dense lung
+    rim_min_dense_neighbours_ct_grid: int = 7  # same, for the CT-grid pass (noisier voxels)
+    # |HU - mean HU of the dense neighbours| at most this: lesion texture varies slowly,
+    # the step to extrapleural fat or to muscle is larger.
+    rim_max_step_hu: float = 40.0
+    rim_envelope_radius_mm: float = 40.0  # the rim stays inside the lung closed by this
+    rim_envelope_tolerance_mm: float = 1.0  # ... or at most this far outside it
 
     def __post_init__(self) -> None:
         object.__setattr__(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from seg_synthetic import AIR_HU, SHAPE, TISSUE_HU, dice, make_chest, make_volume
+from scipy import ndimage
+from seg_synthetic import AIR_HU, SHAPE, SPACING_MM, TISSUE_HU, dice, make_chest, make_volume
 
 from lungvol.config import LungSegmentationConfig
 from lungvol.errors import SegmentationError
@@ -55,6 +56,40 @@ def test_pleural_consolidation_is_inside_the_lung(chest):
     c, mask = chest
     covered = np.count_nonzero(c.consolidation & (mask.labels == LUNG_RIGHT))
     assert covered >= 0.8 * np.count_nonzero(c.consolidation)
+
+
+def _chest_wall_beside_consolidation(c) -> np.ndarray:
+    """Body tissue 2-8 mm outside the true lungs, within 10 mm of the consolidation."""
+    outside_mm = ndimage.distance_transform_edt(~(c.right_lung | c.left_lung), sampling=SPACING_MM)
+    near = ndimage.distance_transform_edt(~c.consolidation, sampling=SPACING_MM) <= 10.0
+    return (outside_mm > 2.0) & (outside_mm <= 8.0) & near
+
+
+def test_pleural_consolidation_reaches_the_chest_wall(chest):
+    """The lesion rim keeps the outer 1-3 mm of consolidation against the pleura (the air
+    threshold and the closing stop short of it), and no chest wall beyond it, although the
+    wall (40 HU) is as dense as the consolidation (20 HU)."""
+    c, mask = chest
+    covered = np.count_nonzero(c.consolidation & (mask.labels == LUNG_RIGHT))
+    assert covered >= 0.97 * np.count_nonzero(c.consolidation)
+    wall = _chest_wall_beside_consolidation(c)
+    assert np.count_nonzero(wall & (mask.labels > 0)) <= 0.03 * np.count_nonzero(wall)
+
+
+def test_chest_wall_beside_consolidation_stays_out_without_the_envelope_tolerance():
+    """With no tolerance on the envelope, not even the first voxels of the wall come in."""
+    c = make_chest()
+    labels = segment_lungs(c.volume, LungSegmentationConfig(rim_envelope_tolerance_mm=0.0)).labels
+    wall = _chest_wall_beside_consolidation(c)
+    assert np.count_nonzero(wall & (labels > 0)) <= 0.002 * np.count_nonzero(wall)
+
+
+def test_pleural_consolidation_rim_is_cut_without_the_lesion_rim():
+    """Control: without the rim the outer part of the consolidation is lost."""
+    c = make_chest()
+    labels = segment_lungs(c.volume, LungSegmentationConfig(rim_max_mm=0.0)).labels
+    covered = np.count_nonzero(c.consolidation & (labels == LUNG_RIGHT))
+    assert covered < 0.9 * np.count_nonzero(c.consolidation)
 
 
 def test_pleural_consolidation_is_left_out_without_pathology_steps():

@@ -16,8 +16,14 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    ``pathology_max_hu`` (no bone), then 2-D hole filling; holes that open onto the abdomen
    (the diaphragm dome seen in axial slices) are rejected. With ``pleural_hull`` a
    slice-wise convex hull adds pleura-based opacities that are bounded by the chest wall.
+   Lesion rim: dense disease that reaches the pleura is grown by up to ``rim_max_mm``
+   into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood) and that lies
+   inside the lung's envelope (3-D closing by ``rim_envelope_radius_mm``), so the outer
+   1-3 mm of consolidation against the chest wall or diaphragm is kept and the wall
+   beyond is not; healthy lung seeds nothing.
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
-   voxels are re-decided with the air threshold (pathology additions are kept).
+   voxels are re-decided with the air threshold (pathology additions are kept); rejected
+   voxels that continue a dense lesion come back by the same rim rule on the CT grid.
 """
 
 from __future__ import annotations
@@ -59,12 +65,26 @@ def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...]
 
 
 def _closing_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
-    """Euclidean closing by a ball of ``radius_mm``; ``mask`` must have a margin > radius.
+    """Euclidean closing by a ball of ``radius_mm``.
 
     Uses two distance transforms instead of a large structuring element (much faster).
+    Where ``mask`` has less than the radius to the array border (a lung cut by the field of
+    view), the array is padded with background: otherwise the border counts as foreground
+    and the closing fills a slab of tissue along it.
     """
-    dilated = ndimage.distance_transform_edt(~mask, sampling=spacing_mm) <= radius_mm
+    need = _radius_voxels(radius_mm, spacing_mm)
+    pad = []
+    for axis, (r, n) in enumerate(zip(need, mask.shape, strict=True)):
+        idx = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if idx.size == 0:
+            return mask.copy()
+        pad.append((max(0, r - int(idx[0])), max(0, r - (n - 1 - int(idx[-1])))))
+    work = np.pad(mask, pad) if any(p != (0, 0) for p in pad) else mask
+    dilated = ndimage.distance_transform_edt(~work, sampling=spacing_mm) <= radius_mm
     closed = ndimage.distance_transform_edt(dilated, sampling=spacing_mm) > radius_mm
+    if work is not mask:
+        crop = tuple(slice(lo, lo + n) for (lo, _hi), n in zip(pad, mask.shape, strict=True))
+        closed = closed[crop]
     return closed | mask
 
 
@@ -378,11 +398,161 @@ def _touching_in_plane(candidates: np.ndarray, other_lung: np.ndarray) -> np.nda
     return np.isin(lab, ids[ids > 0])
 
 
+def _lesion_rim(
+    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
+    wall_zone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outer rim of dense disease that reaches the pleura.
+
+    Where disease fills the lung up to the chest wall, the air threshold and the closing
+    (whose ball sags between the healthy pleura on either side) stop 1-3 mm short of the
+    wall. Dense lung (at or above ``rim_seed_min_hu``; components with a dense core, not
+    one-voxel partial-volume sheets) grows by up to ``rim_max_mm``, one voxel per step, into
+    body voxels with HU in [``rim_min_hu``, ``rim_max_hu``] in ``wall_zone`` (outside the
+    hila) and outside the airway band. A voxel joins when at least
+    ``rim_min_dense_neighbours`` of its 26 neighbours are dense and its HU is within
+    ``rim_max_step_hu`` of their mean (lesion texture varies slowly; the step to
+    extrapleural fat is larger), and only inside the lung's envelope:
+    the lung closed by ``rim_envelope_radius_mm`` (plus ``rim_envelope_tolerance_mm``), a
+    smooth surface across the diseased patch. The envelope is what keeps out chest wall,
+    liver or heart as dense as the lesion. Healthy (aerated) lung seeds nothing.
+
+    Returns the labels of the added voxels and the lesion zone (rim, seeds and the voxels
+    next to them inside the envelope), where the CT-grid pass of the refinement may add more.
+    """
+    out = np.zeros(labels.shape, np.uint8)
+    zone = np.zeros(labels.shape, bool)
+    steps = int(round(config.rim_max_mm / max(spacing_mm)))
+    seeds = (labels > 0) & (hu >= config.rim_seed_min_hu)
+    if steps <= 0 or not seeds.any():
+        return out, zone
+    box = bounding_box(seeds, steps + 1)
+    sub = labels[box]
+    sub_lung = sub > 0
+    seed = seeds[box]
+    h = hu[box]
+    soft = ndimage.binary_dilation(seed, structure=_CONN6, iterations=steps) & ~sub_lung
+    soft &= body[box] & ~blocked[box] & wall_zone[box]
+    soft &= (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
+    # Seeds are lesions, not partial volume: a seed component must hold a voxel whose six
+    # neighbours are all dense (seed or soft tissue outside the lung). A one-voxel sheet of
+    # partial volume (the pleura, lung apex and base caps) has air on one side and drops out.
+    core = seed & ndimage.binary_erosion(seed | soft, structure=_CONN6)
+    comp, _n = ndimage.label(seed, structure=_CONN6)
+    keep = np.unique(comp[core])
+    seed &= np.isin(comp, keep[keep > 0])
+    soft &= ndimage.binary_dilation(seed, structure=_CONN6, iterations=steps)
+    if not soft.any():
+        return out, zone
+    # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
+    # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
+    inside = _envelope(
+        labels > 0, box, config.rim_envelope_radius_mm, config.rim_envelope_tolerance_mm,
+        spacing_mm,
+    )
+    soft[soft] = inside(np.nonzero(soft))
+    grown = np.where(seed, sub, 0).astype(np.uint8)
+    _grow_by_continuity(
+        grown, h, soft, grown > 0, config.rim_min_dense_neighbours, steps, config
+    )
+    out[box] = np.where(sub_lung, 0, grown)
+    # The CT-grid pass of the refinement may act next to the lesion, inside the envelope.
+    ring = ndimage.binary_dilation(grown > 0, structure=_CONN6) & ~sub_lung & (grown == 0)
+    ring &= wall_zone[box]
+    ring[ring] = inside(np.nonzero(ring))
+    zone[box] = (grown > 0) | ring
+    return out, zone
+
+
+def _grow_by_continuity(
+    labels: np.ndarray, hu: np.ndarray, candidates: np.ndarray, dense: np.ndarray,
+    min_neighbours: int, passes: int, config: LungSegmentationConfig,
+) -> None:
+    """Label candidates that continue a dense lesion, in place (``labels``, ``dense``).
+
+    A candidate joins when at least ``min_neighbours`` of its 26 neighbours are dense and
+    its HU is within ``rim_max_step_hu`` of their mean; it takes their largest label and is
+    dense for the next pass. Neighbours are gathered by flat index for the candidates only
+    (cheap for a thin rim); voxels on the array faces never join.
+    """
+    cand = candidates.copy()
+    for axis in range(3):
+        index = [slice(None)] * 3
+        index[axis] = [0, -1]
+        cand[tuple(index)] = False
+    idx = np.flatnonzero(cand)
+    if idx.size == 0:
+        return
+    if not (labels.flags.c_contiguous and dense.flags.c_contiguous):
+        raise ValueError("labels and dense must be C-contiguous (updated in place)")
+    flat_labels = labels.reshape(-1)
+    flat_dense = dense.reshape(-1)
+    flat_hu = hu.reshape(-1)
+    strides = np.array([labels.shape[1] * labels.shape[2], labels.shape[2], 1])
+    offsets = _OFFSETS26 @ strides
+    for _ in range(passes):
+        nb = idx[:, None] + offsets[None, :]
+        nb_dense = flat_dense[nb]
+        nb_hu = flat_hu[nb].astype(np.float32)
+        count = nb_dense.sum(axis=1)
+        mean_hu = np.where(nb_dense, nb_hu, 0.0).sum(axis=1) / np.maximum(count, 1)
+        ok = (count >= min_neighbours) & (
+            np.abs(flat_hu[idx] - mean_hu) <= config.rim_max_step_hu
+        )
+        if not ok.any():
+            break
+        flat_labels[idx[ok]] = np.where(nb_dense[ok], flat_labels[nb[ok]], 0).max(axis=1)
+        flat_dense[idx[ok]] = True
+        idx = idx[~ok]
+
+
+# The 26 neighbours of a voxel, as (dz, dy, dx) offsets.
+_OFFSETS26 = np.array(
+    [(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dz or dy or dx]
+)
+
+
+def _envelope(
+    mask: np.ndarray, box: tuple[slice, ...], radius_mm: float, tolerance_mm: float,
+    spacing_mm: tuple[float, ...],
+):
+    """Test for points (indices within ``box``): inside the closing of ``mask`` by ``radius_mm``
+    (or less than ``tolerance_mm`` outside it)?
+
+    Distance transforms on a 2x coarser grid (8x fewer voxels) over ``box`` grown by the
+    radius; the signed depth is interpolated linearly at the points, so the surface stays
+    within about a voxel of the mask where it is convex. Beyond the array border there is
+    no lung.
+    """
+    ebox = tuple(
+        slice(max(0, b.start - r), min(n, b.stop + r))
+        for b, r, n in zip(box, _radius_voxels(radius_mm, spacing_mm), mask.shape, strict=True)
+    )
+    sub = mask[ebox]
+    shape2 = tuple((n + 1) // 2 for n in sub.shape)
+    pad = [(0, 2 * m - n) for m, n in zip(shape2, sub.shape, strict=True)]
+    frac = np.pad(sub, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
+    sp2 = tuple(2 * s for s in spacing_mm)
+    # Background margin: the array border must not count as foreground (a lung cut by the
+    # field of view would get a slab of tissue along it).
+    margin = _radius_voxels(radius_mm, sp2)
+    lung2 = np.pad(frac >= 0.5, [(m, m) for m in margin])
+    dilated = ndimage.distance_transform_edt(~lung2, sampling=sp2) <= radius_mm
+    depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
+    shift = [b.start - e.start for b, e in zip(box, ebox, strict=True)]
+
+    def inside(points: tuple[np.ndarray, ...]) -> np.ndarray:
+        coords = [(p + d - 0.5) / 2.0 + m for p, d, m in zip(points, shift, margin, strict=True)]
+        return ndimage.map_coordinates(depth, coords, order=1, mode="nearest") >= -tolerance_mm
+
+    return inside
+
+
 def _include_pathology(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
     airway_tree: np.ndarray, midline_x: float, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
-) -> tuple[np.ndarray, np.ndarray, dict]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     out = labels.copy()
     added = np.zeros(labels.shape, bool)
     allowed = body & (hu <= config.pathology_max_hu) & ~blocked
@@ -440,14 +610,23 @@ def _include_pathology(
         info[f"pathology_added_{name}_ml"] = round(float(new.sum() * voxel_ml), 2)
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
-    return out, added, info
+    # Not at the hila: there, vessels of the lesion's HU enter the lung.
+    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, ~hilar_zone, spacing_mm, config)
+    out = np.where(rim > 0, rim, out).astype(np.uint8)
+    added |= rim > 0
+    info["lesion_rim_added_ml"] = round(float(np.count_nonzero(rim)) * voxel_ml, 2)
+    return out, added, lesion_zone, info
 
 
 def _refine_full_resolution(
-    labels_c: np.ndarray, added_c: np.ndarray, blocked_c: np.ndarray, grid: CoarseGrid,
-    hu_full: np.ndarray, config: LungSegmentationConfig,
+    labels_c: np.ndarray, added_c: np.ndarray, blocked_c: np.ndarray, lesion_c: np.ndarray,
+    grid: CoarseGrid, hu_full: np.ndarray, config: LungSegmentationConfig,
 ) -> np.ndarray:
-    """Upsample coarse labels; re-decide CT voxels in a one-voxel band along the surface."""
+    """Upsample coarse labels; re-decide CT voxels in a one-voxel band along the surface.
+
+    Rejected voxels next to the lesion zone (``lesion_c``, coarse) may come back by the
+    rim rule (:func:`_grow_rim_full_resolution`).
+    """
     if all(f == 1 for f in grid.factors):
         return labels_c.astype(np.uint8)  # the working grid is the CT grid: nothing to refine
     lung_c = labels_c > 0
@@ -469,9 +648,34 @@ def _refine_full_resolution(
     sub_shape = tuple(b.stop - b.start for b in box_f)
     sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
     sub = sub_grid.upsample_nearest(merged_c)
-    sub[sub_grid.upsample_nearest(test_c) & (hu_full[box_f] >= config.air_threshold_hu)] = 0
+    hu_box = hu_full[box_f]
+    rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.air_threshold_hu)
+    sub[rejected] = 0
+    near_lesion = sub_grid.upsample_nearest(lesion_c[box_c])
+    _grow_rim_full_resolution(sub, hu_box, rejected & near_lesion, config)
     full[box_f] = sub
     return full
+
+
+
+def _grow_rim_full_resolution(
+    labels: np.ndarray, hu: np.ndarray, rejected: np.ndarray, config: LungSegmentationConfig
+) -> None:
+    """The rim rule of :func:`_lesion_rim` on the CT grid, for voxels the refinement rejected.
+
+    A rejected voxel with HU in [``rim_min_hu``, ``rim_max_hu``] comes back (in place, in
+    ``labels``) when at least ``rim_min_dense_neighbours_ct_grid`` of its 26 neighbours are
+    lung at or above ``rim_seed_min_hu`` and its HU is within ``rim_max_step_hu`` of their
+    mean; two passes.
+    """
+    if config.rim_max_mm <= 0 or not rejected.any():
+        return
+    box = bounding_box(rejected, 1)
+    sub, h = labels[box].copy(), hu[box]
+    cand = rejected[box] & (h >= config.rim_min_hu) & (h <= config.rim_max_hu)
+    dense = (sub > 0) & (h >= config.rim_seed_min_hu)
+    _grow_by_continuity(sub, h, cand, dense, config.rim_min_dense_neighbours_ct_grid, 2, config)
+    labels[box] = sub
 
 
 def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
@@ -509,16 +713,18 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
     t_pick = time.perf_counter()
-    labels_c, added_c, path_info = _include_pathology(
+    labels_c, added_c, lesion_c, path_info = _include_pathology(
         labels_c, hu, body, blocked, airways.tree, pick_info["midline_x_index"], sp, config
     )
     t_path = time.perf_counter()
-    labels = _refine_full_resolution(labels_c, added_c, blocked, grid, volume.hu, config)
+    labels = _refine_full_resolution(
+        labels_c, added_c, blocked, lesion_c, grid, volume.hu, config
+    )
     t_end = time.perf_counter()
     voxel_ml = volume.voxel_volume_ml
     info = {
         "method": "classical: body mask, internal air, airway removal, side split, "
-        "closing + hole fill + pleural hull, full-resolution boundary refinement",
+        "closing + hole fill + pleural hull + lesion rim, full-resolution boundary refinement",
         "working_spacing_mm": [round(s, 3) for s in sp],
         "block_factors": list(grid.factors),
         "fov_lung_air_ml": round(fov_air * grid.voxel_volume_ml, 2),
