@@ -196,8 +196,9 @@ class LesionSegmentationConfig:
     extension_above_parenchyma_hu: float = 90.0
     extension_vessel_clearance_mm: float = 2.0
     # Solid hysteresis: solid-band voxels connected to accepted solid within this distance
-    # are solid (edges and narrow lobes of solid components). 0 disables.
-    solid_extension_mm: float = 2.0
+    # are solid (edges and narrow lobes of solid components). 0 disables (default: 2 mm
+    # recovers solid edges but also grows vessel false positives; docs/segmentation.md).
+    solid_extension_mm: float = 0.0
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
