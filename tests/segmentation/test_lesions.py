@@ -218,3 +218,90 @@ def test_enclosure_settings_are_validated():
         LesionSegmentationConfig(enclosure_shell_mm=0.0)
     with pytest.raises(ConfigError, match="enclosed_solid_min_ggo_fraction"):
         LesionSegmentationConfig(enclosed_solid_min_ggo_fraction=-0.1)
+
+
+def _chest_wall_slab(bone: bool, shape=(40, 60, 60)):
+    """Lung at x >= 10 (-860 HU), chest wall (+40 HU) at x < 10 with, if ``bone``, a rib
+    column (+700 HU) at x = 3..5. Returns (hu, lungs)."""
+    hu = np.full(shape, -860.0, np.float32)
+    hu[:, :, :10] = 40.0
+    if bone:
+        hu[:, :, 3:6] = 700.0
+    lab = np.zeros(shape, np.uint8)
+    lab[:, :, 10:] = 1
+    return hu, LungMask(lab)
+
+
+@pytest.mark.parametrize("bone", [True, False])
+def test_thin_subpleural_band_against_the_ribs_is_ground_glass(bone):
+    """A 5 mm ground-glass band along the costal pleura is thinner than the background ball;
+    the pleural extrapolation keeps it (ribs within reach), and only there: against
+    boneless soft tissue (mediastinum, diaphragm) the exterior stays air."""
+    hu, lungs = _chest_wall_slab(bone)
+    band = np.zeros(hu.shape, bool)
+    band[8:32, 10:50, 10:15] = True
+    hu[band] = -620.0
+    hu += _noise(hu.shape, seed=4)
+    vol = _volume(hu.astype(np.int16))
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(pleural_extrapolation_mm=0.0)).labels
+    found_on = np.count_nonzero(on[band] == LESION_GGO) / band.sum()
+    found_off = np.count_nonzero(off[band] == LESION_GGO) / band.sum()
+    assert found_off <= 0.3
+    if bone:
+        assert found_on >= 0.8
+    else:
+        assert found_on <= 0.3
+    # Normal lung beside the band stays normal either way.
+    assert np.count_nonzero(on[:, :, 20:] > 0) <= 0.002 * on[:, :, 20:].size
+
+
+def test_finger_of_ground_glass_narrower_than_the_ball_is_kept_by_the_extension():
+    """A 4 mm-thick, 6 mm-long finger leaving a ground-glass patch is lost by the opening and
+    recovered by the hysteresis from the patch (lesion_extension_mm)."""
+    hu, lungs = _lung_cube()
+    hu[10:30, 10:40, 10:40] = -620.0
+    finger = np.zeros(hu.shape, bool)
+    finger[18:22, 40:46, 23:27] = True
+    hu[finger] = -620.0
+    hu += _noise(hu.shape, seed=5)
+    vol = _volume(hu.astype(np.int16))
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(lesion_extension_mm=0.0)).labels
+    tip = finger.copy()
+    tip[:, :42] = False  # beyond the one-coarse-voxel dilation of the patch's background
+    assert np.count_nonzero(off[tip] == LESION_GGO) <= 0.3 * tip.sum()
+    assert np.count_nonzero(on[finger] == LESION_GGO) >= 0.85 * finger.sum()
+
+
+def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
+    """Posterior (dependent) lung at -780 HU with a 12 mm strip at -690 HU (inside the GGO
+    band, above the region floor): the region test relative to the local parenchyma
+    rejects the strip; a -600 HU patch on the same dependent lung is ground glass."""
+    hu, lungs = _lung_cube(n=(40, 80, 60))
+    hu[:, 40:, :] = -780.0  # dependent half (higher y = posterior)
+    strip = np.zeros(hu.shape, bool)
+    strip[5:35, 66:78, 5:55] = True
+    hu[strip] = -690.0
+    patch = np.zeros(hu.shape, bool)
+    patch[12:28, 45:60, 20:40] = True
+    hu[patch] = -600.0
+    hu += _noise(hu.shape, seed=6)
+    vol = _volume(hu.astype(np.int16))
+    labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    plain_floor = segment_lesions(vol, lungs, LesionSegmentationConfig(
+        region_above_parenchyma_hu=-1000.0)).labels
+    assert np.count_nonzero(plain_floor[strip] > 0) >= 0.5 * strip.sum()  # a real trap
+    assert np.count_nonzero(labels[strip] > 0) <= 0.05 * strip.sum()
+    assert np.count_nonzero(labels[patch] == LESION_GGO) >= 0.9 * patch.sum()
+
+
+def test_new_lesion_settings_are_validated():
+    from lungvol.errors import ConfigError
+
+    for key in ("pleural_extrapolation_mm", "lesion_extension_mm", "solid_extension_mm",
+                "extension_vessel_clearance_mm"):
+        with pytest.raises(ConfigError, match=key):
+            LesionSegmentationConfig(**{key: -1.0})
+    with pytest.raises(ConfigError, match="parenchyma_block_mm"):
+        LesionSegmentationConfig(parenchyma_block_mm=0.0)
