@@ -1,8 +1,7 @@
 """Accuracy on phantoms and real scans (slow).
 
-Thresholds are set a little beyond what the current classical method measures (see
-docs/segmentation.md); where that is looser than the project target the docstring says so.
-They still fail on a real regression (e.g. lungs swapped, airway kept, lesions lost).
+Thresholds are the project targets (issue 2) where they are met; the one target not met yet
+is a strict expected failure with the measured number as its reason (docs/segmentation.md).
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ def _as_volume(hu: np.ndarray, spacing_mm) -> CTVolume:
 
 
 def test_phantom_lung_dice_and_lesion_volume():
-    """Lung Dice target 0.97 is met. Lesion volume: target |error| <= 5 %, measured about
-    -20 % for this phantom (its ground glass is patchy at the scale of the 4.5 mm background
-    ball and crossed by vessels); checked at 35 %."""
+    """Targets: lung Dice >= 0.97, lesion-volume error <= 5 % (measured +1.5 % on this
+    phantom, 2026-11-22 session 2)."""
     ph = make_phantom(seed=1, lesion_pct=15.0, solid_pct=3.0)
     vol = _as_volume(ph.hu, ph.spacing_mm)
     lungs = segment_lungs(vol, CFG.lungs)
@@ -43,9 +41,9 @@ def test_phantom_lung_dice_and_lesion_volume():
     lesions = segment_lesions(vol, lungs, CFG.lesions)
     measured = np.count_nonzero(lesions.labels)
     truth = np.count_nonzero(ph.lesions)
-    assert abs(measured - truth) <= 0.35 * truth
+    assert abs(measured - truth) <= 0.05 * truth, f"{100 * (measured - truth) / truth:+.1f} %"
     overlap = np.count_nonzero((lesions.labels > 0) & (ph.lesions > 0))
-    assert overlap >= 0.6 * truth
+    assert overlap >= 0.8 * truth
 
 
 @pytest.fixture(scope="module")
@@ -69,28 +67,58 @@ def test_real_chest_lungs_are_plausible(chest):
 
 
 def test_real_normal_chest_lesion_proportion(chest):
-    """Target < 1 %; measured 1.2-2.2 % on this scan depending on how much of the hila the
-    lung mask keeps (large hilar / lower-lobe vessels read as solid), checked at < 2.5 %."""
+    """Target < 1 % (a scan without pneumonia); measured 0.86 %, about half of it the 25 mm
+    right-upper-lobe nodule and the density around it."""
     vol, lungs = chest
     lesions = segment_lesions(vol, lungs, CFG.lesions)
     proportion = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(lungs.labels)
-    assert proportion < 2.5
+    assert proportion < 1.0
 
 
-def test_real_chest_inserted_lesions_volume(chest):
-    """15 % lesion (3 % solid) inserted into the real chest (phantom.insert_lesions) inside
-    its lung mask: target total error <= 10 %; measured -3 to -8 %, checked at 15 %."""
+def _inserted(chest, lesion_pct: float, solid_pct: float, seed: int) -> dict[str, float]:
+    """Insert lesions (phantom.insert_lesions) into the real chest inside its lung mask,
+    segment the modified scan again, and return errors against the inserted truth."""
     from lungvol.phantom import insert_lesions
 
     vol, lungs = chest
-    hu, truth, _ = insert_lesions(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=12,
-                                  lesion_pct=15.0, solid_pct=3.0)
+    hu, truth, _ = insert_lesions(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=seed,
+                                  lesion_pct=lesion_pct, solid_pct=solid_pct)
     with_lesions = _as_volume(hu, vol.spacing_mm)
-    lesions = segment_lesions(with_lesions, segment_lungs(with_lesions, CFG.lungs), CFG.lesions)
-    measured = np.count_nonzero(lesions.labels)
-    expected = np.count_nonzero(truth)
-    assert abs(measured - expected) <= 0.15 * expected
-    assert np.count_nonzero((lesions.labels > 0) & (truth > 0)) >= 0.65 * expected
+    new_lungs = segment_lungs(with_lesions, CFG.lungs)
+    lesions = segment_lesions(with_lesions, new_lungs, CFG.lesions).labels
+    n_les, n_sol = np.count_nonzero(lesions), np.count_nonzero(lesions == 2)
+    t_les, t_sol = np.count_nonzero(truth), np.count_nonzero(truth == 2)
+    return {
+        "total_pct": 100.0 * (n_les - t_les) / t_les,
+        "solid_pct": 100.0 * (n_sol - t_sol) / t_sol,
+        "proportion_pp": 100.0 * n_les / np.count_nonzero(new_lungs.labels)
+        - 100.0 * t_les / np.count_nonzero(lungs.labels),
+        "overlap": np.count_nonzero((lesions > 0) & (truth > 0)) / t_les,
+    }
+
+
+def test_real_chest_inserted_lesions_15pct(chest):
+    """Targets: total <= 10 %, solid <= 15 %, proportion <= 1 pp; measured +0.2 %, -8.9 %,
+    +0.13 pp (2026-11-22 session 2)."""
+    err = _inserted(chest, 15.0, 3.0, seed=12)
+    assert abs(err["total_pct"]) <= 10.0, err
+    assert abs(err["solid_pct"]) <= 15.0, err
+    assert abs(err["proportion_pp"]) <= 1.0, err
+    assert err["overlap"] >= 0.75, err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-11-22 session 2): at 30 % lesion / 6 % solid the solid error is "
+    "-21.4 % (target 15 %): 15-20 % of inserted solid lies outside the lung mask where dense "
+    "lesion replaces the lung surface (docs/segmentation.md); total -0.4 %, proportion "
+    "+0.36 pp are met",
+)
+def test_real_chest_inserted_lesions_30pct_solid(chest):
+    err = _inserted(chest, 30.0, 6.0, seed=13)
+    assert abs(err["total_pct"]) <= 10.0, err
+    assert abs(err["proportion_pp"]) <= 1.0, err
+    assert abs(err["solid_pct"]) <= 15.0, err
 
 
 def _label(path) -> np.ndarray:
@@ -98,12 +126,13 @@ def _label(path) -> np.ndarray:
 
 
 def test_real_tumour_is_inside_the_lung_and_solid(real_ct):
-    """pyradiomics lung2: a 48 mL tumour; most of it must be solid lesion."""
+    """pyradiomics lung2: a 48 mL tumour; most of it must be solid lesion (measured 92 %
+    inside the lung mask, 87 % solid)."""
     folder = real_ct / "chest-ct-tumour-nrrd"
     vol = read_ct(folder / "lung2_image.nrrd")
     tumour = _label(folder / "lung2_label.nrrd") > 0
     lungs = segment_lungs(vol, CFG.lungs)
     lesions = segment_lesions(vol, lungs, CFG.lesions)
     n = np.count_nonzero(tumour)
-    assert np.count_nonzero(tumour & (lungs.labels > 0)) >= 0.8 * n
-    assert np.count_nonzero(tumour & (lesions.labels == 2)) >= 0.5 * n
+    assert np.count_nonzero(tumour & (lungs.labels > 0)) >= 0.85 * n
+    assert np.count_nonzero(tumour & (lesions.labels == 2)) >= 0.75 * n
