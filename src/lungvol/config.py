@@ -187,6 +187,7 @@ class LesionSegmentationConfig:
     region_above_parenchyma_hu: float = 110.0
     parenchyma_max_hu: float = -700.0
     parenchyma_block_mm: float = 8.0
+    parenchyma_default_hu: float = -850.0  # level when no lung block is normal (diffuse disease)
     # Hysteresis: ground-glass-band voxels connected to ground-glass cores within
     # lesion_extension_mm are ground glass (rims and fingers narrower than the ball) when
     # at least extension_min_hu and extension_above_parenchyma_hu above normal lung, and not

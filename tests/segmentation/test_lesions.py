@@ -305,3 +305,14 @@ def test_new_lesion_settings_are_validated():
             LesionSegmentationConfig(**{key: -1.0})
     with pytest.raises(ConfigError, match="parenchyma_block_mm"):
         LesionSegmentationConfig(parenchyma_block_mm=0.0)
+
+
+def test_diffuse_ground_glass_with_no_normal_lung_left_is_lesion():
+    """Severe disease: every block of the lung is ground glass (-620 HU), so no normal lung
+    gives the parenchyma level; the level falls back to parenchyma_default_hu, not to a
+    value that would lift the region floor above the ground glass."""
+    hu, lungs = _lung_cube(hu=-620)
+    hu += _noise(hu.shape, seed=7)
+    labels = segment_lesions(_volume(hu.astype(np.int16)), lungs,
+                             LesionSegmentationConfig()).labels
+    assert np.count_nonzero(labels == LESION_GGO) >= 0.95 * labels.size

@@ -249,11 +249,12 @@ def _parenchyma_level(
     Mean of the background grid's blocks that are all lung and below
     ``parenchyma_max_hu`` (no vessel, no lesion in them), per block of
     ``parenchyma_block_mm``; blocks with few such blocks are filled by normalised Gaussian
-    smoothing over two blocks. Dependent lung of a supine patient is denser than
-    non-dependent lung (a real normal scan here: posterior median -784 HU, anterior
-    -864 HU); a threshold relative to this level tells faint ground glass from dependent
-    density where a fixed one near the band edge cannot. Returns a grid whose factors map
-    CT indices to the level map (for :func:`_at_voxels`) and the map.
+    smoothing over two blocks, and far from any (diffuse disease) by the scan's mean level
+    (``parenchyma_default_hu`` if no block is normal). Dependent lung of a supine patient
+    is denser than non-dependent lung (a real normal scan here: posterior median -784 HU,
+    anterior -864 HU); a threshold relative to this level tells faint ground glass from
+    dependent density where a fixed one near the band edge cannot. Returns a grid whose
+    factors map CT indices to the level map (for :func:`_at_voxels`) and the map.
     """
     sub = CoarseGrid.for_volume(
         coarse_hu.shape, grid.spacing_mm, working_spacing_mm=config.parenchyma_block_mm
@@ -265,7 +266,16 @@ def _parenchyma_level(
     level = np.where(weight > 0, mean / np.maximum(frac, 1e-6), 0.0).astype(np.float32)
     num = ndimage.gaussian_filter(level * weight, 2.0, mode="nearest")
     den = ndimage.gaussian_filter(weight, 2.0, mode="nearest")
-    filled = np.where(den > 1e-3, num / np.maximum(den, 1e-6), config.parenchyma_max_hu)
+    # Far from any normal lung (diffuse disease) the level falls back to the scan's mean
+    # normal level, or to parenchyma_default_hu when no block is normal: never to a value
+    # that would lift the region floor above faint ground glass. A small prior weight
+    # blends the two smoothly.
+    total = float(weight.sum())
+    fallback = (
+        float((level * weight).sum() / total) if total > 0 else config.parenchyma_default_hu
+    )
+    prior = np.float32(0.02)
+    filled = (num + prior * fallback) / (den + prior)
     # i // (f1 * f2) == (i // f1) // f2: one lookup grid from CT indices.
     lookup = CoarseGrid(
         grid.full_shape,
