@@ -20,7 +20,8 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood) and that lies
    inside the lung's envelope (3-D closing by ``rim_envelope_radius_mm``), so the outer
    1-3 mm of consolidation against the chest wall or diaphragm is kept and the wall
-   beyond is not; healthy lung seeds nothing.
+   beyond is not; healthy lung seeds nothing. Not at the hila, and on the mediastinal side
+   (between the lungs' centroids) only near bone (``rim_medial_requires_bone``).
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
    voxels are re-decided with the air threshold (pathology additions are kept); rejected
    voxels that continue a dense lesion come back by the same rim rule on the CT grid.
@@ -398,6 +399,22 @@ def _touching_in_plane(candidates: np.ndarray, other_lung: np.ndarray) -> np.nda
     return np.isin(lab, ids[ids > 0])
 
 
+def _medial_slab(labels: np.ndarray) -> np.ndarray:
+    """Voxels between the right and the left lung's centroids (left to right, x): the
+    mediastinal side, where heart and great vessels of lesion-like HU abut the lungs."""
+    xs = np.arange(labels.shape[2])
+    centres = []
+    for k in (LUNG_RIGHT, LUNG_LEFT):
+        profile = np.count_nonzero(labels == k, axis=(0, 1))
+        if not profile.any():
+            return np.zeros(labels.shape, bool)
+        centres.append(float((profile * xs).sum() / profile.sum()))
+    lo, hi = int(np.ceil(min(centres))), int(np.floor(max(centres))) + 1
+    medial = np.zeros(labels.shape, bool)
+    medial[:, :, lo:hi] = True
+    return medial
+
+
 def _lesion_rim(
     labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
     wall_zone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
@@ -611,7 +628,10 @@ def _include_pathology(
     info["mediastinal_additions_dropped_ml"] = round(dropped_ml, 2)
     info["additions_touching_other_lung_dropped_ml"] = round(across_ml, 2)
     # Not at the hila: there, vessels of the lesion's HU enter the lung.
-    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, ~hilar_zone, spacing_mm, config)
+    zone = ~hilar_zone
+    if config.rim_medial_requires_bone:
+        zone &= bone_near | ~_medial_slab(out)
+    rim, lesion_zone = _lesion_rim(out, hu, body, blocked, zone, spacing_mm, config)
     out = np.where(rim > 0, rim, out).astype(np.uint8)
     added |= rim > 0
     info["lesion_rim_added_ml"] = round(float(np.count_nonzero(rim)) * voxel_ml, 2)
