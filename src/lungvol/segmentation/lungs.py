@@ -20,8 +20,8 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    into soft tissue whose HU continues the lesion's (3-D, 26-neighbourhood) and that lies
    inside the lung's envelope (3-D closing by ``rim_envelope_radius_mm``), so the outer
    1-3 mm of consolidation against the chest wall or diaphragm is kept and the wall
-   beyond is not; healthy lung seeds nothing. Not at the hila, and on the mediastinal side
-   (between the lungs' centroids) only near bone (``rim_medial_requires_bone``).
+   beyond is not; healthy lung seeds nothing. Not at the hila; with
+   ``rim_medial_requires_bone``, on the mediastinal side only near bone.
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
    voxels are re-decided with the air threshold (pathology additions are kept); rejected
    voxels that continue a dense lesion come back by the same rim rule on the CT grid.
