@@ -195,16 +195,11 @@ class LesionSegmentationConfig:
     parenchyma_default_hu: float = -850.0  # level when no lung block is normal (diffuse disease)
     # Hysteresis: ground-glass-band voxels connected to ground-glass cores within
     # lesion_extension_mm are ground glass (rims and fingers narrower than the ball) when
-    # at least extension_min_hu and extension_above_parenchyma_hu above normal lung, and not
-    # within extension_vessel_clearance_mm of a rejected vessel / airway wall. 0 disables.
+    # extension_above_parenchyma_hu above normal lung, and not within
+    # extension_vessel_clearance_mm of a rejected vessel / airway wall. 0 disables.
     lesion_extension_mm: float = 5.0
-    extension_min_hu: float = -750.0
     extension_above_parenchyma_hu: float = 90.0
     extension_vessel_clearance_mm: float = 2.0
-    # Solid hysteresis: solid-band voxels connected to accepted solid within this distance
-    # are solid (edges and narrow lobes of solid components). 0 disables (default: 2 mm
-    # recovers solid edges but also grows vessel false positives; docs/segmentation.md).
-    solid_extension_mm: float = 0.0
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
@@ -240,7 +235,7 @@ class LesionSegmentationConfig:
             )
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
-            "lesion_extension_mm", "extension_vessel_clearance_mm", "solid_extension_mm",
+            "lesion_extension_mm", "extension_vessel_clearance_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

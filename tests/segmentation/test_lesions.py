@@ -299,7 +299,7 @@ def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
 def test_new_lesion_settings_are_validated():
     from lungvol.errors import ConfigError
 
-    for key in ("pleural_extrapolation_mm", "lesion_extension_mm", "solid_extension_mm",
+    for key in ("pleural_extrapolation_mm", "lesion_extension_mm",
                 "extension_vessel_clearance_mm"):
         with pytest.raises(ConfigError, match=key):
             LesionSegmentationConfig(**{key: -1.0})

@@ -92,6 +92,28 @@ def test_pleural_consolidation_rim_is_cut_without_the_lesion_rim():
     assert covered < 0.9 * np.count_nonzero(c.consolidation)
 
 
+def test_medial_slab_lies_between_the_lung_centroids():
+    from lungvol.segmentation.lungs import _medial_slab
+
+    labels = np.zeros((4, 6, 20), np.uint8)
+    labels[:, :, 2:6] = LUNG_RIGHT  # centroid x = 3.5
+    labels[:, :, 14:18] = LUNG_LEFT  # centroid x = 15.5
+    slab = _medial_slab(labels)
+    assert slab[:, :, 4:16].all()
+    assert not slab[:, :, :4].any()
+    assert not slab[:, :, 16:].any()
+    assert not _medial_slab(np.where(labels == LUNG_LEFT, 0, labels)).any()  # one lung only
+
+
+def test_costal_consolidation_keeps_its_rim_when_the_medial_rim_needs_bone():
+    """rim_medial_requires_bone only restricts the mediastinal side: the lateral pleural
+    consolidation of the synthetic chest still reaches the chest wall."""
+    c = make_chest()
+    labels = segment_lungs(c.volume, LungSegmentationConfig(rim_medial_requires_bone=True)).labels
+    covered = np.count_nonzero(c.consolidation & (labels == LUNG_RIGHT))
+    assert covered >= 0.97 * np.count_nonzero(c.consolidation)
+
+
 def test_pleural_consolidation_is_left_out_without_pathology_steps():
     """The inclusion steps do the work: a plain air threshold misses the consolidation."""
     c = make_chest()

@@ -52,8 +52,7 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   ground-glass background (not on one raised by a vessel) within ``lesion_extension_mm``
   are ground glass when ``extension_above_parenchyma_hu`` above the parenchyma level and
   not within ``extension_vessel_clearance_mm`` of a rejected vessel / airway wall (rims and
-  fingers of lesions narrower than the ball); solid-band voxels connected to solid within
-  ``solid_extension_mm`` are solid;
+  fingers of lesions narrower than the ball);
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
 - connected lesion components (26-connectivity) SMALLER than ``min_component_volume_ml``
@@ -324,7 +323,7 @@ def _extend_from_cores(
     lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
     accepted on its own ground-glass background, not on a vessel-raised one) through such
     voxels, within ``lesion_extension_mm``, become ground glass when their lightly
-    denoised HU is at least ``extension_min_hu`` and ``extension_above_parenchyma_hu``
+    denoised HU is at least ``extension_above_parenchyma_hu``
     above the local normal-lung level (``parenchyma``), and they are not within
     ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
     wall: growth must not run along their partial-volume skirts; the dense rim along the
@@ -342,9 +341,8 @@ def _extend_from_cores(
     band_b, solid_b = ggo_band[box], solid[box]
     idx = np.nonzero(band_b)
     full_idx = tuple(i + o for i, o in zip(idx, offset, strict=True))
-    floor = np.maximum(
-        config.extension_min_hu,
-        _at_voxels(parenchyma[0], parenchyma[1], full_idx) + config.extension_above_parenchyma_hu,
+    floor = (
+        _at_voxels(parenchyma[0], parenchyma[1], full_idx) + config.extension_above_parenchyma_hu
     )
     ok = smooth[box][idx] >= floor
     cand = np.zeros_like(band_b)
@@ -474,8 +472,6 @@ def segment_lesions(
             config,
         )
         del seeds, paren
-    if config.background_radius_mm > 0 and config.solid_extension_mm > 0:
-        extended_ml += voxel_ml * _grow_geodesic(solid, solid_band, sp, config.solid_extension_mm)  # type: ignore[arg-type]
     background_ml = float(
         (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
     )
