@@ -85,10 +85,23 @@ def _lesion_metrics(
         "proportion_err_pp": round(100 * les_ml / max(lung_ml, 1e-9)
                                    - 100 * t_les_ml / max(t_lung_ml, 1e-9), 2),
         "lesion_dice": round(_dice(lesions > 0, truth_lesions > 0), 3),
+        # A volume error near 0 can hide missed truth offset by false positives: recall
+        # (share of the truth found) and false-positive volume (mL labelled where the truth
+        # has none) say which. On real scans with inserted lesions the false positives
+        # include the scan's own disease (the real nodule).
+        "lesion_recall": _recall(lesions > 0, truth_lesions > 0),
+        "lesion_fp_ml": round(np.count_nonzero((lesions > 0) & (truth_lesions == 0)) * voxel_ml, 1),
+        "solid_recall": _recall(lesions == 2, truth_lesions == 2),
+        "solid_fp_ml": round(np.count_nonzero((lesions == 2) & (truth_lesions != 2)) * voxel_ml, 1),
         "truth_lesion_in_lung_mask": round(
             np.count_nonzero((truth_lesions > 0) & (lungs > 0))
             / max(1, np.count_nonzero(truth_lesions)), 3),
     }
+
+
+def _recall(found: np.ndarray, truth: np.ndarray) -> float | None:
+    n = np.count_nonzero(truth)
+    return round(np.count_nonzero(found & truth) / n, 3) if n else None
 
 
 def _round(v: float | None, nd: int = 1) -> float | None:
