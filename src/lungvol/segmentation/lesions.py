@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -96,6 +97,7 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    pool: ThreadPoolExecutor,
 ) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
     """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
@@ -129,10 +131,13 @@ def _background(
             coarse[source[1]] = _OUTSIDE_HU
         return ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
 
-    open_any = opened(coarse_hu)
-    open_ggo = opened(grid.downsample_mean(
+    ggo_hu = grid.downsample_mean(
         np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box)
-    ))
+    )
+    # The two openings are the costliest steps and independent: one runs on ``pool``.
+    open_ggo_future = pool.submit(opened, ggo_hu)
+    open_any = opened(coarse_hu)
+    open_ggo = open_ggo_future.result()
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
     pure_ggo = ndimage.maximum_filter(open_ggo, size=3, mode="nearest")
     parenchyma = _parenchyma_level(grid, coarse_hu, lung_fraction, config)
@@ -178,6 +183,46 @@ def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]
     """Values of a coarse map at CT voxels ``idx`` (nearest block). Cheaper than upsampling
     the whole map when only band voxels are needed."""
     return coarse[tuple(i // f for i, f in zip(idx, grid.factors, strict=True))]
+
+
+def _wide_solid(solid_band: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
+    """Solid-band voxels of structures wider in-plane than about twice ``radius_px``.
+
+    In-plane opening, then a geodesic in-plane reconstruction by the same radius inside the
+    solid band: the square opening clips corners and narrow lobes of solid components,
+    while vessels that leave a component gain only ``radius_px`` voxels.
+    """
+    wide = _opening_in_plane(solid_band, radius_px)
+    for _ in range(max(radius_px)):
+        wide = ndimage.maximum_filter(
+            wide.view(np.uint8), size=(1, 3, 3), mode="constant"
+        ).astype(bool) & solid_band
+    return wide
+
+
+def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor) -> np.ndarray:
+    """Gaussian smoothing (``mode="nearest"``) in two slabs along z on two threads.
+
+    Each slab carries a halo of the kernel's reach along z, so the result is identical to
+    one ``gaussian_filter`` call (scipy's default truncation, 4 sigma).
+    """
+    if not any(s > 0 for s in sigma_px):
+        return hu
+    n = hu.shape[0]
+    halo = int(4.0 * sigma_px[0] + 0.5) + 1
+    if n < 4 * halo:
+        return ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest")
+    mid = n // 2
+    out = np.empty_like(hu)
+
+    def run(lo: int, hi: int) -> None:
+        a, b = max(0, lo - halo), min(n, hi + halo)
+        out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode="nearest")[lo - a:hi - a]
+
+    upper = pool.submit(run, mid, n)
+    run(0, mid)
+    upper.result()
+    return out
 
 
 def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
@@ -407,59 +452,59 @@ def segment_lesions(
     ))
     lung_b = lung[box]
     hu_b = volume.hu[box].astype(np.float32)
-    smooth = ndimage.gaussian_filter(hu_b, sigma=sigma_px, mode="nearest") if any(
-        s > 0 for s in sigma_px
-    ) else hu_b
-    g_lo, g_hi = config.ggo_band_hu
-    s_lo, s_hi = config.solid_band_hu
-    ggo_band = lung_b & (smooth >= g_lo) & (smooth < g_hi)
-    solid_band = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
-    dense_ml = float((np.count_nonzero(ggo_band) + np.count_nonzero(solid_band)) * voxel_ml)
-    t_bands = time.perf_counter()
+    # scipy.ndimage releases the GIL, so independent steps run on one extra thread (the
+    # results are identical to running them in turn; wall time on 2 cores drops ~15 %).
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        smooth = _smooth(hu_b, sigma_px, pool)
+        g_lo, g_hi = config.ggo_band_hu
+        s_lo, s_hi = config.solid_band_hu
+        ggo_band = lung_b & (smooth >= g_lo) & (smooth < g_hi)
+        solid_band = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
+        dense_ml = float((np.count_nonzero(ggo_band) + np.count_nonzero(solid_band)) * voxel_ml)
+        t_bands = time.perf_counter()
 
-    if config.background_radius_mm > 0:
-        grid, bg_any, bg_ggo, bg_pure, paren = _background(hu_b, smooth, lung_b, sp, config)  # type: ignore[arg-type]
-        max_above = config.max_above_background_hu
-        idx = np.nonzero(ggo_band)
-        bg = _at_voxels(grid, bg_ggo, idx)
-        del hu_b
-
-        def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
-            """Least background density of a lesion region at voxels ``ix`` (HU)."""
-            return np.maximum(
-                config.region_min_background_hu,
-                _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
+        if config.background_radius_mm > 0:
+            radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
+            wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
+            grid, bg_any, bg_ggo, bg_pure, paren = _background(  # type: ignore[arg-type]
+                hu_b, smooth, lung_b, sp, config, pool
             )
+            max_above = config.max_above_background_hu
+            idx = np.nonzero(ggo_band)
+            bg = _at_voxels(grid, bg_ggo, idx)
+            del hu_b
 
-        floor = region_floor(idx)
-        keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
-        ggo = np.zeros_like(ggo_band)
-        ggo[tuple(i[keep] for i in idx)] = True
-        # Ground glass on its own (not vessel-raised) background: cores for the extension.
-        seeds = np.zeros_like(ggo_band)
-        pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
-        seeds[tuple(i[pure] for i in idx)] = True
-        del pure
-        radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
-        wide_solid = _opening_in_plane(solid_band, radius_px)  # type: ignore[arg-type]
-        # Geodesic in-plane reconstruction by the same radius inside the solid band: the
-        # square opening clips corners and narrow lobes of solid components, while vessels
-        # that leave a component gain only ``radius_px`` voxels.
-        for _ in range(max(radius_px)):
-            wide_solid = ndimage.maximum_filter(
-                wide_solid.view(np.uint8), size=(1, 3, 3), mode="constant"
-            ).astype(bool) & solid_band
-        idx = np.nonzero(solid_band)
-        bg = _at_voxels(grid, bg_any, idx)
-        keep = (bg >= region_floor(idx)) & (
-            (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
-        )
-        solid = np.zeros_like(solid_band)
-        solid[tuple(i[keep] for i in idx)] = True
-        del bg_any, bg_ggo, bg_pure, wide_solid, idx, bg, keep
-    else:  # plain HU bands
-        del hu_b
-        ggo, solid = ggo_band.copy(), solid_band.copy()
+            def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
+                """Least background density of a lesion region at voxels ``ix`` (HU)."""
+                return np.maximum(
+                    config.region_min_background_hu,
+                    _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
+                )
+
+            floor = region_floor(idx)
+            keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
+            ggo = np.zeros_like(ggo_band)
+            ggo[tuple(i[keep] for i in idx)] = True
+            # Ground glass on its own (not vessel-raised) background: cores for the extension.
+            seeds = np.zeros_like(ggo_band)
+            pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
+            seeds[tuple(i[pure] for i in idx)] = True
+            del pure
+            wide_solid = wide_solid_future.result()
+            idx = np.nonzero(solid_band)
+            bg = _at_voxels(grid, bg_any, idx)
+            keep = (bg >= region_floor(idx)) & (
+                (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
+            )
+            solid = np.zeros_like(solid_band)
+            solid[tuple(i[keep] for i in idx)] = True
+            del bg_any, bg_ggo, bg_pure, wide_solid, idx, bg, keep
+        else:  # plain HU bands
+            del hu_b
+            ggo, solid = ggo_band.copy(), solid_band.copy()
+    finally:
+        pool.shutdown(wait=True)
     grown_ml = 0.0
     if config.background_radius_mm > 0 and config.enclosed_solid_min_ggo_fraction <= 1.0:
         grown_ml = voxel_ml * _grow_enclosed_solid(
