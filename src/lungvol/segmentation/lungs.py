@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -578,27 +579,40 @@ def _include_pathology(
     # up to bone_search_mm beyond them still counts.
     lungs_box = bounding_box(labels > 0, _radius_voxels(radius + config.bone_search_mm, spacing_mm))
     x0 = lungs_box[2].start
-    bone_near = np.zeros(labels.shape, bool)
-    bone_near[lungs_box] = _bone_near(hu[lungs_box], spacing_mm, config)
     # Pleura-based additions must lie along the ribs: the spine/sternum column is ignored.
     half_px = config.midline_bone_half_width_mm / spacing_mm[2]
-    rib_near = np.zeros(labels.shape, bool)
-    rib_near[lungs_box] = _bone_near(
-        hu[lungs_box], spacing_mm, config, (midline_x - x0 - half_px, midline_x - x0 + half_px)
-    )
-    hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
+    boxes = {
+        lab_id: bounding_box(labels == lab_id, _radius_voxels(radius, spacing_mm))
+        for lab_id in (LUNG_RIGHT, LUNG_LEFT) if (labels == lab_id).any()
+    }
+    # The bone maps and each lung's closing depend only on the input: they run on a second
+    # thread (scipy.ndimage releases the GIL; the results are those of running in turn).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rib_future = pool.submit(
+            _bone_near, hu[lungs_box], spacing_mm, config,
+            (midline_x - x0 - half_px, midline_x - x0 + half_px),
+        )
+        closing_futures = {
+            lab_id: pool.submit(_closing_mm, labels[box] == lab_id, radius, spacing_mm)
+            for lab_id, box in boxes.items()
+        }
+        bone_near = np.zeros(labels.shape, bool)
+        bone_near[lungs_box] = _bone_near(hu[lungs_box], spacing_mm, config)
+        hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
+        rib_near = np.zeros(labels.shape, bool)
+        rib_near[lungs_box] = rib_future.result()
+        closings = {lab_id: f.result() for lab_id, f in closing_futures.items()}
     dropped_ml = 0.0
     across_ml = 0.0
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     info: dict = {}
     for lab_id, name in ((LUNG_RIGHT, "right"), (LUNG_LEFT, "left")):
-        lung = labels == lab_id
-        if not lung.any():
+        if lab_id not in boxes:
             continue
-        box = bounding_box(lung, _radius_voxels(radius, spacing_mm))
-        sub = lung[box]
+        box = boxes[lab_id]
+        sub = labels[box] == lab_id
         free = allowed[box] & (out[box] == 0)
-        closed = _closing_mm(sub, radius, spacing_mm) & (free | sub)
+        closed = closings[lab_id] & (free | sub)
         filled = _fill_holes_2d(closed)
         holes = filled & ~closed & free
         holes = _hole_fill_open_to_abdomen(holes, closed, config.max_open_face_fraction)
