@@ -460,11 +460,15 @@ def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.n
             return _sitk_read(files, sitk.sitkFloat32)
         out = np.empty((len(files), headers[0].rows or 0, headers[0].columns or 0), np.int16)
         for start in range(0, len(files), _CHUNK_SLICES):
-            chunk = _sitk_read(files[start : start + _CHUNK_SLICES], sitk.sitkInt32)
+            image = _sitk_image(files[start : start + _CHUNK_SLICES], sitk.sitkInt32)
+            # A view, not a copy of the int32 chunk (less memory traffic); it is used only
+            # while ``image`` is alive.
+            chunk = sitk.GetArrayViewFromImage(image)
             if chunk.min() < _INT16.min or chunk.max() > _INT16.max:
                 logger.debug("HU values exceed int16; reading as float32")
                 return _sitk_read(files, sitk.sitkFloat32)
             out[start : start + len(chunk)] = chunk
+            del chunk, image
         return out
     except RuntimeError as err:
         logger.info(
@@ -476,11 +480,15 @@ def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.n
     return _pydicom_read(headers, integer)
 
 
-def _sitk_read(files: Sequence[str], pixel_type: int) -> np.ndarray:
+def _sitk_image(files: Sequence[str], pixel_type: int) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.SetOutputPixelType(pixel_type)
-    return sitk.GetArrayFromImage(reader.Execute())
+    return reader.Execute()
+
+
+def _sitk_read(files: Sequence[str], pixel_type: int) -> np.ndarray:
+    return sitk.GetArrayFromImage(_sitk_image(files, pixel_type))
 
 
 def _pydicom_read(headers: Sequence[SliceHeader], integer: bool) -> np.ndarray:
