@@ -126,6 +126,14 @@ def _lung_cube(n=(40, 60, 60), hu=-860):
     return np.full(n, hu, np.float32), LungMask(np.ones(n, np.uint8))
 
 
+def _fill_box(hu, index, value):
+    """Set ``hu[index] = value`` and return the boolean mask of that box."""
+    box = np.zeros(hu.shape, bool)
+    box[index] = True
+    hu[box] = value
+    return box
+
+
 def _noise(shape, seed=0, sd=20.0):
     return np.random.default_rng(seed).normal(0.0, sd, shape).astype(np.float32)
 
@@ -134,9 +142,8 @@ def test_vessel_inside_ground_glass_is_not_lesion_but_the_patch_is():
     """A 2 mm-wide vessel (+40 HU) crossing a ground-glass slab is neither GGO nor solid."""
     hu, lungs = _lung_cube()
     hu[10:30, 10:50, 10:50] = -620.0  # 20 x 40 x 40 mm ground-glass slab
-    vessel = np.zeros(hu.shape, bool)
-    vessel[19:21, 5:55, 29:31] = True  # runs across the slab and into normal lung
-    hu[vessel] = 40.0
+    # The vessel runs across the slab and into normal lung.
+    vessel = _fill_box(hu, np.s_[19:21, 5:55, 29:31], 40.0)
     hu += _noise(hu.shape)
     labels = segment_lesions(_volume(hu.astype(np.int16)), lungs,
                              LesionSegmentationConfig()).labels
@@ -167,9 +174,7 @@ def test_solid_component_inside_ground_glass_is_solid():
     the background rules keep what the plain bands (same smoothing) call solid there."""
     hu, lungs = _lung_cube()
     hu[8:32, 12:48, 12:48] = -620.0
-    core = np.zeros(hu.shape, bool)
-    core[16:24, 26:34, 26:34] = True
-    hu[core] = -50.0
+    core = _fill_box(hu, np.s_[16:24, 26:34, 26:34], -50.0)
     hu += _noise(hu.shape, seed=2)
     vol = _volume(hu.astype(np.int16))
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
@@ -195,9 +200,7 @@ def test_narrow_solid_patch_enclosed_by_ground_glass_is_solid():
     enclosure rule), and is not solid when the rule is disabled."""
     hu, lungs = _lung_cube()
     hu[8:32, 12:48, 12:48] = -620.0
-    patch = np.zeros(hu.shape, bool)
-    patch[18:22, 28:31, 28:31] = True
-    hu[patch] = -50.0
+    patch = _fill_box(hu, np.s_[18:22, 28:31, 28:31], -50.0)
     hu += _noise(hu.shape, seed=3)
     vol = _volume(hu.astype(np.int16))
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
@@ -238,9 +241,7 @@ def test_thin_subpleural_band_against_the_ribs_is_ground_glass(bone):
     the pleural extrapolation keeps it (ribs within reach), and only there: against
     boneless soft tissue (mediastinum, diaphragm) the exterior stays air."""
     hu, lungs = _chest_wall_slab(bone)
-    band = np.zeros(hu.shape, bool)
-    band[8:32, 10:50, 10:15] = True
-    hu[band] = -620.0
+    band = _fill_box(hu, np.s_[8:32, 10:50, 10:15], -620.0)
     hu += _noise(hu.shape, seed=4)
     vol = _volume(hu.astype(np.int16))
     on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
@@ -261,9 +262,7 @@ def test_finger_of_ground_glass_narrower_than_the_ball_is_kept_by_the_extension(
     recovered by the hysteresis from the patch (lesion_extension_mm)."""
     hu, lungs = _lung_cube()
     hu[10:30, 10:40, 10:40] = -620.0
-    finger = np.zeros(hu.shape, bool)
-    finger[18:22, 40:46, 23:27] = True
-    hu[finger] = -620.0
+    finger = _fill_box(hu, np.s_[18:22, 40:46, 23:27], -620.0)
     hu += _noise(hu.shape, seed=5)
     vol = _volume(hu.astype(np.int16))
     on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
@@ -280,12 +279,8 @@ def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
     rejects the strip; a -600 HU patch on the same dependent lung is ground glass."""
     hu, lungs = _lung_cube(n=(40, 80, 60))
     hu[:, 40:, :] = -780.0  # dependent half (higher y = posterior)
-    strip = np.zeros(hu.shape, bool)
-    strip[5:35, 66:78, 5:55] = True
-    hu[strip] = -690.0
-    patch = np.zeros(hu.shape, bool)
-    patch[12:28, 45:60, 20:40] = True
-    hu[patch] = -600.0
+    strip = _fill_box(hu, np.s_[5:35, 66:78, 5:55], -690.0)
+    patch = _fill_box(hu, np.s_[12:28, 45:60, 20:40], -600.0)
     hu += _noise(hu.shape, seed=6)
     vol = _volume(hu.astype(np.int16))
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels

@@ -406,6 +406,53 @@ def _extend_from_cores(
     return int(np.count_nonzero(add))
 
 
+def _background_rules(
+    hu_box: np.ndarray, smooth: np.ndarray, lung_box: np.ndarray, ggo_band: np.ndarray,
+    solid_band: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
+    """Band voxels accepted as ground glass and as solid by the background rules.
+
+    Returns ``(ggo, solid, seeds, parenchyma)``: ``seeds`` is ground glass accepted on its
+    own (not vessel-raised) background, the cores for :func:`_extend_from_cores`;
+    ``parenchyma`` is :func:`_parenchyma_level`'s lookup.
+    """
+    s_lo = config.solid_band_hu[0]
+    max_above = config.max_above_background_hu
+    radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
+    wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
+    grid, bg_any, bg_ggo, bg_pure, paren = _background(
+        hu_box, smooth, lung_box, spacing_mm, config, pool
+    )
+
+    def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Least background density of a lesion region at voxels ``ix`` (HU)."""
+        return np.maximum(
+            config.region_min_background_hu,
+            _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
+        )
+
+    idx = np.nonzero(ggo_band)
+    bg = _at_voxels(grid, bg_ggo, idx)
+    floor = region_floor(idx)
+    keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
+    ggo = np.zeros_like(ggo_band)
+    ggo[tuple(i[keep] for i in idx)] = True
+    seeds = np.zeros_like(ggo_band)
+    pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
+    seeds[tuple(i[pure] for i in idx)] = True
+    del pure, bg, floor, keep
+    wide_solid = wide_solid_future.result()
+    idx = np.nonzero(solid_band)
+    bg = _at_voxels(grid, bg_any, idx)
+    keep = (bg >= region_floor(idx)) & (
+        (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
+    )
+    solid = np.zeros_like(solid_band)
+    solid[tuple(i[keep] for i in idx)] = True
+    return ggo, solid, seeds, paren
+
+
 def segment_lesions(
     volume: CTVolume, lungs: LungMask, config: LesionSegmentationConfig
 ) -> LesionMask:
@@ -452,10 +499,10 @@ def segment_lesions(
     ))
     lung_b = lung[box]
     hu_b = volume.hu[box].astype(np.float32)
-    # scipy.ndimage releases the GIL, so independent steps run on one extra thread (the
-    # results are identical to running them in turn; wall time on 2 cores drops ~15 %).
-    pool = ThreadPoolExecutor(max_workers=1)
-    try:
+    # scipy.ndimage releases the GIL, so independent steps run on one extra thread; the
+    # results are identical to running them in turn (lesion stage 1-4 s faster on the
+    # 400-slice phantom, 2 cores).
+    with ThreadPoolExecutor(max_workers=1) as pool:
         smooth = _smooth(hu_b, sigma_px, pool)
         g_lo, g_hi = config.ggo_band_hu
         s_lo, s_hi = config.solid_band_hu
@@ -463,48 +510,13 @@ def segment_lesions(
         solid_band = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
         dense_ml = float((np.count_nonzero(ggo_band) + np.count_nonzero(solid_band)) * voxel_ml)
         t_bands = time.perf_counter()
-
         if config.background_radius_mm > 0:
-            radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in sp[1:])
-            wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
-            grid, bg_any, bg_ggo, bg_pure, paren = _background(  # type: ignore[arg-type]
-                hu_b, smooth, lung_b, sp, config, pool
+            ggo, solid, seeds, paren = _background_rules(
+                hu_b, smooth, lung_b, ggo_band, solid_band, sp, config, pool  # type: ignore[arg-type]
             )
-            max_above = config.max_above_background_hu
-            idx = np.nonzero(ggo_band)
-            bg = _at_voxels(grid, bg_ggo, idx)
-            del hu_b
-
-            def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
-                """Least background density of a lesion region at voxels ``ix`` (HU)."""
-                return np.maximum(
-                    config.region_min_background_hu,
-                    _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
-                )
-
-            floor = region_floor(idx)
-            keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
-            ggo = np.zeros_like(ggo_band)
-            ggo[tuple(i[keep] for i in idx)] = True
-            # Ground glass on its own (not vessel-raised) background: cores for the extension.
-            seeds = np.zeros_like(ggo_band)
-            pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
-            seeds[tuple(i[pure] for i in idx)] = True
-            del pure
-            wide_solid = wide_solid_future.result()
-            idx = np.nonzero(solid_band)
-            bg = _at_voxels(grid, bg_any, idx)
-            keep = (bg >= region_floor(idx)) & (
-                (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
-            )
-            solid = np.zeros_like(solid_band)
-            solid[tuple(i[keep] for i in idx)] = True
-            del bg_any, bg_ggo, bg_pure, wide_solid, idx, bg, keep
         else:  # plain HU bands
-            del hu_b
             ggo, solid = ggo_band.copy(), solid_band.copy()
-    finally:
-        pool.shutdown(wait=True)
+    del hu_b
     grown_ml = 0.0
     if config.background_radius_mm > 0 and config.enclosed_solid_min_ggo_fraction <= 1.0:
         grown_ml = voxel_ml * _grow_enclosed_solid(

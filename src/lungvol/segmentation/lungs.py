@@ -581,10 +581,11 @@ def _include_pathology(
     x0 = lungs_box[2].start
     # Pleura-based additions must lie along the ribs: the spine/sternum column is ignored.
     half_px = config.midline_bone_half_width_mm / spacing_mm[2]
-    boxes = {
-        lab_id: bounding_box(labels == lab_id, _radius_voxels(radius, spacing_mm))
-        for lab_id in (LUNG_RIGHT, LUNG_LEFT) if (labels == lab_id).any()
-    }
+    boxes = {}
+    for lab_id in (LUNG_RIGHT, LUNG_LEFT):
+        lung = labels == lab_id
+        if lung.any():
+            boxes[lab_id] = bounding_box(lung, _radius_voxels(radius, spacing_mm))
     # The bone maps and each lung's closing depend only on the input: they run on a second
     # thread (scipy.ndimage releases the GIL; the results are those of running in turn).
     with ThreadPoolExecutor(max_workers=1) as pool:
