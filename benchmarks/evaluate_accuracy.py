@@ -42,6 +42,8 @@ from lungvol.types import CTVolume, LungMask, SourceInfo
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "data" / "real-ct"
 CFG = LungvolConfig()
+# insert_lesions: voxels above this HU are vessels/walls, never ground-glass truth.
+INSERT_PARENCHYMA_MAX_HU = -650.0
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -162,7 +164,7 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     for les, sol, seed in burdens:
         hu_new, truth_les, _truth = insert_lesions(
             chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,
-            lesion_pct=les, solid_pct=sol,
+            lesion_pct=les, solid_pct=sol, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
         )
         vol = _volume(hu_new, chest.spacing_mm, "chest+inserted")
         l2, e2, t2 = _segment(vol)
@@ -170,6 +172,12 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
             "case": f"real chest + inserted lesion {les:g}% solid {sol:g}%",
             "dice_lungs_vs_original_mask": round(_dice(l2.labels > 0, lungs.labels > 0), 4),
             **_lesion_metrics(l2.labels, e2.labels, lungs.labels, truth_les, vml),
+            # False positives that were vessels or walls before the insertion (HU above
+            # insert_lesions' parenchyma limit): its ground-glass truth leaves them out, a
+            # densitometric reading of the ground glass around them does not.
+            "lesion_fp_prior_dense_ml": round(np.count_nonzero(
+                (e2.labels > 0) & (truth_les == 0) & (chest.hu >= INSERT_PARENCHYMA_MAX_HU)
+            ) * vml, 1),
             **t2,
         }
         out.append(row)
