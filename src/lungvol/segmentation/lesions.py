@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -84,6 +86,10 @@ _PLANE[1] = True
 # Coarse-grid value of lung-mask exterior in the background opening (air): the ball must
 # fit inside the lung. Also the value of dense voxels in the ground-glass background.
 _OUTSIDE_HU = -1000.0
+_T = TypeVar("_T")
+# Steps that run beside another one on the pool work in slabs of about this many voxels
+# (memory): the in-plane hole filling and the ground-glass background's input.
+_SLAB_VOXELS = 8_000_000
 
 
 def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
@@ -92,6 +98,67 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
     axes = [np.arange(-k, k + 1) * s for k, s in zip(half, spacing_mm, strict=True)]
     grids = np.meshgrid(*axes, indexing="ij")
     return sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
+
+
+def _footprint_rows(footprint: np.ndarray) -> dict[int, list[tuple[int, int]]] | None:
+    """Offsets (plane, row) of a 3-D footprint's rows along its last axis, by half-width.
+
+    None unless the footprint is odd-sized, point-symmetric and each row is a run centred
+    on the middle (a ball is).
+    """
+    if any(k % 2 == 0 for k in footprint.shape) or not np.array_equal(
+        footprint, footprint[::-1, ::-1, ::-1]
+    ):
+        return None
+    x = np.abs(np.arange(footprint.shape[2]) - footprint.shape[2] // 2)
+    rows: dict[int, list[tuple[int, int]]] = {}
+    for (dz, dy), nonempty in np.ndenumerate(footprint.any(axis=2)):
+        if nonempty:
+            width = int(x[footprint[dz, dy]].max())
+            if not np.array_equal(footprint[dz, dy], x <= width):
+                return None
+            rows.setdefault(width, []).append((dz, dy))
+    return rows or None
+
+
+def _flat_filter(
+    array: np.ndarray, rows: dict[int, list[tuple[int, int]]], shape: tuple[int, ...], *,
+    dilate: bool,
+) -> np.ndarray:
+    """Grey erosion (or dilation) by the footprint of ``shape`` with ``rows``
+    (:func:`_footprint_rows`), ``mode="nearest"``.
+
+    Each row is a shifted view of one 1-D min (max) filter of the edge-padded array per
+    row width: one elementwise min (max) per row, where scipy compares every footprint
+    voxel. Min and max are exact: the result equals ``ndimage.grey_erosion``
+    (``grey_dilation``, the same for a point-symmetric footprint).
+    """
+    half = tuple(k // 2 for k in shape)
+    nz, ny, nx = array.shape
+    padded = np.pad(array, [(h, h) for h in half], mode="edge")
+    filter1d = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
+    combine = np.maximum if dilate else np.minimum
+    out = None
+    for width, offsets in rows.items():
+        runs = filter1d(padded, 2 * width + 1, axis=2, mode="nearest") if width else padded
+        for dz, dy in offsets:
+            view = runs[dz:dz + nz, dy:dy + ny, half[2]:half[2] + nx]
+            out = view.copy() if out is None else combine(out, view, out=out)
+        del runs
+    return out  # type: ignore[return-value]  # rows is never empty
+
+
+def _grey_opening(array: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """``ndimage.grey_opening(array, footprint=footprint, mode="nearest")``.
+
+    Hand-written for ball footprints (:func:`_flat_filter`, about twice as fast on the
+    background grid); other footprints go to scipy.
+    """
+    rows = _footprint_rows(footprint)
+    if rows is None:
+        return ndimage.grey_opening(array, footprint=footprint, mode="nearest")
+    eroded = _flat_filter(array, rows, footprint.shape, dilate=False)
+    return _flat_filter(eroded, rows, footprint.shape, dilate=True)
 
 
 def _background(
@@ -119,6 +186,9 @@ def _background(
     lung_fraction = grid.downsample_fraction(lung_box)
     outside = lung_fraction < 0.5
     coarse_hu = grid.downsample_mean(hu_box)
+    # Independent of the pleural extrapolation (the distance transform): on ``pool``.
+    parenchyma_future = pool.submit(_parenchyma_level, grid, coarse_hu, lung_fraction, config)
+    ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
     source = _pleural_extrapolation(grid, coarse_hu, outside, config)
     ball = _ball(config.background_radius_mm, grid.spacing_mm)
 
@@ -129,19 +199,37 @@ def _background(
         else:
             coarse = coarse[source[0]]
             coarse[source[1]] = _OUTSIDE_HU
-        return ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
+        return _grey_opening(coarse, ball)
 
-    ggo_hu = grid.downsample_mean(
-        np.where(smooth_box >= config.solid_band_hu[0], _OUTSIDE_HU, hu_box)
-    )
+    def pure_ggo_level() -> np.ndarray:
+        return ndimage.maximum_filter(opened(ggo_hu_future.result()), size=3, mode="nearest")
+
     # The two openings are the costliest steps and independent: one runs on ``pool``.
-    open_ggo_future = pool.submit(opened, ggo_hu)
+    pure_ggo_future = pool.submit(pure_ggo_level)
     open_any = opened(coarse_hu)
-    open_ggo = open_ggo_future.result()
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
-    pure_ggo = ndimage.maximum_filter(open_ggo, size=3, mode="nearest")
-    parenchyma = _parenchyma_level(grid, coarse_hu, lung_fraction, config)
-    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma
+    pure_ggo = pure_ggo_future.result()
+    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma_future.result()
+
+
+def _air_above(
+    grid: CoarseGrid, hu_box: np.ndarray, smooth_box: np.ndarray, max_hu: float
+) -> np.ndarray:
+    """Block means of the CT with voxels whose smoothed HU is at least ``max_hu`` as air.
+
+    Slab by slab of whole blocks (the blocks are independent, so the means are the same as
+    from one full-box copy, which would double the memory beside the distance transform).
+    """
+    out = np.empty(grid.shape, dtype=np.float32)
+    nz, ny, nx = grid.full_shape
+    fz = grid.factors[0]
+    step = fz * max(1, _SLAB_VOXELS // (fz * ny * nx))
+    for z0 in range(0, nz, step):
+        z = slice(z0, z0 + step)
+        slab = np.where(smooth_box[z] >= max_hu, _OUTSIDE_HU, hu_box[z])
+        sub = CoarseGrid(slab.shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
+        out[z0 // fz:z0 // fz + sub.shape[0]] = sub.downsample_mean(slab)
+    return out
 
 
 def _pleural_extrapolation(
@@ -192,12 +280,37 @@ def _wide_solid(solid_band: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
     solid band: the square opening clips corners and narrow lobes of solid components,
     while vessels that leave a component gain only ``radius_px`` voxels.
     """
-    wide = _opening_in_plane(solid_band, radius_px)
+    out = np.zeros_like(solid_band)
+    if not solid_band.any():
+        return out
+    # In-plane filters: the band's box with a one-voxel in-plane margin gives the same
+    # result (the erosion's "nearest" edge then repeats background, as outside the box).
+    box = bounding_box(solid_band, (0, 1, 1))
+    band = solid_band[box]
+    wide = _opening_in_plane(band, radius_px)
     for _ in range(max(radius_px)):
         wide = ndimage.maximum_filter(
             wide.view(np.uint8), size=(1, 3, 3), mode="constant"
-        ).astype(bool) & solid_band
-    return wide
+        ).astype(bool) & band
+    out[box] = wide
+    return out
+
+
+def _two_slabs(
+    n: int, halo: int, work: Callable[[int, int, int, int], _T], pool: ThreadPoolExecutor
+) -> tuple[_T, _T]:
+    """``work(lo, hi, a, b)`` on the lower and upper half along z, the upper one on ``pool``.
+
+    ``[a, b)`` is ``[lo, hi)`` with ``halo`` more slices each side (clipped to ``n``): a
+    local filter reaching ``halo`` slices along z, computed on ``[a, b)``, is exact on
+    ``[lo, hi)``. Returns ``(lower, upper)``.
+    """
+    def run(lo: int, hi: int) -> _T:
+        return work(lo, hi, max(0, lo - halo), min(n, hi + halo))
+
+    upper = pool.submit(run, n // 2, n)
+    lower = run(0, n // 2)
+    return lower, upper.result()
 
 
 def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor) -> np.ndarray:
@@ -212,16 +325,12 @@ def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecuto
     halo = int(4.0 * sigma_px[0] + 0.5) + 1
     if n < 4 * halo:
         return ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest")
-    mid = n // 2
     out = np.empty_like(hu)
 
-    def run(lo: int, hi: int) -> None:
-        a, b = max(0, lo - halo), min(n, hi + halo)
+    def run(lo: int, hi: int, a: int, b: int) -> None:
         out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode="nearest")[lo - a:hi - a]
 
-    upper = pool.submit(run, mid, n)
-    run(0, mid)
-    upper.result()
+    _two_slabs(n, halo, run, pool)
     return out
 
 
@@ -241,7 +350,7 @@ def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
 def _grow_enclosed_solid(
     ggo: np.ndarray, solid: np.ndarray, ggo_band: np.ndarray, solid_band: np.ndarray,
     lung: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig,
+    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
 ) -> int:
     """Add rejected solid-band components enclosed by ground glass to ``solid`` (in place).
 
@@ -257,17 +366,30 @@ def _grow_enclosed_solid(
     is at least ``enclosed_solid_min_ggo_fraction`` ground-glass lesion are added.
     Returns the number of voxels added.
     """
-    rejected = solid_band & ~solid
-    lab, n = ndimage.label(rejected, structure=_CONN26)
+    lab, n = ndimage.label(solid_band & ~solid, structure=_CONN26)
     if not n:
         return 0
+    if n <= np.iinfo(np.uint16).max:
+        # Halves the memory traffic of the maximum filter, the costliest step, and the peak.
+        lab = lab.astype(np.uint16)
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
-    # Neighbourhood voxels take the largest nearby label (a voxel near two components
-    # counts for one of them only: at most makes the test stricter for the other).
-    near = ndimage.maximum_filter(lab, size=size, mode="constant")
-    shell = (near > 0) & (lab == 0) & lung & ~(ggo_band & ~ggo) & ~solid
-    total = np.bincount(near[shell], minlength=n + 1)
-    on_ggo = np.bincount(near[shell & ggo], minlength=n + 1)
+
+    def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per component, counted shell voxels and those on ground glass in slices [lo, hi)."""
+        # Neighbourhood voxels take the largest nearby label (a voxel near two components
+        # counts for one of them only: at most makes the test stricter for the other).
+        near = ndimage.maximum_filter(lab[a:b], size=size, mode="constant")[lo - a:hi - a]
+        z = slice(lo, hi)
+        shell = (near > 0) & (lab[z] == 0) & lung[z] & ~(ggo_band[z] & ~ggo[z]) & ~solid[z]
+        return (
+            np.bincount(near[shell], minlength=n + 1),
+            np.bincount(near[shell & ggo[z]], minlength=n + 1),
+        )
+
+    # A local filter: two slabs along z on two threads give the same counts.
+    (total, on_ggo), (total_hi, on_ggo_hi) = _two_slabs(lab.shape[0], size[0] // 2, counts, pool)
+    total += total_hi
+    on_ggo += on_ggo_hi
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
     accept[0] = False
     # Guard for vessels that cross a large ground-glass patch with only short stubs in
@@ -356,26 +478,20 @@ def _grow_geodesic(
     return int(np.count_nonzero(add))
 
 
-def _extend_from_cores(
-    ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, ggo_band: np.ndarray,
-    solid_band: np.ndarray, smooth: np.ndarray, lung: np.ndarray,
+def _extension_candidates(
+    seeds: np.ndarray, ggo_band: np.ndarray, smooth: np.ndarray, lung: np.ndarray,
     parenchyma: tuple[CoarseGrid, np.ndarray], spacing_mm: tuple[float, float, float],
     config: LesionSegmentationConfig,
-) -> int:
-    """Hysteresis: extend ground glass from its cores into connected band voxels (in place).
+) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray | None] | None:
+    """The part of :func:`_extend_from_cores` that does not depend on solid lesion.
 
-    The opening keeps lesion only where its ball fits, so rims and fingers of irregular
-    lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
-    accepted on its own ground-glass background, not on a vessel-raised one) through such
-    voxels, within ``lesion_extension_mm``, become ground glass when their lightly
-    denoised HU is at least ``extension_above_parenchyma_hu``
-    above the local normal-lung level (``parenchyma``), and they are not within
-    ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
-    wall: growth must not run along their partial-volume skirts; the dense rim along the
-    pleura is not counted as a vessel). Returns the number of voxels added.
+    Returns ``(box, cand, deep)``: the box within reach of a seed, the ground-glass-band
+    voxels there at least ``extension_above_parenchyma_hu`` above the parenchyma level, and
+    lung at least ``extension_vessel_clearance_mm`` deep (None without a clearance); None
+    when there is no seed. Independent of the enclosed-solid rule, so it can run beside it.
     """
     if not seeds.any():
-        return 0
+        return None
     # Only voxels within reach of a seed matter: work in that box.
     reach = tuple(
         int(np.ceil((config.lesion_extension_mm + config.extension_vessel_clearance_mm) / s)) + 1
@@ -383,7 +499,7 @@ def _extend_from_cores(
     )
     box = bounding_box(seeds, reach)
     offset = tuple(b.start for b in box)
-    band_b, solid_b = ggo_band[box], solid[box]
+    band_b = ggo_band[box]
     idx = np.nonzero(band_b)
     full_idx = tuple(i + o for i, o in zip(idx, offset, strict=True))
     floor = (
@@ -393,10 +509,47 @@ def _extend_from_cores(
     cand = np.zeros_like(band_b)
     cand[tuple(i[ok] for i in idx)] = True
     del idx, full_idx, floor, ok
+    deep = None
     if config.extension_vessel_clearance_mm > 0:
-        size = tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
-        deep = ndimage.minimum_filter(lung[box].view(np.uint8), size=size, mode="constant")
-        vessel = solid_band[box] & ~solid_b & deep.astype(bool)
+        size = _clearance_size(spacing_mm, config)
+        deep = ndimage.minimum_filter(
+            lung[box].view(np.uint8), size=size, mode="constant"
+        ).astype(bool)
+    return box, cand, deep
+
+
+def _clearance_size(
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
+) -> tuple[int, ...]:
+    """Box filter size of ``extension_vessel_clearance_mm`` (voxels per axis)."""
+    return tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
+
+
+def _extend_from_cores(
+    ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, solid_band: np.ndarray,
+    candidates: tuple[tuple[slice, ...], np.ndarray, np.ndarray | None] | None,
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+) -> int:
+    """Hysteresis: extend ground glass from its cores into connected band voxels (in place).
+
+    The opening keeps lesion only where its ball fits, so rims and fingers of irregular
+    lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
+    accepted on its own ground-glass background, not on a vessel-raised one) through such
+    voxels, within ``lesion_extension_mm``, become ground glass when their lightly
+    denoised HU is at least ``extension_above_parenchyma_hu``
+    above the local normal-lung level (``candidates``, from
+    :func:`_extension_candidates`), and they are not within
+    ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
+    wall: growth must not run along their partial-volume skirts; the dense rim along the
+    pleura is not counted as a vessel). Returns the number of voxels added.
+    """
+    if candidates is None:
+        return 0
+    box, cand, deep = candidates
+    solid_b = solid[box]
+    if deep is not None:
+        vessel = solid_band[box] & ~solid_b & deep
+        size = _clearance_size(spacing_mm, config)
         cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
     grown = seeds[box].copy()
     _grow_geodesic(grown, cand, spacing_mm, config.lesion_extension_mm)
@@ -404,6 +557,31 @@ def _extend_from_cores(
     add = grown & ~ggo_b & ~solid_b
     ggo_b |= add
     return int(np.count_nonzero(add))
+
+
+def _enclosed_above_band(
+    solid: np.ndarray, lung: np.ndarray, smooth: np.ndarray, solid_max_hu: float
+) -> np.ndarray:
+    """Lung voxels denser than ``solid_max_hu`` enclosed in-plane by ``solid`` (new mask).
+
+    Noise peaks and vessels inside a consolidation or tumour. In-plane holes = 4-connected
+    (in-plane) components of the complement that do not reach the slice border; labelling
+    is much cheaper than binary_fill_holes here. May include voxels of ``solid`` itself.
+    """
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    enclosed = np.zeros_like(solid)
+    step = max(1, _SLAB_VOXELS // (solid.shape[1] * solid.shape[2]))
+    for lo in range(0, solid.shape[0], step):
+        z = slice(lo, lo + step)
+        lab, n = ndimage.label(~solid[z], structure=in_plane)
+        if not n:
+            continue
+        open_to_border = np.zeros(n + 1, dtype=bool)
+        for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
+            open_to_border[edge] = True
+        enclosed[z] = ~open_to_border[lab] & lung[z] & (smooth[z] > solid_max_hu)
+    return enclosed
 
 
 def _background_rules(
@@ -432,6 +610,19 @@ def _background_rules(
             _at_voxels(paren[0], paren[1], ix) + config.region_above_parenchyma_hu,
         )
 
+    def solid_rule() -> np.ndarray:
+        wide_solid = wide_solid_future.result()
+        idx = np.nonzero(solid_band)
+        bg = _at_voxels(grid, bg_any, idx)
+        keep = (bg >= region_floor(idx)) & (
+            (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
+        )
+        solid = np.zeros_like(solid_band)
+        solid[tuple(i[keep] for i in idx)] = True
+        return solid
+
+    # The solid rule is independent of the ground-glass one: it runs on ``pool``.
+    solid_future = pool.submit(solid_rule)
     idx = np.nonzero(ggo_band)
     bg = _at_voxels(grid, bg_ggo, idx)
     floor = region_floor(idx)
@@ -442,15 +633,7 @@ def _background_rules(
     pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
     seeds[tuple(i[pure] for i in idx)] = True
     del pure, bg, floor, keep
-    wide_solid = wide_solid_future.result()
-    idx = np.nonzero(solid_band)
-    bg = _at_voxels(grid, bg_any, idx)
-    keep = (bg >= region_floor(idx)) & (
-        (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
-    )
-    solid = np.zeros_like(solid_band)
-    solid[tuple(i[keep] for i in idx)] = True
-    return ggo, solid, seeds, paren
+    return ggo, solid_future.result(), seeds, paren
 
 
 def segment_lesions(
@@ -501,7 +684,8 @@ def segment_lesions(
     hu_b = volume.hu[box].astype(np.float32)
     # scipy.ndimage releases the GIL, so independent steps run on one extra thread; the
     # results are identical to running them in turn (lesion stage 1-4 s faster on the
-    # 400-slice phantom, 2 cores).
+    # 400-slice phantom, 2 cores). The pool stays open through the enclosed-solid rule,
+    # the extension and the fill.
     with ThreadPoolExecutor(max_workers=1) as pool:
         smooth = _smooth(hu_b, sigma_px, pool)
         g_lo, g_hi = config.ggo_band_hu
@@ -510,44 +694,46 @@ def segment_lesions(
         solid_band = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
         dense_ml = float((np.count_nonzero(ggo_band) + np.count_nonzero(solid_band)) * voxel_ml)
         t_bands = time.perf_counter()
-        if config.background_radius_mm > 0:
+        rules = config.background_radius_mm > 0
+        if rules:
             ggo, solid, seeds, paren = _background_rules(
                 hu_b, smooth, lung_b, ggo_band, solid_band, sp, config, pool  # type: ignore[arg-type]
             )
         else:  # plain HU bands
             ggo, solid = ggo_band.copy(), solid_band.copy()
-    del hu_b
-    grown_ml = 0.0
-    if config.background_radius_mm > 0 and config.enclosed_solid_min_ggo_fraction <= 1.0:
-        grown_ml = voxel_ml * _grow_enclosed_solid(
-            ggo, solid, ggo_band, solid_band, lung_b, sp, config  # type: ignore[arg-type]
+        del hu_b
+        # The extension's candidates do not depend on solid lesion: prepared on the pool
+        # while the enclosed-solid rule runs.
+        cand_future = (
+            pool.submit(
+                _extension_candidates, seeds, ggo_band, smooth, lung_b, paren, sp, config  # type: ignore[arg-type]
+            )
+            if rules and config.lesion_extension_mm > 0 else None
         )
-    extended_ml = 0.0
-    if config.background_radius_mm > 0 and config.lesion_extension_mm > 0:
-        extended_ml = voxel_ml * _extend_from_cores(
-            ggo, solid, seeds, ggo_band, solid_band, smooth, lung_b, paren, sp,  # type: ignore[arg-type]
-            config,
+        grown_ml = 0.0
+        if rules and config.enclosed_solid_min_ggo_fraction <= 1.0:
+            grown_ml = voxel_ml * _grow_enclosed_solid(
+                ggo, solid, ggo_band, solid_band, lung_b, sp, config, pool  # type: ignore[arg-type]
+            )
+        # Voxels above the solid band enclosed (in the axial slice) by solid lesion are
+        # solid. The extension only changes ground glass and the fill only reads solid
+        # lesion; its voxels join ``solid`` after the extension as before: both run at once.
+        fill_future = (
+            pool.submit(_enclosed_above_band, solid, lung_b, smooth, s_hi)
+            if config.fill_enclosed_solid else None
         )
-        del seeds, paren
-    background_ml = float(
-        (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
-    )
-    if config.fill_enclosed_solid:
-        # Voxels above the solid band that are enclosed (in the axial slice) by solid
-        # lesion, i.e. noise peaks and vessels inside a consolidation or tumour, are solid.
-        # In-plane holes = 4-connected (in-plane) components of the complement that do not
-        # reach the slice border; labelling is much cheaper than binary_fill_holes here.
-        in_plane = np.zeros((3, 3, 3), dtype=bool)
-        in_plane[1] = ndimage.generate_binary_structure(2, 1)
-        lab, n = ndimage.label(~solid, structure=in_plane)
-        if n:
-            open_to_border = np.zeros(n + 1, dtype=bool)
-            for edge in (lab[:, 0, :], lab[:, -1, :], lab[:, :, 0], lab[:, :, -1]):
-                open_to_border[edge] = True
-            enclosed = ~open_to_border[lab]
-            solid |= enclosed & lung_b & (smooth > s_hi)
-            del enclosed
-        del lab
+        extended_ml = 0.0
+        if cand_future is not None:
+            extended_ml = voxel_ml * _extend_from_cores(
+                ggo, solid, seeds, solid_band, cand_future.result(), sp, config  # type: ignore[arg-type]
+            )
+            del seeds, paren, cand_future
+        background_ml = float(
+            (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
+        )
+        if fill_future is not None:
+            solid |= fill_future.result()
+            del fill_future
     del smooth
     lesion = ggo | solid
     t_bg = time.perf_counter()
@@ -555,7 +741,8 @@ def segment_lesions(
     small_ml = 0.0
     if config.min_component_volume_ml > 0:
         lab, n = ndimage.label(lesion, structure=_CONN26)
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        # Counting only lesion voxels (not the background) avoids a full-box int64 copy.
+        sizes = np.bincount(lab[lesion], minlength=n + 1)
         small = sizes * voxel_ml < config.min_component_volume_ml  # exactly the min is kept
         small[0] = False
         if small.any():
