@@ -58,3 +58,25 @@ def test_missing_and_invalid_yaml_files(tmp_path: Path) -> None:
     bad.write_text("io: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_duplicate_keys_are_refused_with_their_line(tmp_path: Path) -> None:
+    """PyYAML would keep the last of two equal keys silently; lungvol refuses the file."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("lesions:\n  min_component_volume_ml: 0.01\n  min_component_volume_ml: 0.5\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'min_component_volume_ml' at line 3"):
+        load_config(dup)
+    sections = tmp_path / "sections.yaml"
+    sections.write_text("io:\n  min_slices: 16\nio:\n  min_slices: 8\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'io' at line 3"):
+        load_config(sections)
+
+
+def test_the_trial_loader_refuses_duplicate_keys_too(tmp_path: Path) -> None:
+    from lungvol.cohort.trial import DEFAULT_TRIAL, load_trial
+
+    assert load_trial(DEFAULT_TRIAL).name == "shi2022"
+    dup = tmp_path / "trial.yaml"
+    dup.write_text(DEFAULT_TRIAL.read_text() + "\nname: again\n")
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):
+        load_trial(dup)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lungvol.config import LungvolConfig, QuantificationConfig
-from lungvol.errors import GeometryError, SegmentationError
+from lungvol.errors import ConfigError, GeometryError, SegmentationError
 from lungvol.quantification import measure_scan, measure_volumes
 from lungvol.quantification.hu_stats import lung_hu_stats
 from lungvol.quantification.qc_flags import as_flag, edge_flags, flag_code
@@ -183,6 +183,31 @@ def test_thick_slices_imbalance_and_io_warnings_become_flags() -> None:
     assert {"slice_spacing_large", "lung_right_left_imbalance", "uneven_spacing_resampled",
             "gantry_tilt_resampled", "scanner_note", "io_warning"} <= codes
     assert "io_warning: something the reader said" in m.qc_flags
+
+
+@pytest.mark.parametrize(
+    ("spacing_z_mm", "thickness_mm", "flagged"),
+    [(2.0, None, False), (2.5, None, False), (2.6, None, True), (2.0, 3.0, True),
+     (2.0, 1.0, False)],
+)
+def test_slices_thicker_than_the_lesion_bias_limit_are_flagged(
+    spacing_z_mm: float, thickness_mm: float | None, flagged: bool
+) -> None:
+    """Spacing or the header's SliceThickness above ``lesion_bias_slice_mm`` (2.5 mm) flags
+    the lesion over-read; exactly the limit does not."""
+    vol, lungs, lesions = chest(spacing_mm=(spacing_z_mm, 1.0, 1.0))
+    source = dataclasses.replace(vol.source, slice_thickness_mm=thickness_mm)
+    vol = dataclasses.replace(vol, source=source)
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    assert ("thick_slices_lesion_bias" in _codes(m.qc_flags)) is flagged
+    if flagged:
+        (flag,) = [f for f in m.qc_flags if f.startswith("thick_slices_lesion_bias")]
+        assert f"{max(spacing_z_mm, thickness_mm or 0):g} mm" in flag
+
+
+def test_quantification_config_refuses_non_positive_slice_limits() -> None:
+    with pytest.raises(ConfigError, match="lesion_bias_slice_mm"):
+        QuantificationConfig(lesion_bias_slice_mm=0.0)
 
 
 def test_as_flag_keeps_an_existing_code_and_collapses_to_one_line() -> None:

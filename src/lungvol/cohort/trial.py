@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from lungvol.config import CONFIG_DIR, content_hash
+from lungvol.config import CONFIG_DIR, content_hash, read_yaml
 from lungvol.errors import ConfigError
 
 DEFAULT_TRIAL = CONFIG_DIR / "shi2022.yaml"
@@ -240,8 +238,4 @@ def load_trial(path: str | Path | None = None) -> TrialConfig:
         raise ConfigError(
             f"trial file {p} does not exist; pass an existing YAML, e.g. {DEFAULT_TRIAL}"
         )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML ({err.__class__.__name__}); fix the file") from err
-    return trial_from_dict(data or {}, where=str(p))
+    return trial_from_dict(read_yaml(p) or {}, where=str(p))

@@ -72,7 +72,9 @@ def measure_scan(
     flags += passthrough_flags(
         lesions.info.get("warnings", ()), default_code="lesion_segmentation"
     )
-    flags += spacing_flags(volume.spacing_mm, config=qcfg)
+    flags += spacing_flags(
+        volume.spacing_mm, config=qcfg, slice_thickness_mm=volume.source.slice_thickness_mm
+    )
     flags += edge_flags(lungs.labels, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     for flag in flags:

@@ -127,16 +127,28 @@ def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]
 
 
 def spacing_flags(
-    spacing_mm: tuple[float, float, float], *, config: QuantificationConfig
+    spacing_mm: tuple[float, float, float], *, config: QuantificationConfig,
+    slice_thickness_mm: float | None = None,
 ) -> list[str]:
-    """Flag slices farther apart than ``max_slice_spacing_mm``."""
+    """Flag slices farther apart than ``max_slice_spacing_mm``, and slices thicker or
+    farther apart than ``lesion_bias_slice_mm`` (``slice_thickness_mm``: the header's
+    SliceThickness, when known)."""
+    flags: list[str] = []
     if spacing_mm[0] > config.max_slice_spacing_mm:
-        return [
+        flags.append(
             f"slice_spacing_large: slices are {spacing_mm[0]:g} mm apart (> "
             f"{config.max_slice_spacing_mm:g} mm); thin lesions are under-sampled, prefer a "
             "thin-slice reconstruction"
-        ]
-    return []
+        )
+    thickness_mm = max(spacing_mm[0], slice_thickness_mm or 0.0)
+    if thickness_mm > config.lesion_bias_slice_mm:
+        flags.append(
+            f"thick_slices_lesion_bias: slices are {thickness_mm:g} mm thick or apart (> "
+            f"{config.lesion_bias_slice_mm:g} mm); partial volume smears vessels into the "
+            "lesion HU bands, so lesion proportions read high; compare only scans of the same "
+            "thickness, or use a thin-slice reconstruction"
+        )
+    return flags
 
 
 def passthrough_flags(messages: Iterable[str] | str | None, *, default_code: str) -> list[str]:
