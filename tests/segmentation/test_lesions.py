@@ -138,14 +138,18 @@ def _noise(shape, seed=0, sd=20.0):
     return np.random.default_rng(seed).normal(0.0, sd, shape).astype(np.float32)
 
 
+def _noisy_volume(hu, seed=0):
+    """``hu`` plus scanner-like noise (SD 20 HU), as an int16 CT volume."""
+    return _volume((hu + _noise(hu.shape, seed)).astype(np.int16))
+
+
 def test_vessel_inside_ground_glass_is_not_lesion_but_the_patch_is():
     """A 2 mm-wide vessel (+40 HU) crossing a ground-glass slab is neither GGO nor solid."""
     hu, lungs = _lung_cube()
     hu[10:30, 10:50, 10:50] = -620.0  # 20 x 40 x 40 mm ground-glass slab
     # The vessel runs across the slab and into normal lung.
     vessel = _fill_box(hu, np.s_[19:21, 5:55, 29:31], 40.0)
-    hu += _noise(hu.shape)
-    labels = segment_lesions(_volume(hu.astype(np.int16)), lungs,
+    labels = segment_lesions(_noisy_volume(hu), lungs,
                              LesionSegmentationConfig()).labels
     slab = np.zeros(hu.shape, bool)
     slab[10:30, 10:50, 10:50] = True
@@ -162,8 +166,7 @@ def test_vessel_halo_in_normal_lung_is_not_lesion():
     z, y, x = np.indices(hu.shape)
     r = np.hypot(z - 20.0, x - 30.0)
     hu = np.where(r <= 1.5, 40.0, np.where(r <= 3.0, -600.0, hu)).astype(np.float32)
-    hu += _noise(hu.shape, seed=1)
-    labels = segment_lesions(_volume(hu.astype(np.int16)), lungs,
+    labels = segment_lesions(_noisy_volume(hu, seed=1), lungs,
                              LesionSegmentationConfig()).labels
     halo = r <= 3.0
     assert np.count_nonzero(labels[halo] > 0) <= 0.05 * halo.sum()
@@ -175,8 +178,7 @@ def test_solid_component_inside_ground_glass_is_solid():
     hu, lungs = _lung_cube()
     hu[8:32, 12:48, 12:48] = -620.0
     core = _fill_box(hu, np.s_[16:24, 26:34, 26:34], -50.0)
-    hu += _noise(hu.shape, seed=2)
-    vol = _volume(hu.astype(np.int16))
+    vol = _noisy_volume(hu, seed=2)
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
     plain = segment_lesions(vol, lungs, LesionSegmentationConfig(
         background_radius_mm=0.0, min_component_volume_ml=0.0)).labels
@@ -201,8 +203,7 @@ def test_narrow_solid_patch_enclosed_by_ground_glass_is_solid():
     hu, lungs = _lung_cube()
     hu[8:32, 12:48, 12:48] = -620.0
     patch = _fill_box(hu, np.s_[18:22, 28:31, 28:31], -50.0)
-    hu += _noise(hu.shape, seed=3)
-    vol = _volume(hu.astype(np.int16))
+    vol = _noisy_volume(hu, seed=3)
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(
         enclosed_solid_min_ggo_fraction=2.0)).labels
@@ -242,8 +243,7 @@ def test_thin_subpleural_band_against_the_ribs_is_ground_glass(bone):
     boneless soft tissue (mediastinum, diaphragm) the exterior stays air."""
     hu, lungs = _chest_wall_slab(bone)
     band = _fill_box(hu, np.s_[8:32, 10:50, 10:15], -620.0)
-    hu += _noise(hu.shape, seed=4)
-    vol = _volume(hu.astype(np.int16))
+    vol = _noisy_volume(hu, seed=4)
     on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(pleural_extrapolation_mm=0.0)).labels
     found_on = np.count_nonzero(on[band] == LESION_GGO) / band.sum()
@@ -263,8 +263,7 @@ def test_finger_of_ground_glass_narrower_than_the_ball_is_kept_by_the_extension(
     hu, lungs = _lung_cube()
     hu[10:30, 10:40, 10:40] = -620.0
     finger = _fill_box(hu, np.s_[18:22, 40:46, 23:27], -620.0)
-    hu += _noise(hu.shape, seed=5)
-    vol = _volume(hu.astype(np.int16))
+    vol = _noisy_volume(hu, seed=5)
     on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(lesion_extension_mm=0.0)).labels
     tip = finger.copy()
@@ -281,8 +280,7 @@ def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
     hu[:, 40:, :] = -780.0  # dependent half (higher y = posterior)
     strip = _fill_box(hu, np.s_[5:35, 66:78, 5:55], -690.0)
     patch = _fill_box(hu, np.s_[12:28, 45:60, 20:40], -600.0)
-    hu += _noise(hu.shape, seed=6)
-    vol = _volume(hu.astype(np.int16))
+    vol = _noisy_volume(hu, seed=6)
     labels = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
     plain_floor = segment_lesions(vol, lungs, LesionSegmentationConfig(
         region_above_parenchyma_hu=-1000.0)).labels
@@ -307,8 +305,7 @@ def test_diffuse_ground_glass_with_no_normal_lung_left_is_lesion():
     gives the parenchyma level; the level falls back to parenchyma_default_hu, not to a
     value that would lift the region floor above the ground glass."""
     hu, lungs = _lung_cube(hu=-620)
-    hu += _noise(hu.shape, seed=7)
-    labels = segment_lesions(_volume(hu.astype(np.int16)), lungs,
+    labels = segment_lesions(_noisy_volume(hu, seed=7), lungs,
                              LesionSegmentationConfig()).labels
     assert np.count_nonzero(labels == LESION_GGO) >= 0.95 * labels.size
 
