@@ -203,6 +203,12 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
             "as_any_lesion": round(np.count_nonzero(tum & (les_t.labels > 0)) / n, 3),
             "as_solid": round(np.count_nonzero(tum & (les_t.labels == 2)) / n, 3),
             "lung_ml": round(np.count_nonzero(lungs_t.labels) * vol.voxel_volume_ml, 1),
+            # Lesion away from the labelled tumour: vessels, heart or aorta taken into the
+            # lung mask (lung1 is otherwise a normal chest), real disease not labelled.
+            "solid_outside_tumour_ml": round(np.count_nonzero(
+                (les_t.labels == 2) & ~tum) * vol.voxel_volume_ml, 1),
+            "lesion_proportion_pct": round(100 * np.count_nonzero(les_t.labels) / max(
+                1, np.count_nonzero(lungs_t.labels)), 2),
             **tt,
         }
         out.append(row)

@@ -121,6 +121,11 @@ class LungSegmentationConfig:
     # A hull deficit is pleura-based (added) when at least this fraction of its outer chord
     # has bone (ribs, coarse HU >= bone_min_hu) within bone_search_mm in the slice.
     pleural_min_bone_fraction: float = 0.5
+    # ... and not when its chord faces the midline (outward normal within this angle of it)
+    # with a bone-free stretch longer than pleural_max_gap_mm: a chord across the heart
+    # whose two ends lie near ribs.
+    pleural_medial_angle_deg: float = 45.0
+    pleural_max_gap_mm: float = 15.0
     bone_min_hu: float = 200.0
     bone_search_mm: float = 15.0
     # Closing/hole additions within this distance of mediastinal soft tissue (body, not
@@ -159,6 +164,12 @@ class LungSegmentationConfig:
             raise ConfigError("lungs.working_spacing_mm must be > 0")
         if not self.air_threshold_hu > -1024:
             raise ConfigError("lungs.air_threshold_hu must be above -1024")
+        if not 0.0 <= self.pleural_medial_angle_deg <= 90.0 or self.pleural_max_gap_mm < 0:
+            raise ConfigError(
+                "lungs.pleural_medial_angle_deg must be in [0, 90] (got "
+                f"{self.pleural_medial_angle_deg}) and lungs.pleural_max_gap_mm >= 0 (got "
+                f"{self.pleural_max_gap_mm})"
+            )
 
 
 @dataclass(frozen=True)

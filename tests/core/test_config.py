@@ -38,6 +38,14 @@ def test_inverted_band_is_refused() -> None:
         config_from_dict({"lesions": {"ggo_band_hu": [-300, -750]}})
 
 
+@pytest.mark.parametrize(("key", "value"), [("pleural_medial_angle_deg", 120.0),
+                                            ("pleural_medial_angle_deg", -1.0),
+                                            ("pleural_max_gap_mm", -5.0)])
+def test_out_of_range_pleural_hull_rule_is_refused(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"lungs.{key}"):
+        config_from_dict({"lungs": {key: value}})
+
+
 def test_bad_tilt_policy_is_refused() -> None:
     with pytest.raises(ConfigError, match="gantry_tilt_policy"):
         config_from_dict({"io": {"gantry_tilt_policy": "ignore"}})

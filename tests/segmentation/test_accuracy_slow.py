@@ -136,3 +136,21 @@ def test_real_tumour_is_inside_the_lung_and_solid(real_ct):
     n = np.count_nonzero(tumour)
     assert np.count_nonzero(tumour & (lungs.labels > 0)) >= 0.85 * n
     assert np.count_nonzero(tumour & (lesions.labels == 2)) >= 0.75 * n
+
+
+def test_heart_is_not_taken_into_the_left_lung_on_a_thick_slice_scan(real_ct):
+    """pyradiomics lung1 (5 mm slices, one 1.4 mL nodule): the pleural hull once added the
+    heart in the left lung's cardiac notch (65 mL of 0-80 HU tissue in the left lung, 97 mL
+    of solid lesion outside the nodule); with the midline-facing gap rule 17 mL and 27 mL
+    (session 5). Thresholds sit halfway."""
+    folder = real_ct / "chest-ct-tumour-nrrd"
+    vol = read_ct(folder / "lung1_image.nrrd")
+    nodule = _label(folder / "lung1_label.nrrd") > 0
+    lungs = segment_lungs(vol, CFG.lungs)
+    lesions = segment_lesions(vol, lungs, CFG.lesions)
+    soft_tissue = (vol.hu >= 0) & (vol.hu <= 80)
+    left_soft_ml = np.count_nonzero(soft_tissue & (lungs.labels == 2)) * vol.voxel_volume_ml
+    solid_elsewhere_ml = np.count_nonzero((lesions.labels == 2) & ~nodule) * vol.voxel_volume_ml
+    assert left_soft_ml < 40.0
+    assert solid_elsewhere_ml < 60.0
+    assert np.count_nonzero(nodule & (lesions.labels == 2)) >= 0.75 * np.count_nonzero(nodule)

@@ -105,6 +105,63 @@ def test_medial_slab_lies_between_the_lung_centroids():
     assert not _medial_slab(np.where(labels == LUNG_LEFT, 0, labels)).any()  # one lung only
 
 
+def _crescent_hull_case(bone_rows: slice | list[slice]):
+    """One axial slice (2 mm pixels): a crescent lung whose concavity opens to low x, ribs
+    (``bone_near``) only in the given rows. Returns the arguments of ``_pleural_hull``
+    without the midline."""
+    yy, xx = np.mgrid[:80, :80]
+    outer = (yy - 40) ** 2 + (xx - 40) ** 2 <= 30**2
+    notch = (yy - 40) ** 2 + (xx - 18) ** 2 <= 22**2
+    lung = (outer & ~notch)[None]
+    bone_near = np.zeros_like(lung)
+    for rows in bone_rows if isinstance(bone_rows, list) else [bone_rows]:
+        bone_near[0, rows] = True
+    free = np.ones_like(lung)
+    return lung, np.zeros_like(lung), free, bone_near
+
+
+def test_hull_leaves_out_a_notch_that_faces_the_midline_across_soft_tissue():
+    """The chord across the notch (x = 19.5 px, rows 18-62) is about 88 mm; ribs near its
+    two ends cover over half of it (the fraction test passes), but its middle 40 mm has no
+    bone and it faces the midline (the heart in the left lung's cardiac notch, pyradiomics
+    lung1). Pixel-sized deficits along the outer arc near the ribs may still be added."""
+    from lungvol.segmentation.lungs import _pleural_hull
+
+    lung, other, free, bone = _crescent_hull_case([slice(0, 30), slice(51, 80)])
+    cfg = LungSegmentationConfig()
+    notch = (slice(None), slice(18, 63), slice(19, 41))
+    facing = _pleural_hull(lung, other, free, bone, 0.0, (2.0, 2.0, 2.0), cfg)
+    assert not facing[notch].any()
+    # Without the gap rule (the old behaviour) the whole notch was added.
+    old = _pleural_hull(lung, other, free, bone, 0.0, (2.0, 2.0, 2.0),
+                        LungSegmentationConfig(pleural_max_gap_mm=1e6))
+    assert old[notch].sum() > 300
+
+
+def test_hull_keeps_a_notch_that_faces_away_from_the_midline():
+    """The same notch with the midline on the other side: a pleura-based opacity between
+    ribs; the fraction test alone decides (kept)."""
+    from lungvol.segmentation.lungs import _pleural_hull
+
+    lung, other, free, bone = _crescent_hull_case([slice(0, 30), slice(51, 80)])
+    added = _pleural_hull(lung, other, free, bone, 79.0, (2.0, 2.0, 2.0),
+                          LungSegmentationConfig())
+    assert added.sum() > 300
+    assert not (added & lung).any()
+
+
+def test_hull_keeps_a_midline_facing_notch_whose_chord_has_short_rib_gaps():
+    """Ribs along the chord with 10 mm gaps (paravertebral gutter): the notch is added even
+    though it faces the midline."""
+    from lungvol.segmentation.lungs import _pleural_hull
+
+    rows = [slice(0, 20), slice(25, 35), slice(40, 50), slice(55, 80)]
+    lung, other, free, bone = _crescent_hull_case(rows)
+    added = _pleural_hull(lung, other, free, bone, 0.0, (2.0, 2.0, 2.0),
+                          LungSegmentationConfig())
+    assert added.sum() > 300
+
+
 def test_costal_consolidation_keeps_its_rim_when_the_medial_rim_needs_bone():
     """rim_medial_requires_bone only restricts the mediastinal side: the lateral pleural
     consolidation of the synthetic chest still reaches the chest wall."""

@@ -284,7 +284,7 @@ def _convex_hulls_2d(mask: np.ndarray, min_pixels: int = 20) -> np.ndarray:
 
 def _pleural_hull(
     lung: np.ndarray, other: np.ndarray, allowed: np.ndarray, bone_near: np.ndarray,
-    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    midline_x: float, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
 ) -> np.ndarray:
     """Slice-wise convex-hull additions bounded by the chest wall.
 
@@ -293,7 +293,11 @@ def _pleural_hull(
     ``pleural_min_bone_fraction`` of the chord pixels have bone (``bone_min_hu``) within
     ``bone_search_mm`` in the slice (``bone_near``). Deficits that face the mediastinum,
     heart, hilum or the diaphragm dome have chords across soft tissue and are left out.
-    Deficits deeper than ``pleural_max_depth_mm`` are left out as well.
+    Deficits deeper than ``pleural_max_depth_mm`` are left out as well, and so are those
+    whose chord faces the midline (``midline_x``, an x index of these arrays; outward
+    normal within ``pleural_medial_angle_deg`` of it) with a bone-free stretch longer than
+    ``pleural_max_gap_mm``: a short chord across the heart whose two ends lie near ribs
+    (the left lung's cardiac notch on pyradiomics lung1) passes the fraction test.
 
     The hulls are computed slice by slice; borders, depths and the per-deficit tests run on
     all slices at once with in-plane structuring elements.
@@ -322,10 +326,60 @@ def _pleural_hull(
         (n_chord > 0)  # fully enclosed deficits are left to hole filling
         & ~too_deep[1:]
         & (n_bone >= config.pleural_min_bone_fraction * np.maximum(n_chord, 1))
+        & ~_faces_midline_across_soft_tissue(
+            lab, n, chord, chord & ~bone_near, midline_x, spacing_mm, config
+        )
     )
     keep = np.zeros(n + 1, bool)
     keep[1:] = ok
     return keep[lab]
+
+
+def _faces_midline_across_soft_tissue(
+    lab: np.ndarray, n: int, chord: np.ndarray, bone_free: np.ndarray, midline_x: float,
+    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+) -> np.ndarray:
+    """Per in-plane deficit 1..n: does its chord face the midline and cross soft tissue?
+
+    The chord's direction is the principal axis of its pixels (in mm); its outward normal
+    points from the deficit's centroid towards the chord. The bone-free stretch is the
+    largest in-plane 8-connected run of ``bone_free`` chord pixels, in pixels times the
+    in-plane pixel size (a lower bound on its length). scipy has no per-label covariance,
+    so the moments are summed per label with bincount.
+    """
+    if n == 0:
+        return np.zeros(0, bool)
+    z_px, y_px, x_px = np.nonzero(lab)
+    ids = lab[z_px, y_px, x_px]
+    on_chord = chord[z_px, y_px, x_px]
+    y_mm, x_mm = y_px * spacing_mm[1], x_px * spacing_mm[2]
+
+    def mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+        total = np.bincount(ids[where], weights=values[where], minlength=n + 1)[1:]
+        return total / np.maximum(np.bincount(ids[where], minlength=n + 1)[1:], 1)
+
+    everywhere = np.ones(ids.shape, bool)
+    cy_def, cx_def = mean(y_mm, everywhere), mean(x_mm, everywhere)
+    cy, cx = mean(y_mm, on_chord), mean(x_mm, on_chord)
+    syy = mean(y_mm * y_mm, on_chord) - cy * cy
+    sxx = mean(x_mm * x_mm, on_chord) - cx * cx
+    sxy = mean(y_mm * x_mm, on_chord) - cy * cx
+    # Principal axis (y, x) = (cos t, sin t) with tan 2t = 2 sxy / (syy - sxx); the normal
+    # is (-sin t, cos t), turned to point from the deficit's centroid to the chord's.
+    theta = 0.5 * np.arctan2(2 * sxy, syy - sxx)
+    ny, nx = -np.sin(theta), np.cos(theta)
+    nx = np.where(ny * (cy - cy_def) + nx * (cx - cx_def) < 0, -nx, nx)
+    towards_midline = np.sign(midline_x * spacing_mm[2] - cx_def)
+    medial = nx * towards_midline >= np.cos(np.radians(config.pleural_medial_angle_deg))
+    runs, n_runs = ndimage.label(bone_free, structure=_PLANE_SQUARE)
+    if n_runs == 0:
+        return np.zeros(n, bool)
+    run_px = np.bincount(runs.ravel(), minlength=n_runs + 1)
+    run_px[0] = 0
+    longest_px = np.zeros(n + 1, np.int64)
+    np.maximum.at(longest_px, ids, run_px[runs[z_px, y_px, x_px]])
+    longest_mm = longest_px[1:] * min(spacing_mm[1:])
+    return medial & (longest_mm > config.pleural_max_gap_mm)
 
 
 def _bone_near(
@@ -634,7 +688,9 @@ def _include_pathology(
         across_ml += float(np.count_nonzero(across)) * voxel_ml
         if config.pleural_hull:
             other = (out[box] != 0) & ~sub
-            grown |= _pleural_hull(grown, other, free, rib_near[box], spacing_mm, config)
+            grown |= _pleural_hull(
+                grown, other, free, rib_near[box], midline_x - box[2].start, spacing_mm, config
+            )
         new = grown & ~sub & free
         sub_out = out[box]
         sub_out[new] = lab_id
