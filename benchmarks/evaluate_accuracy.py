@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lungvol.config import LungvolConfig
+from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
 from lungvol.phantom import insert_lesions, make_phantom
@@ -248,13 +248,19 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantoms", action="store_true")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config YAML (default: configs/default.yaml); for sweeps")
     args = parser.parse_args()
+    if args.config is not None:
+        global CFG
+        CFG = load_config(args.config)
     t0 = time.perf_counter()
     results: dict[str, Any] = {
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": __import__("os").cpu_count(),
         "config_hash": CFG.hash,
+        "config_source": str(args.config) if args.config else "default",
     }
     if not args.skip_phantoms:
         results["phantoms"] = phantom_cases(args.quick)

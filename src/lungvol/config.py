@@ -127,6 +127,14 @@ class LungSegmentationConfig:
     pleural_medial_angle_deg: float = 45.0
     pleural_max_gap_mm: float = 15.0
     bone_min_hu: float = 200.0
+    # Bone = 3-D components of blocks >= bone_min_hu in which at least cortical_min_fraction
+    # of the blocks hold a CT voxel >= cortical_min_hu (cortex): contrast-enhanced blood
+    # (heart, aorta) is not bone.
+    cortical_min_hu: float = 600.0
+    cortical_min_fraction: float = 0.02
+    # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
+    # contrast_enhanced (the plain real scans' largest is 2-15 mL, enhanced heart ~350 mL).
+    contrast_blood_min_ml: float = 50.0
     bone_search_mm: float = 15.0
     # Closing/hole additions within this distance of mediastinal soft tissue (body, not
     # lung, no bone within bone_search_mm in the slice) are dropped: hilar vessels and
@@ -164,6 +172,10 @@ class LungSegmentationConfig:
             raise ConfigError("lungs.working_spacing_mm must be > 0")
         if not self.air_threshold_hu > -1024:
             raise ConfigError("lungs.air_threshold_hu must be above -1024")
+        if not 0.0 <= self.cortical_min_fraction <= 1.0:
+            raise ConfigError(
+                f"lungs.cortical_min_fraction must be in [0, 1] (got {self.cortical_min_fraction})"
+            )
         if not 0.0 <= self.pleural_medial_angle_deg <= 90.0 or self.pleural_max_gap_mm < 0:
             raise ConfigError(
                 "lungs.pleural_medial_angle_deg must be in [0, 90] (got "

@@ -40,8 +40,9 @@ def test_inverted_band_is_refused() -> None:
 
 @pytest.mark.parametrize(("key", "value"), [("pleural_medial_angle_deg", 120.0),
                                             ("pleural_medial_angle_deg", -1.0),
-                                            ("pleural_max_gap_mm", -5.0)])
-def test_out_of_range_pleural_hull_rule_is_refused(key: str, value: float) -> None:
+                                            ("pleural_max_gap_mm", -5.0),
+                                            ("cortical_min_fraction", 1.5)])
+def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):
         config_from_dict({"lungs": {key: value}})
 

@@ -154,3 +154,39 @@ def test_heart_is_not_taken_into_the_left_lung_on_a_thick_slice_scan(real_ct):
     assert left_soft_ml < 40.0
     assert solid_elsewhere_ml < 60.0
     assert np.count_nonzero(nodule & (lesions.labels == 2)) >= 0.75 * np.count_nonzero(nodule)
+
+
+def _enhance_mediastinum(hu: np.ndarray, lungs: np.ndarray, delta_hu: float) -> np.ndarray:
+    """Simulated contrast: soft tissue (0-100 HU) between the lungs (per-slice convex hull of
+    the lung mask, opened twice) + ``delta_hu``, blurred by 1 voxel; vessels inside the lungs
+    (>= -100 HU) + half of it."""
+    from scipy import ndimage
+
+    from lungvol.segmentation.lungs import _convex_hulls_2d
+
+    pool = _convex_hulls_2d(lungs) & ~lungs & (hu >= 0) & (hu <= 100)
+    pool = ndimage.binary_opening(pool, iterations=2)
+    vessels = lungs & (hu >= -100)
+    out = hu.astype(np.float32)
+    out += delta_hu * ndimage.gaussian_filter(pool.astype(np.float32), 1.0)
+    out += 0.5 * delta_hu * ndimage.gaussian_filter(vessels.astype(np.float32), 0.7)
+    return out.astype(np.int16)
+
+
+def test_enhanced_blood_is_not_taken_for_bone(chest):
+    """The normal chest with its mediastinal blood pool raised by 200 HU: the lung mask must
+    stay where it was. Before session 5 the enhanced heart and aorta counted as bone for the
+    rib tests and the mask took in 72 mL of mediastinum (Dice 0.992); with the cortex rule
+    0.5 mL is added (Dice 0.9987)."""
+    vol, lungs = chest
+    enhanced = _as_volume(_enhance_mediastinum(vol.hu, lungs.labels > 0, 200.0), vol.spacing_mm)
+    result = segment_lungs(enhanced, CFG.lungs)
+    new = result.labels > 0
+    added_ml = np.count_nonzero(new & (lungs.labels == 0)) * vol.voxel_volume_ml
+    assert added_ml < 10.0
+    assert _dice(new, lungs.labels > 0) >= 0.995
+    # The enhanced scan is flagged (its blood pool: ~350 mL), the plain one is not (< 2 mL).
+    assert any(w.startswith("contrast_enhanced:") for w in result.info["warnings"])
+    assert result.info["enhanced_blood_ml"] > 200
+    assert lungs.info["warnings"] == []
+    assert lungs.info["enhanced_blood_ml"] < 10

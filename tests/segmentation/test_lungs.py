@@ -255,6 +255,44 @@ def test_block_mean_equals_the_reshape_mean_with_partial_blocks(dtype):
     assert np.allclose(grid.downsample_mean(full), expected, atol=1e-3)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, bool])
+def test_block_max_equals_the_reshape_max_with_partial_blocks(dtype):
+    grid = CoarseGrid.for_volume((7, 9, 10), (0.7, 1.0, 0.5), working_spacing_mm=2.0)
+    rng = np.random.default_rng(6)
+    if dtype is bool:
+        full = rng.random((7, 9, 10)) > 0.8
+    else:
+        full = rng.integers(-1024, 3000, (7, 9, 10)).astype(dtype)
+    cz, cy, cx = grid.shape
+    padded = np.pad(full.astype(np.float64), ((0, cz * 3 - 7), (0, cy * 2 - 9), (0, cx * 4 - 10)),
+                    mode="edge")
+    expected = padded.reshape(cz, 3, cy, 2, cx, 4).max(axis=(1, 3, 5))
+    assert np.array_equal(grid.downsample_max(full), expected)
+
+
+def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():
+    """A rib-like rod (cortex 900 HU around 300 HU marrow) is bone; a blood pool of 300 HU
+    (contrast-enhanced heart) is not, though its block mean passes ``bone_min_hu``; a
+    calcified spot inside the pool does not make the pool bone."""
+    from lungvol.segmentation.lungs import _bone_map
+
+    grid = CoarseGrid.for_volume((12, 30, 60), (1.0, 1.0, 1.0), working_spacing_mm=2.0)
+    hu = np.full((12, 30, 60), 40.0, np.float32)
+    hu[:, 5:15, 5:15] = 900.0  # rib: cortex ...
+    hu[:, 7:13, 7:13] = 300.0  # ... and marrow
+    hu[:, 5:25, 30:55] = 300.0  # enhanced blood
+    hu[6, 15, 40] = 800.0  # one calcified voxel in it
+    cfg = LungSegmentationConfig()
+    bone, blood_voxels = _bone_map(grid.downsample_mean(hu), grid.downsample_max(hu), cfg)
+    assert bone[:, 3:6, 3:6].all()
+    assert 500 <= blood_voxels <= 800  # the pool: 12 x 20 x 25 mm, ~750 blocks of 2 mm
+    assert not bone[:, 3:12, 16:27].any()
+    # Without the cortex requirement the pool would be bone.
+    loose, _ = _bone_map(grid.downsample_mean(hu), grid.downsample_max(hu),
+                         LungSegmentationConfig(cortical_min_fraction=0.0))
+    assert loose[:, 3:12, 16:27].all()
+
+
 def test_coarse_mean_is_computed_once_per_array_and_grid():
     grid = CoarseGrid.for_volume((6, 8, 8), (1.0, 1.0, 1.0), working_spacing_mm=2.0)
     a = np.arange(6 * 8 * 8, dtype=np.int16).reshape(6, 8, 8)

@@ -53,12 +53,21 @@ class CoarseGrid:
         instead of a 6-D reshape + mean, which numpy reduces slowly over non-adjacent axes.
         Integer input up to 16 bits is summed exactly in int32.
         """
+        return self._downsample(array, mean=True)
+
+    def downsample_max(self, array: np.ndarray) -> np.ndarray:
+        """Block maximum of ``array`` (float32, coarse shape); same strided scheme."""
+        return self._downsample(array, mean=False)
+
+    def _downsample(self, array: np.ndarray, *, mean: bool) -> np.ndarray:
         fz, fy, fx = self.factors
         cz, cy, cx = self.shape
         nz, ny, nx = self.full_shape
         acc_dtype = (
             np.int32 if array.dtype.kind in "iub" and array.dtype.itemsize <= 2 else np.float32
         )
+        if not mean:
+            acc_dtype = array.dtype if array.dtype != bool else np.uint8
         out = np.empty((cz, cy, cx), dtype=np.float32)
         slab_blocks = max(1, _SLAB_VOXELS // max(1, fz * ny * nx))
         inv = 1.0 / float(fz * fy * fx)
@@ -80,9 +89,12 @@ class CoarseGrid:
                 total = acc[tuple(index)].astype(acc_dtype)
                 for k in range(1, f):
                     index[axis] = slice(k, None, f)
-                    total += acc[tuple(index)]
+                    if mean:
+                        total += acc[tuple(index)]
+                    else:
+                        np.maximum(total, acc[tuple(index)], out=total)
                 acc = total
-            np.multiply(acc, inv, out=out[c0:c1], casting="unsafe")
+            np.multiply(acc, inv if mean else 1.0, out=out[c0:c1], casting="unsafe")
         return out
 
     def downsample_fraction(self, mask: np.ndarray) -> np.ndarray:

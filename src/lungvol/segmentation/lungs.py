@@ -143,18 +143,45 @@ def _internal_air(
     return internal, added_ml
 
 
-def _midline_x(hu: np.ndarray, body: np.ndarray, config: LungSegmentationConfig) -> float:
+def _bone_map(
+    hu: np.ndarray, block_max_hu: np.ndarray, config: LungSegmentationConfig
+) -> tuple[np.ndarray, float]:
+    """Bone on the working grid: 3-D components of block means at or above ``bone_min_hu``
+    in which at least ``cortical_min_fraction`` of the blocks hold a CT voxel at or above
+    ``cortical_min_hu`` (``block_max_hu``). Also returns the largest rejected component's
+    volume (mL): contrast-enhanced blood.
+
+    Ribs, spine and sternum have cortex throughout (25-60 % of their blocks on the real
+    scans); contrast-enhanced blood (heart, aorta: 150-400 HU) has none, and would otherwise
+    pass the rib tests of the pleural hull and the mediastinal rule and take mediastinum
+    into the lungs.
+    """
+    candidate = hu >= config.bone_min_hu
+    lab, n = ndimage.label(candidate, structure=_CONN6)
+    if n == 0:
+        return candidate, 0.0
+    size = np.bincount(lab.ravel(), minlength=n + 1)
+    cortex = np.bincount(lab.ravel(), weights=(block_max_hu >= config.cortical_min_hu).ravel(),
+                         minlength=n + 1)
+    keep = cortex >= config.cortical_min_fraction * size
+    keep[0] = False
+    rejected = np.where(keep, 0, size)
+    rejected[0] = 0
+    return keep[lab], float(rejected.max())
+
+
+def _midline_x(bone: np.ndarray, body: np.ndarray) -> float:
     """Left-right midline (x index): the spine/sternum column, else the body centre.
 
     Bone summed over z and y peaks at the vertebral column and sternum; ribs spread out.
     Works for crops where the body is cut by the field of view.
     """
-    bone_profile = np.count_nonzero((hu >= config.bone_min_hu) & body, axis=(0, 1))
+    bone_profile = np.count_nonzero(bone & body, axis=(0, 1))
     if bone_profile.sum() > 0:
         smooth = ndimage.uniform_filter1d(bone_profile.astype(float), size=5)
         return float(np.argmax(smooth))
     body_x = np.flatnonzero(body.any(axis=(0, 1)))
-    return 0.5 * (body_x[0] + body_x[-1]) if body_x.size else hu.shape[2] / 2.0
+    return 0.5 * (body_x[0] + body_x[-1]) if body_x.size else body.shape[2] / 2.0
 
 
 def _split_pair(component: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndarray | None:
@@ -183,8 +210,8 @@ def _split_pair(component: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndar
 
 
 def _pick_lungs(
-    lung_air: np.ndarray, body: np.ndarray, hu: np.ndarray, spacing_mm: tuple[float, ...],
-    config: LungSegmentationConfig,
+    lung_air: np.ndarray, body: np.ndarray, hu: np.ndarray, bone: np.ndarray,
+    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, dict]:
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     lab, n = ndimage.label(lung_air, structure=_CONN6)
@@ -200,7 +227,7 @@ def _pick_lungs(
     big = [int(i) + 1 for i in order[:2] if sizes_ml[i] >= config.min_lung_volume_ml]
     info: dict = {"split_connected_pair": False}
     parts: list[np.ndarray] = []
-    centre = _midline_x(hu, body, config)
+    centre = _midline_x(bone, body)
     if len(big) == 1:
         comp = lab == big[0]
         xs = np.nonzero(comp)[2]
@@ -383,15 +410,15 @@ def _faces_midline_across_soft_tissue(
 
 
 def _bone_near(
-    hu: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    bone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
     exclude_x: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Voxels with bone (``bone_min_hu``) within ``bone_search_mm`` in their axial slice.
+    """Voxels with bone (:func:`_bone_map`) within ``bone_search_mm`` in their axial slice.
 
     ``exclude_x`` = (low, high) x indices: bone in that column (spine, sternum) is ignored,
     so that only the ribs count.
     """
-    bone = hu >= config.bone_min_hu
+    bone = bone.copy()
     if exclude_x is not None:
         lo, hi = max(0, int(np.floor(exclude_x[0]))), max(0, int(np.ceil(exclude_x[1])) + 1)
         bone[:, :, lo:hi] = False
@@ -621,7 +648,7 @@ def _envelope(
 
 
 def _include_pathology(
-    labels: np.ndarray, hu: np.ndarray, body: np.ndarray, blocked: np.ndarray,
+    labels: np.ndarray, hu: np.ndarray, bone: np.ndarray, body: np.ndarray, blocked: np.ndarray,
     airway_tree: np.ndarray, midline_x: float, spacing_mm: tuple[float, ...],
     config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -644,7 +671,7 @@ def _include_pathology(
     # thread (scipy.ndimage releases the GIL; the results are those of running in turn).
     with ThreadPoolExecutor(max_workers=1) as pool:
         rib_future = pool.submit(
-            _bone_near, hu[lungs_box], spacing_mm, config,
+            _bone_near, bone[lungs_box], spacing_mm, config,
             (midline_x - x0 - half_px, midline_x - x0 + half_px),
         )
         closing_futures = {
@@ -652,7 +679,7 @@ def _include_pathology(
             for lab_id, box in boxes.items()
         }
         bone_near = np.zeros(labels.shape, bool)
-        bone_near[lungs_box] = _bone_near(hu[lungs_box], spacing_mm, config)
+        bone_near[lungs_box] = _bone_near(bone[lungs_box], spacing_mm, config)
         hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
         rib_near = np.zeros(labels.shape, bool)
         rib_near[lungs_box] = rib_future.result()
@@ -796,16 +823,27 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     )
     sp = grid.spacing_mm
     hu = coarse_mean(volume.hu, grid)
+    bone, blood_voxels = _bone_map(hu, grid.downsample_max(volume.hu), config)
+    blood_ml = blood_voxels * grid.voxel_volume_ml
+    warnings = []
+    if blood_ml >= config.contrast_blood_min_ml:
+        warnings.append(
+            f"contrast_enhanced: a {blood_ml:.0f} mL region reads >= {config.bone_min_hu:g} HU "
+            "without cortical bone (enhanced heart or aorta); the lesion HU bands are set for "
+            "non-contrast CT (enhancing consolidation and vessels read above the solid band), "
+            "so compare only scans of the same contrast phase"
+        )
     t_down = time.perf_counter()
     body = _body_mask(hu, config)
     internal, fov_air = _internal_air(hu, body, config)
     airways = find_airways(hu, internal, body, sp, config)
     blocked = _dilate_mm(airways.proximal, config.airway_wall_mm, sp)
     lung_air = internal & ~blocked
-    labels_c, pick_info = _pick_lungs(lung_air, body, hu, sp, config)
+    labels_c, pick_info = _pick_lungs(lung_air, body, hu, bone, sp, config)
     t_pick = time.perf_counter()
     labels_c, added_c, lesion_c, path_info = _include_pathology(
-        labels_c, hu, body, blocked, airways.tree, pick_info["midline_x_index"], sp, config
+        labels_c, hu, bone, body, blocked, airways.tree, pick_info["midline_x_index"], sp,
+        config,
     )
     t_path = time.perf_counter()
     labels = _refine_full_resolution(
@@ -819,6 +857,8 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
         "working_spacing_mm": [round(s, 3) for s in sp],
         "block_factors": list(grid.factors),
         "fov_lung_air_ml": round(fov_air * grid.voxel_volume_ml, 2),
+        "enhanced_blood_ml": round(blood_ml, 1),
+        "warnings": warnings,
         **airways.info,
         **pick_info,
         **path_info,
