@@ -133,7 +133,7 @@ class LungSegmentationConfig:
     cortical_min_hu: float = 600.0
     cortical_min_fraction: float = 0.02
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
-    # contrast_enhanced (the plain real scans' largest is 2-15 mL, enhanced heart ~350 mL).
+    # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
     bone_search_mm: float = 15.0
     # Closing/hole additions within this distance of mediastinal soft tissue (body, not

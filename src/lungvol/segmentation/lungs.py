@@ -148,8 +148,8 @@ def _bone_map(
 ) -> tuple[np.ndarray, float]:
     """Bone on the working grid: 3-D components of block means at or above ``bone_min_hu``
     in which at least ``cortical_min_fraction`` of the blocks hold a CT voxel at or above
-    ``cortical_min_hu`` (``block_max_hu``). Also returns the largest rejected component's
-    volume (mL): contrast-enhanced blood.
+    ``cortical_min_hu`` (``block_max_hu``). Also returns the size of the largest rejected
+    component (working-grid voxels): contrast-enhanced blood.
 
     Ribs, spine and sternum have cortex throughout (25-60 % of their blocks on the real
     scans); contrast-enhanced blood (heart, aorta: 150-400 HU) has none, and would otherwise
@@ -317,7 +317,7 @@ def _pleural_hull(
 
     A hull deficit (hull minus lung) in an axial slice is added only when its outer chord
     (the part of it on the hull border) runs along the rib cage: at least
-    ``pleural_min_bone_fraction`` of the chord pixels have bone (``bone_min_hu``) within
+    ``pleural_min_bone_fraction`` of the chord pixels have bone (:func:`_bone_map`) within
     ``bone_search_mm`` in the slice (``bone_near``). Deficits that face the mediastinum,
     heart, hilum or the diaphragm dome have chords across soft tissue and are left out.
     Deficits deeper than ``pleural_max_depth_mm`` are left out as well, and so are those
