@@ -239,35 +239,32 @@ def test_coarse_grid_roundtrip_keeps_block_means():
     assert np.array_equal(grid.downsample_mean(full)[:, :3, :4], coarse[:, :3, :4])
 
 
-@pytest.mark.parametrize("dtype", [np.int16, np.float32, bool])
-def test_block_mean_equals_the_reshape_mean_with_partial_blocks(dtype):
+def _odd_grid_and_blocks(dtype, seed: int, true_fraction: float):
+    """A (7, 9, 10) array on a grid with factors (3, 2, 4) (partial edge blocks), and its
+    blocks as a (cz, 3, cy, 2, cx, 4) float64 reshape of the edge-padded array."""
     grid = CoarseGrid.for_volume((7, 9, 10), (0.7, 1.0, 0.5), working_spacing_mm=2.0)
     assert grid.factors == (3, 2, 4)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     if dtype is bool:
-        full = rng.random((7, 9, 10)) > 0.5
+        full = rng.random((7, 9, 10)) > 1.0 - true_fraction
     else:
         full = rng.integers(-1024, 3000, (7, 9, 10)).astype(dtype)
     cz, cy, cx = grid.shape
     padded = np.pad(full.astype(np.float64), ((0, cz * 3 - 7), (0, cy * 2 - 9), (0, cx * 4 - 10)),
                     mode="edge")
-    expected = padded.reshape(cz, 3, cy, 2, cx, 4).mean(axis=(1, 3, 5))
-    assert np.allclose(grid.downsample_mean(full), expected, atol=1e-3)
+    return grid, full, padded.reshape(cz, 3, cy, 2, cx, 4)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, bool])
+def test_block_mean_equals_the_reshape_mean_with_partial_blocks(dtype):
+    grid, full, blocks = _odd_grid_and_blocks(dtype, seed=5, true_fraction=0.5)
+    assert np.allclose(grid.downsample_mean(full), blocks.mean(axis=(1, 3, 5)), atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32, bool])
 def test_block_max_equals_the_reshape_max_with_partial_blocks(dtype):
-    grid = CoarseGrid.for_volume((7, 9, 10), (0.7, 1.0, 0.5), working_spacing_mm=2.0)
-    rng = np.random.default_rng(6)
-    if dtype is bool:
-        full = rng.random((7, 9, 10)) > 0.8
-    else:
-        full = rng.integers(-1024, 3000, (7, 9, 10)).astype(dtype)
-    cz, cy, cx = grid.shape
-    padded = np.pad(full.astype(np.float64), ((0, cz * 3 - 7), (0, cy * 2 - 9), (0, cx * 4 - 10)),
-                    mode="edge")
-    expected = padded.reshape(cz, 3, cy, 2, cx, 4).max(axis=(1, 3, 5))
-    assert np.array_equal(grid.downsample_max(full), expected)
+    grid, full, blocks = _odd_grid_and_blocks(dtype, seed=6, true_fraction=0.2)
+    assert np.array_equal(grid.downsample_max(full), blocks.max(axis=(1, 3, 5)))
 
 
 def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():

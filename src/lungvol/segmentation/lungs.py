@@ -418,9 +418,9 @@ def _bone_near(
     ``exclude_x`` = (low, high) x indices: bone in that column (spine, sternum) is ignored,
     so that only the ribs count.
     """
-    bone = bone.copy()
     if exclude_x is not None:
         lo, hi = max(0, int(np.floor(exclude_x[0]))), max(0, int(np.ceil(exclude_x[1])) + 1)
+        bone = bone.copy()  # the caller's map is shared with the other thread
         bone[:, :, lo:hi] = False
     near = np.zeros_like(bone)
     # Slice by slice: 2-D transforms are several times faster than one 3-D transform with
