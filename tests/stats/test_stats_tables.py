@@ -7,6 +7,8 @@ written out here independently of lungvol.stats.paper, to the printed precision.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -200,3 +202,22 @@ def test_p_values_stay_in_unit_interval(arm1, arm2):
     r = analyze_2x2(*arm1, *arm2)
     for p in (r.p, r.chi2_p, r.fisher_p, r.exact.p, r.exact.p_two_sided):
         assert p is None or 0.0 <= p <= 1.0
+
+
+def test_odds_one_ulp_from_one_does_not_abort_the_process():
+    """scipy's nchypergeom_fisher aborts the interpreter (uncaught C++ exception in
+    BiasedUrn) at psi = 1 + 2.2e-16, which the root search reached for 2/3 vs 4/6 (found
+    by the hypothesis test above, which then killed the whole pytest run). Run in a child
+    process so that a regression fails this test instead of aborting the suite."""
+    code = (
+        "from lungvol.stats import analyze_2x2, exact_conditional_logistic\n"
+        "r = analyze_2x2(2, 3, 4, 6)\n"
+        "e = exact_conditional_logistic(2, 3, 4, 6)\n"
+        "print(r.p, e.cmle)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
+    p, cmle = (float(v) for v in done.stdout.split())
+    assert p == pytest.approx(1.0)  # equal proportions: two-sided Fisher p = 1
+    assert cmle == pytest.approx(1.0, abs=1e-6)

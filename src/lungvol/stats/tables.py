@@ -41,6 +41,12 @@ MIN_EXPECTED_FOR_CHI2 = 5.0
 # Search range for log odds ratios in the exact model (exp(+-60) ~ 1e+-26: far beyond any
 # estimable table; a limit beyond it is reported as 0 or +inf).
 _LOG_PSI_BOUND = 60.0
+# Within this distance of log psi = 0 the central hypergeometric law is used. scipy's
+# nchypergeom_fisher (the BiasedUrn C++ code) aborts the whole process ("Parameter negative
+# in LnFac function", an uncaught C++ exception) for odds one ulp away from 1, e.g. the
+# table 2/3 vs 4/6 at psi = 1 + 2.2e-16 (scipy 1.17.1); odds 1 +- 1e-9 were checked safe
+# for tables up to 400 subjects. The pmfs differ by ~1e-9 relative there.
+_CENTRAL_LOG_PSI = 1e-9
 
 
 def _check_counts(events1: int, n1: int, events2: int, n2: int) -> tuple[int, int, int, int]:
@@ -99,7 +105,7 @@ class _ConditionalLaw:
         self.support = np.arange(self.lo, self.hi + 1)
 
     def _pmf(self, psi: float) -> np.ndarray:
-        if psi == 1.0:
+        if abs(math.log(psi)) <= _CENTRAL_LOG_PSI:
             law = sps.hypergeom(self.total, self.n1, self.m)
         else:
             law = sps.nchypergeom_fisher(self.total, self.n1, self.m, psi)
