@@ -162,6 +162,24 @@ def test_hull_keeps_a_midline_facing_notch_whose_chord_has_short_rib_gaps():
     assert added.sum() > 300
 
 
+def test_hull_adds_no_skin_to_a_digitised_convex_lung_along_the_ribs():
+    """A digitised disc is convex: the pleural hull must add nothing to it, even with ribs
+    all round. skimage's default hull of pixel CORNERS took every staircase step of its
+    border (a half-pixel skin of chest wall along the whole costal surface)."""
+    from skimage.morphology import convex_hull_image
+
+    from lungvol.segmentation.lungs import _pleural_hull
+
+    yy, xx = np.mgrid[:80, :80]
+    lung = ((yy - 40.3) ** 2 + (xx - 39.6) ** 2 <= 30.5**2)[None]
+    rib_near = np.ones_like(lung)
+    args = (lung, np.zeros_like(lung), np.ones_like(lung), rib_near, 79.0, (2.0, 2.0, 2.0),
+            LungSegmentationConfig())
+    assert not _pleural_hull(*args).any()
+    # What the corner hull would add to the same disc: a skin of tens of pixels.
+    assert np.count_nonzero(convex_hull_image(lung[0]) & ~lung[0]) > 20
+
+
 def test_costal_consolidation_keeps_its_rim_when_the_medial_rim_needs_bone():
     """rim_medial_requires_bone only restricts the mediastinal side: the lateral pleural
     consolidation of the synthetic chest still reaches the chest wall."""

@@ -300,12 +300,18 @@ def _hole_fill_open_to_abdomen(
 
 
 def _convex_hulls_2d(mask: np.ndarray, min_pixels: int = 20) -> np.ndarray:
-    """Per-slice convex hull of ``mask`` (slices with fewer than ``min_pixels`` stay empty)."""
+    """Per-slice convex hull of ``mask`` (slices with fewer than ``min_pixels`` stay empty).
+
+    The hull is that of the pixel CENTRES: skimage's default (``offset_coordinates=True``)
+    takes the hull of the pixel corners, which adds every staircase step of a slanted
+    border, a half-pixel skin that the pleural hull then added along the whole costal
+    surface (59 mL of chest wall on the 2.8 mm simulated-trial phantoms).
+    """
     hull = np.zeros_like(mask)
     counts = np.count_nonzero(mask, axis=(1, 2))
     for z in np.flatnonzero(counts >= min_pixels):
         box = bounding_box(mask[z])
-        hull[z][box] = convex_hull_image(mask[z][box])
+        hull[z][box] = convex_hull_image(mask[z][box], offset_coordinates=False)
     return hull
 
 
