@@ -24,7 +24,9 @@ SAMPLE_DATA = REPO / "sample_data"
 def real_ct() -> Path:
     """Folder of real chest CT scans (../shared/data/real-ct); skip when not present."""
     if not SHARED_CT.is_dir():
-        pytest.skip(f"real CT data not found at {SHARED_CT} (only in the lungvol workspace)")
+        pytest.skip(
+            f"real CT data not found at {SHARED_CT} (only present in the lungvol workspace)"
+        )
     return SHARED_CT
 
 
