@@ -14,6 +14,9 @@ Cases (each reported with its timings):
 4. Tumour coverage: pyradiomics lung1/lung2 and the IBSI NSCLC crop; fraction of each
    tumour label inside the lung mask, labelled lesion (any) and labelled solid.
 5. The abdomen scan with only the lung bases: segmented (volumes) or refused (message).
+6. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
+   like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
+   adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
 
 Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
 
@@ -225,6 +228,55 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     return out
 
 
+def _add_noise(hu: np.ndarray, kind: str, sd_hu: float, seed: int = 1) -> np.ndarray:
+    """``hu`` plus noise of SD ``sd_hu``: ``white`` (independent per voxel) or ``corr``
+    (smoothed in-plane by a 0.8-pixel Gaussian, then scaled back to ``sd_hu``), int16."""
+    from scipy import ndimage
+
+    noise = np.random.default_rng(seed).normal(0.0, sd_hu, hu.shape).astype(np.float32)
+    if kind == "corr":
+        noise = ndimage.gaussian_filter(noise, (0, 0.8, 0.8))
+        noise *= sd_hu / noise.std()
+    return np.clip(hu + noise, -1024, 3071).astype(np.int16)
+
+
+def noise_cases(shared: Path) -> list[dict[str, Any]]:
+    from dataclasses import replace
+
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs = segment_lungs(chest, CFG.lungs)
+    vml = chest.voxel_volume_ml
+    hu_ins, truth, _ = insert_lesions(
+        chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=12, lesion_pct=15.0,
+        solid_pct=3.0, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
+    )
+    t_les, t_sol = np.count_nonzero(truth) * vml, np.count_nonzero(truth == 2) * vml
+    t_prop = 100.0 * t_les / (np.count_nonzero(lungs.labels) * vml)
+    off = replace(CFG.lesions, noise_target_hu=0.0)
+    out = []
+    for kind, sd in (("white", 60.0), ("white", 100.0), ("corr", 60.0)):
+        for base, name in ((chest.hu, "normal"), (hu_ins, "inserted 15%")):
+            vol = _volume(_add_noise(base, kind, sd), chest.spacing_mm, name)
+            l2 = segment_lungs(vol, CFG.lungs)
+            lung_ml = np.count_nonzero(l2.labels) * vml
+            row: dict[str, Any] = {"case": f"noise {kind} {sd:g} HU, {name}"}
+            for label, cfg in (("", CFG.lesions), ("no_adaptation_", off)):
+                e2 = segment_lesions(vol, l2, cfg)
+                les_ml = np.count_nonzero(e2.labels) * vml
+                sol_ml = np.count_nonzero(e2.labels == 2) * vml
+                if label == "":
+                    row["lung_noise_hu"] = e2.info["lung_noise_hu"]
+                    row["smoothing_sigma_mm"] = e2.info["noise_smoothing_sigma_mm"]
+                row[f"{label}proportion_pct"] = round(100.0 * les_ml / lung_ml, 2)
+                if name != "normal":
+                    row[f"{label}lesion_err_pct"] = _round(_pct_err(les_ml, t_les))
+                    row[f"{label}solid_err_pct"] = _round(_pct_err(sol_ml, t_sol))
+                    row[f"{label}proportion_err_pp"] = round(100.0 * les_ml / lung_ml - t_prop, 2)
+            out.append(row)
+            print(_fmt(row), flush=True)
+    return out
+
+
 def _read_label(path: Path, volume: CTVolume) -> np.ndarray:
     """Read a label volume through lungvol.io (NIfTI/NRRD) on the CT's grid."""
     from lungvol.config import IOConfig
@@ -248,6 +300,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-phantoms", action="store_true")
+    parser.add_argument("--skip-noise", action="store_true")
     parser.add_argument("--config", type=Path, default=None,
                         help="config YAML (default: configs/default.yaml); for sweeps")
     args = parser.parse_args()
@@ -266,6 +319,8 @@ def main() -> None:
         results["phantoms"] = phantom_cases(args.quick)
     if not args.skip_real and args.shared.is_dir():
         results["real"] = real_cases(args.shared, args.quick)
+    if not args.skip_noise and not args.quick and args.shared.is_dir():
+        results["noise"] = noise_cases(args.shared)
     results["total_s"] = round(time.perf_counter() - t0, 1)
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
