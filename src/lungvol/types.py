@@ -32,8 +32,10 @@ LESION_SOLID = 2
 class SourceInfo:
     """Where a volume came from. Holds no patient identifiers (no names, IDs, birth dates).
 
-    ``files`` are the DICOM files of the chosen series in slice order (inferior first);
-    the DICOM-SEG writer re-reads them to reference the source images.
+    ``files`` are the DICOM files of the chosen series in slice order (inferior first), one
+    entry per slice; for an enhanced multi-frame CT the same file repeats and ``frames``
+    gives each slice's 0-based frame in it (empty for classic single-frame files). The
+    DICOM-SEG writer re-reads them to reference the source images.
     """
 
     path: str
@@ -49,13 +51,15 @@ class SourceInfo:
     study_date: str | None = None  # YYYYMMDD; a date is needed for visit windows
     transfer_syntax_uid: str | None = None
     files: tuple[str, ...] = ()
+    frames: tuple[int, ...] = ()
     selection_reason: str = ""
     warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["n_files"] = len(self.files)
-        del d["files"]
+        d["n_files"] = len(set(self.files))
+        d["n_frames"] = len(self.frames)
+        del d["files"], d["frames"]
         d["warnings"] = list(self.warnings)
         return d
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -13,7 +14,7 @@ from pydicom.sr.codedict import codes
 
 from lungvol import __version__
 from lungvol.errors import InputError
-from lungvol.io.series import slice_normal
+from lungvol.io.series import frame_geometry, slice_normal
 from lungvol.types import (
     LESION_GGO,
     LESION_SOLID,
@@ -43,30 +44,32 @@ SEGMENTS = (
 )
 
 
-def _source_grid_masks(volume: CTVolume, labels: np.ndarray, datasets) -> np.ndarray:
-    """Map a (z, y, x) LPS label map back onto the source frames (files order, rows, cols).
+def _source_grid_masks(
+    volume: CTVolume, labels: np.ndarray, shape: tuple[int, int],
+    orientation: Sequence[float], expected: np.ndarray,
+) -> np.ndarray:
+    """Map a (z, y, x) LPS label map back onto the source images (slice order, rows, cols).
 
     read_ct only permutes/flips axes (DICOMOrient) for untilted, evenly spaced series, so the
-    inverse is the reorientation to the source images' own orientation. The result is checked
-    frame by frame against each file's ImagePositionPatient, which catches volumes that were
-    resampled on reading (gantry tilt, uneven spacing).
+    inverse is the reorientation to the source images' own ``orientation``
+    (ImageOrientationPatient). The result is checked slice by slice against the source
+    ImagePositionPatient (``expected``, one row per slice in slice order), which catches
+    volumes that were resampled on reading (gantry tilt, uneven spacing).
     """
-    first = datasets[0]
-    rows, cols = int(first.Rows), int(first.Columns)
+    rows, cols = shape
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing([float(s) for s in reversed(volume.spacing_mm)])
     image.SetOrigin([float(v) for v in volume.origin_lps_mm])
     image.SetDirection([float(v) for v in np.asarray(volume.direction).ravel()])
-    source_direction = _source_direction(first)
+    source_direction = _source_direction(orientation)
     if not np.allclose(volume.direction, source_direction, atol=1e-4):
         code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
             [float(v) for v in source_direction.ravel()]
         )
         image = sitk.DICOMOrient(image, code)
     on_grid = sitk.GetArrayFromImage(image)
-    expected = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
-    if on_grid.shape == (len(datasets), rows, cols):
-        k = np.arange(len(datasets))[:, None]
+    if on_grid.shape == (len(expected), rows, cols):
+        k = np.arange(len(expected))[:, None]
         d = np.asarray(image.GetDirection(), float).reshape(3, 3)
         positions = np.asarray(image.GetOrigin()) + k * image.GetSpacing()[2] * d[:, 2]
         tolerance_mm = 0.1 * min(image.GetSpacing())
@@ -78,9 +81,34 @@ def _source_grid_masks(volume: CTVolume, labels: np.ndarray, datasets) -> np.nda
     )
 
 
-def _source_direction(ds: pydicom.Dataset) -> np.ndarray:
-    o = [float(v) for v in ds.ImageOrientationPatient]
+def _source_direction(orientation: Sequence[float]) -> np.ndarray:
+    o = [float(v) for v in orientation]
     return np.column_stack([o[:3], o[3:], slice_normal(o)])
+
+
+def _source_images(source) -> tuple[list[pydicom.Dataset], Sequence[float], np.ndarray]:
+    """The source datasets (no pixels), the images' ImageOrientationPatient and each slice's
+    ImagePositionPatient in slice order. An enhanced multi-frame source is one file whose
+    frames (``source.frames``) must all belong to the volume."""
+    if not source.frames:
+        datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in source.files]
+        expected = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+        return datasets, datasets[0].ImageOrientationPatient, expected
+    files = list(dict.fromkeys(source.files))
+    if len(files) != 1:
+        raise InputError(
+            f"the CT was read from {len(files)} multi-frame files; DICOM-SEG is written for a "
+            "series in one multi-frame file or in single-frame files; use NIfTI labels"
+        )
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    geometry = frame_geometry(ds)
+    if sorted(source.frames) != list(range(len(geometry))):
+        raise InputError(
+            f"{files[0]} holds {len(geometry)} frames, {len(source.frames)} of them in the CT "
+            "volume; DICOM-SEG must cover every source frame, use NIfTI labels"
+        )
+    expected = np.array([geometry[f][0] for f in source.frames], float)
+    return [ds], geometry[source.frames[0]][1], expected
 
 
 def write_dicom_seg(
@@ -90,7 +118,8 @@ def write_dicom_seg(
 
     Four segments: 1 right lung, 2 left lung (SCT anatomical structure), 3 ground-glass
     opacity (DCM 112120), 4 solid component (SCT 95436008 lung consolidation). Frame ``k`` of
-    the label maps (z ascending) belongs to ``volume.source.files[k]``, re-read here; empty
+    the label maps (z ascending) belongs to ``volume.source.files[k]`` (frame
+    ``volume.source.frames[k]`` of an enhanced multi-frame file), re-read here; empty
     frames are omitted.
 
     Raises
@@ -114,15 +143,22 @@ def write_dicom_seg(
             f"{len(missing)} source DICOM file(s) are gone (first: {missing[0]}); "
             "DICOM-SEG must reference the files the CT was read from"
         )
-    datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in volume.source.files]
+    datasets, orientation, expected = _source_images(volume.source)
+    shape = (int(datasets[0].Rows), int(datasets[0].Columns))
     maps = {"lungs": np.asarray(lungs.labels), "lesions": np.asarray(lesions.labels)}
     frames = np.stack(
         [
-            _source_grid_masks(volume, (maps[name] == value).astype(np.uint8), datasets)
+            _source_grid_masks(
+                volume, (maps[name] == value).astype(np.uint8), shape, orientation, expected
+            )
             for _, _, _, name, value in SEGMENTS
         ],
         axis=-1,
     )
+    if volume.source.frames:  # slice order -> the multi-frame file's frame order
+        in_file = np.empty_like(frames)
+        in_file[list(volume.source.frames)] = frames
+        frames = in_file
     algorithm = hd.AlgorithmIdentificationSequence(
         name="lungvol", family=codes.DCM.AnalyticalAlgorithm, version=__version__
     )

@@ -315,7 +315,7 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
     source = SourceInfo(
         path=str(path),
         kind="dicom",
-        sha256=_sha256([Path(h.path) for h in headers]),
+        sha256=_sha256([Path(f) for f in dict.fromkeys(h.path for h in headers)]),
         series_uid=chosen.uid,
         study_uid=first.study_uid,
         frame_of_reference_uid=first.frame_of_reference_uid,
@@ -326,6 +326,7 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
         study_date=first.study_date,
         transfer_syntax_uid=first.transfer_syntax_uid,
         files=tuple(h.path for h in headers),
+        frames=tuple(h.frame for h in headers) if headers[0].frame is not None else (),
         selection_reason=reason,
         warnings=tuple(warnings),
     )
@@ -446,10 +447,13 @@ def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.n
     """Decode the series' pixels in the given order as HU, (z, y, x).
 
     SimpleITK (GDCM) applies each file's RescaleSlope/Intercept. Files GDCM cannot decode are
-    read with pydicom and its pixel plugins (pylibjpeg, pyjpegls) instead.
+    read with pydicom and its pixel plugins (pylibjpeg, pyjpegls) instead, and so are the
+    frames of enhanced multi-frame files (GDCM's series reader takes one image per file).
     """
     files = [h.path for h in headers]
     integer = _integer_rescale(headers)
+    if any(h.frame is not None for h in headers):
+        return _pydicom_read(headers, integer)
     show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     if quiet:  # restored below; ITK's warning switch is process-wide
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
@@ -492,18 +496,23 @@ def _sitk_read(files: Sequence[str], pixel_type: int) -> np.ndarray:
 
 
 def _pydicom_read(headers: Sequence[SliceHeader], integer: bool) -> np.ndarray:
+    """Decode with pydicom, slice by slice in ``headers`` order, applying each slice's
+    (each frame's) rescale. A multi-frame file is decoded once for all its frames."""
     first = headers[0]
     out = np.empty((len(headers), first.rows or 0, first.columns or 0), np.float32)
+    decoded_path, decoded = None, None
     for k, h in enumerate(headers):
-        try:
-            ds = pydicom.dcmread(h.path, force=True)
-            stored = ds.pixel_array
-        except _DECODE_ERRORS as err:
-            raise InputError(
-                f"{h.path}: pixel data cannot be decoded ({err.__class__.__name__}: "
-                f"{str(err)[:80]}); the file is truncated, corrupt or uses an unsupported "
-                "compression"
-            ) from err
+        if h.path != decoded_path:
+            decoded_path, decoded = h.path, None  # release the previous file's frames first
+            try:
+                decoded = pydicom.dcmread(h.path, force=True).pixel_array
+            except _DECODE_ERRORS as err:
+                raise InputError(
+                    f"{h.path}: pixel data cannot be decoded ({err.__class__.__name__}: "
+                    f"{str(err)[:80]}); the file is truncated, corrupt or uses an unsupported "
+                    "compression"
+                ) from err
+        stored = decoded if h.frame is None or decoded.ndim == 2 else decoded[h.frame]
         if stored.shape != out.shape[1:]:
             raise InputError(
                 f"{h.path}: pixel data has shape {stored.shape}, header says {out.shape[1:]}; "

@@ -1,6 +1,10 @@
 """DICOM series discovery and selection from headers only (pydicom, ``stop_before_pixels``).
 
 Each file's header is read once; pixel data is read later, only for the chosen series.
+Classic CT Image Storage has one image per file; an Enhanced (or Legacy Converted Enhanced)
+CT file holds every frame of its series, with each frame's position, orientation, pixel
+spacing and rescale in its functional groups: such a file contributes one ``SliceHeader``
+per frame, so that ordering, spacing, missing-slice and tilt checks are the same for both.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import os
 import struct
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +86,7 @@ class SliceHeader:
     bits_stored: int
     is_signed: bool
     pixel_problem: str | None  # e.g. truncated pixel data, found from the file size
+    frame: int | None = None  # 0-based frame of a multi-frame (enhanced) file; None: classic
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ def _pixel_problem(
     ds: pydicom.Dataset, pixel_offset: int, file_size: int, path: Path
 ) -> str | None:
     """Detect truncated or absent uncompressed pixel data from the file size (no pixel read)."""
-    if "SOPClassUID" in ds and str(ds.SOPClassUID) != CT_IMAGE_STORAGE:
+    if "SOPClassUID" in ds and str(ds.SOPClassUID) not in {CT_IMAGE_STORAGE, *_ENHANCED_CT}:
         return None
     if pixel_offset >= file_size:
         return f"{path.name} has no pixel data"
@@ -173,7 +178,8 @@ def _pixel_problem(
     bits = ds.get("BitsAllocated")
     if not (rows and cols and bits):
         return None
-    expected = int(rows) * int(cols) * int(ds.get("SamplesPerPixel", 1)) * int(bits) // 8
+    frames = int(_float(ds.get("NumberOfFrames"), 1.0) or 1)
+    expected = frames * int(rows) * int(cols) * int(ds.get("SamplesPerPixel", 1)) * int(bits) // 8
     encoding = getattr(ds, "original_encoding", None)  # (implicit VR, little endian) as read
     implicit = bool(encoding[0]) if encoding else ts is not None and str(ts) == "1.2.840.10008.1.2"
     element_header = 8 if implicit else 12
@@ -186,6 +192,9 @@ def _pixel_problem(
 def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
     """Read one file's header; None when the file is not DICOM (or not a series member).
 
+    For an enhanced multi-frame CT file this is the first frame's header
+    (:func:`read_headers` gives every frame).
+
     Parameters
     ----------
     strict : bool
@@ -197,6 +206,14 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
     InputError
         A file with the DICOM preamble whose header cannot be parsed (corrupt/truncated).
     """
+    headers = read_headers(path, strict=strict)
+    return headers[0] if headers else None
+
+
+def read_headers(path: Path, *, strict: bool) -> list[SliceHeader]:
+    """Headers of the images in one file: one for a classic file, one per frame for an
+    enhanced multi-frame CT file, none when the file is not DICOM (see :func:`read_header`
+    for ``strict`` and the errors raised)."""
     has_magic = _has_dicm_magic(path)
     if not has_magic and not _may_be_raw_dicom(path):
         if strict:
@@ -205,7 +222,7 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
                 "(.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd); pass a CT DICOM file/folder or volume"
             )
         logger.debug("skipping %s: not DICOM", path)
-        return None
+        return []
     try:
         with path.open("rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not has_magic)
@@ -225,7 +242,7 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
                 f"{str(err)[:80]}); re-export or remove it"
             ) from err
         logger.debug("skipping %s: not DICOM (%s)", path, err.__class__.__name__)
-        return None
+        return []
     meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "") or "")
     if sop_class is None and has_magic and meta_class and meta_class != _MEDIA_DIRECTORY:
         # The file meta announces an object, but the data set ends before its SOP Class UID.
@@ -241,14 +258,14 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
                 "folder, or a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd volume"
             )
         logger.debug("skipping %s: no SeriesInstanceUID/SOPClassUID", path)
-        return None
+        return []
     meta = getattr(ds, "file_meta", None)
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
     modality = str(ds.get("Modality", "") or "")
     if not modality and str(sop_class) == CT_IMAGE_STORAGE:
         modality = "CT"  # some anonymised exports drop Modality; the SOP class says CT
     spacing = _floats(ds.get("PixelSpacing"), 2)
-    return SliceHeader(
+    header = SliceHeader(
         path=str(path),
         series_uid=str(uid),
         study_uid=str(ds.StudyInstanceUID) if "StudyInstanceUID" in ds else None,
@@ -277,6 +294,66 @@ def read_header(path: Path, *, strict: bool) -> SliceHeader | None:
         is_signed=bool(int(ds.get("PixelRepresentation", 0) or 0)),
         pixel_problem=_pixel_problem(ds, pixel_offset, path.stat().st_size, path),
     )
+    if str(sop_class) in _ENHANCED_CT:
+        return _frame_headers(ds, header)
+    return [header]
+
+
+def _group_item(ds: pydicom.Dataset, frame: int, keyword: str) -> pydicom.Dataset | None:
+    """The item of a functional group macro (e.g. ``PlanePositionSequence``) for one frame:
+    the per-frame group's if present, else the shared one (PS3.3 C.7.6.16)."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or ()
+    shared = ds.get("SharedFunctionalGroupsSequence") or ()
+    for item in (per_frame[frame] if frame < len(per_frame) else None,
+                 shared[0] if shared else None):
+        seq = item.get(keyword) if item is not None else None
+        if seq:
+            return seq[0]
+    return None
+
+
+def frame_geometry(ds: pydicom.Dataset) -> list[tuple[tuple[float, ...] | None, ...]]:
+    """Per frame of an enhanced multi-frame image: (ImagePositionPatient,
+    ImageOrientationPatient, PixelSpacing), each None when absent."""
+    n = int(_float(ds.get("NumberOfFrames"), 1.0) or 1)
+    out = []
+    for k in range(n):
+        position = _group_item(ds, k, "PlanePositionSequence")
+        orientation = _group_item(ds, k, "PlaneOrientationSequence")
+        measures = _group_item(ds, k, "PixelMeasuresSequence")
+        out.append((
+            _floats(position.get("ImagePositionPatient"), 3) if position else None,
+            _floats(orientation.get("ImageOrientationPatient"), 6) if orientation else None,
+            _floats(measures.get("PixelSpacing"), 2) if measures else None,
+        ))
+    return out
+
+
+def _frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceHeader]:
+    """One header per frame of an enhanced multi-frame CT: geometry, slice thickness and
+    rescale from the frame's functional groups (frame type too, for localizers).
+
+    Read by hand from pydicom: highdicom builds whole volumes, but lungvol's series checks
+    (missing slices, uneven spacing, tilt, duplicated positions) work on per-image headers.
+    """
+    headers = []
+    for k, (position, orientation, spacing) in enumerate(frame_geometry(ds)):
+        measures = _group_item(ds, k, "PixelMeasuresSequence")
+        rescale = _group_item(ds, k, "PixelValueTransformationSequence")
+        frame_type = _group_item(ds, k, "CTImageFrameTypeSequence")
+        headers.append(replace(
+            file_header,
+            position=position,
+            orientation=orientation,
+            pixel_spacing=spacing,  # type: ignore[arg-type]
+            slice_thickness_mm=_float(measures.get("SliceThickness"), None) if measures else None,
+            slope=_float(rescale.get("RescaleSlope"), 1.0) if rescale else 1.0,  # type: ignore[arg-type]
+            intercept=_float(rescale.get("RescaleIntercept"), 0.0) if rescale else 0.0,  # type: ignore[arg-type]
+            image_type=tuple(str(v).upper() for v in frame_type.get("FrameType") or ())
+            if frame_type and frame_type.get("FrameType") else file_header.image_type,
+            frame=k,
+        ))
+    return headers
 
 
 def _kernel(value: object) -> str | None:
@@ -296,10 +373,8 @@ def slice_normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def _sop_class_reason(sop_class: str) -> str | None:
-    if sop_class == CT_IMAGE_STORAGE:
+    if sop_class == CT_IMAGE_STORAGE or sop_class in _ENHANCED_CT:
         return None
-    if sop_class in _ENHANCED_CT:
-        return "enhanced multi-frame CT is not supported; export the series as classic CT images"
     name = UID(sop_class).name
     if "Secondary Capture" in name:
         return f"secondary capture ({name})"
@@ -415,10 +490,9 @@ def scan_dicom(path: Path, *, config: IOConfig) -> tuple[list[SeriesCandidate], 
             raise InputError(f"folder {path} is empty; point to a folder with the CT's DICOM files")
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     for f in files:
-        header = read_header(f, strict=False)
-        if header is None or (wanted_uid is not None and header.series_uid != wanted_uid):
-            continue
-        by_series[header.series_uid].append(header)
+        for header in read_headers(f, strict=False):
+            if wanted_uid is None or header.series_uid == wanted_uid:
+                by_series[header.series_uid].append(header)
     if not by_series:
         raise InputError(
             f"no DICOM files found in {path} ({len(files)} file(s) checked); point to a DICOM "
