@@ -98,6 +98,14 @@ class LungSegmentationConfig:
     # Border-touching air with a median above this is lung cut by the field of view;
     # at or below it, it is outside air (pure air reads about -1000 HU).
     pure_air_max_hu: float = -950.0
+    # Gas, not lung: an internal-air component with more than gas_min_fraction of its
+    # working-grid blocks below gas_max_hu AND more than lung_max_air_fraction below
+    # pure_air_max_hu is bowel or stomach gas or air outside the body (an abdomen scan's
+    # colon read as a 356 mL "right lung" before session 7). Lungs here: <= 0.005 and
+    # <= 0.03; emphysema lowers lung blocks towards -950, rarely to -990.
+    gas_max_hu: float = -990.0
+    gas_min_fraction: float = 0.1
+    lung_max_air_fraction: float = 0.4
     # Trachea search: top fraction of the internal-air slices, lumen area [min, max] in mm2,
     # largest left-right offset from the body centre as a fraction of the half body width.
     trachea_search_fraction: float = 0.3
@@ -172,6 +180,9 @@ class LungSegmentationConfig:
             raise ConfigError("lungs.working_spacing_mm must be > 0")
         if not self.air_threshold_hu > -1024:
             raise ConfigError("lungs.air_threshold_hu must be above -1024")
+        for key in ("gas_min_fraction", "lung_max_air_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"lungs.{key} must be in [0, 1] (got {getattr(self, key)})")
         if not 0.0 <= self.cortical_min_fraction <= 1.0:
             raise ConfigError(
                 f"lungs.cortical_min_fraction must be in [0, 1] (got {self.cortical_min_fraction})"
@@ -291,6 +302,12 @@ class QuantificationConfig:
     edge_touch_min_fraction: float = 0.002  # of lung voxels on an edge slice before flagging
     # QC flag when the larger lung exceeds the smaller by more than this ratio (normal ~1.1-1.3).
     max_right_left_volume_ratio: float = 2.0
+    # QC flag when at least air_pocket_min_ml of the lung mask is air without lung tissue
+    # (blocks of air_pocket_block_mm with a mean below air_pocket_max_hu): a pneumothorax is
+    # internal air and is taken into the lung mask. Normal real scans here: 0-0.3 mL.
+    air_pocket_max_hu: float = -970.0
+    air_pocket_block_mm: float = 2.0
+    air_pocket_min_ml: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -304,7 +321,7 @@ class QuantificationConfig:
         _check_band("quantification.plausible_lung_volume_ml", self.plausible_lung_volume_ml)
         if self.normal_ct_max_lesion_pct < 0:
             raise ConfigError("quantification.normal_ct_max_lesion_pct must be >= 0")
-        for name in ("max_slice_spacing_mm", "lesion_bias_slice_mm"):
+        for name in ("max_slice_spacing_mm", "lesion_bias_slice_mm", "air_pocket_block_mm"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"quantification.{name} must be > 0, got {getattr(self, name)}")
         if self.max_right_left_volume_ratio < 1.0:

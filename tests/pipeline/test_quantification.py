@@ -205,6 +205,24 @@ def test_slices_thicker_than_the_lesion_bias_limit_are_flagged(
         assert f"{max(spacing_z_mm, thickness_mm or 0):g} mm" in flag
 
 
+@pytest.mark.parametrize(("pocket_hu", "flagged"), [(-1000, True), (-960, False), (None, False)])
+def test_air_without_lung_tissue_in_the_lung_mask_is_flagged(pocket_hu, flagged) -> None:
+    """A pneumothorax is internal air and lands in the lung mask: 2 mm blocks below -970 HU
+    (pure air; lung parenchyma, even emphysematous at -960, stays above) are flagged from
+    30 mL, with their volume."""
+    vol, lungs, lesions = chest(shape=(40, 96, 96))
+    hu = vol.hu.copy()
+    if pocket_hu is not None:
+        hu[6:34, 12:84, 8:40] = pocket_hu  # 28 x 72 x 32 voxels x 2 uL = 129 mL
+    hu = hu + np.random.default_rng(0).normal(0, 15, hu.shape).astype(np.int16)
+    m = measure_scan(dataclasses.replace(vol, hu=hu), lungs, lesions, CFG, timings_s={})
+    flags = [f for f in m.qc_flags if f.startswith("lung_air_pocket")]
+    assert bool(flags) is flagged
+    if flagged:
+        volume_ml = float(flags[0].split(": ")[1].split(" mL")[0])
+        assert 110 <= volume_ml <= 130
+
+
 def test_quantification_config_refuses_non_positive_slice_limits() -> None:
     with pytest.raises(ConfigError, match="lesion_bias_slice_mm"):
         QuantificationConfig(lesion_bias_slice_mm=0.0)

@@ -238,6 +238,45 @@ def test_heart_is_not_taken_into_the_left_lung_on_a_thick_slice_scan(real_ct):
     assert np.count_nonzero(nodule & (lesions.labels == 2)) >= 0.75 * np.count_nonzero(nodule)
 
 
+def test_pneumothorax_is_flagged(chest):
+    """A simulated anterior pneumothorax (right-lung voxels within 15 mm of the anterior
+    pleura set to air, 687 mL): it is internal air, so the lung mask takes it in (lung
+    volume +15 %); the lung_air_pocket QC flag says so. The plain scan has no such flag."""
+    from scipy import ndimage
+
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    right = lungs.labels == 1
+    depth = np.zeros(right.shape, np.float32)
+    for k in np.flatnonzero(right.any(axis=(1, 2))):
+        depth[k] = ndimage.distance_transform_edt(right[k], sampling=vol.spacing_mm[1:])
+    ys = np.nonzero(right)[1]
+    anterior = np.arange(right.shape[1])[None, :, None] < 0.5 * (ys.min() + ys.max())
+    air = right & (depth <= 15.0) & anterior
+    hu = vol.hu.copy()
+    hu[air] = -1000 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(air))
+    flags = {}
+    for name, ct in (("plain", vol), ("pneumothorax", _as_volume(hu, vol.spacing_mm))):
+        new_lungs = segment_lungs(ct, CFG.lungs)
+        lesions = segment_lesions(ct, new_lungs, CFG.lesions)
+        metrics = measure_scan(ct, new_lungs, lesions, CFG, timings_s={})
+        flags[name] = [f for f in metrics.qc_flags if f.startswith("lung_air_pocket")]
+    assert flags["plain"] == []
+    assert len(flags["pneumothorax"]) == 1
+
+
+def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
+    """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
+    colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as
+    a right and a left lung before session 7. Now: no lungs in view, the gas named."""
+    from lungvol.errors import SegmentationError
+
+    vol = read_ct(real_ct / "abdomen-lung-bases-nifti" / "example_ct.nii.gz")
+    with pytest.raises(SegmentationError, match="no lungs in view.*not lung"):
+        segment_lungs(vol, CFG.lungs)
+
+
 def _enhance_mediastinum(hu: np.ndarray, lungs: np.ndarray, delta_hu: float) -> np.ndarray:
     """Simulated contrast: soft tissue (0-100 HU) between the lungs (per-slice convex hull of
     the lung mask, opened twice) + ``delta_hu``, blurred by 1 voxel; vessels inside the lungs

@@ -245,6 +245,42 @@ def test_small_air_pocket_is_not_a_lung():
         segment_lungs(make_volume(hu), CFG)
 
 
+def _abdomen_with_gas(seed: int = 0) -> np.ndarray:
+    """A body of soft tissue holding 600 mL of bowel gas (-1000 HU, noise SD 15 HU) and no
+    lung."""
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
+    hu = np.full(SHAPE, AIR_HU, np.float32)
+    body = ((y - SHAPE[1] / 2) / 70.0) ** 2 + ((x - SHAPE[2] / 2) / 100.0) ** 2 <= 1.0
+    hu[np.broadcast_to(body, SHAPE)] = TISSUE_HU
+    hu[10:70, 60:100, 80:160] = AIR_HU  # 60 x 40 x 80 voxels x 3.125 mm3 = 600 mL
+    hu += np.random.default_rng(seed).normal(0.0, 15.0, SHAPE).astype(np.float32)
+    return hu
+
+
+def test_bowel_gas_is_not_a_lung():
+    """Gas is mostly pure air; lung blocks average parenchyma and vessels (-950..-700 HU).
+    Before session 7 an abdomen scan's colon and stomach were read as a 356 mL lung."""
+    with pytest.raises(SegmentationError, match="no lungs in view.*600 mL of air that is not lung"):
+        segment_lungs(make_volume(_abdomen_with_gas()), CFG)
+    # Control: without the gas rule the same pocket passes for a lung.
+    labels = segment_lungs(make_volume(_abdomen_with_gas()),
+                           LungSegmentationConfig(lung_max_air_fraction=1.0)).labels
+    assert np.count_nonzero(labels) * 3.125e-3 > 500
+
+
+def test_the_synthetic_lungs_are_not_gas(chest):
+    _, mask = chest
+    assert mask.info["gas_not_lung_ml"] == 0.0
+
+
+@pytest.mark.parametrize("key", ["gas_min_fraction", "lung_max_air_fraction"])
+def test_gas_rule_fractions_are_validated(key):
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        LungSegmentationConfig(**{key: 1.5})
+
+
 def test_coarse_grid_roundtrip_keeps_block_means():
     grid = CoarseGrid.for_volume((5, 7, 9), (1.0, 0.5, 0.5), working_spacing_mm=1.0)
     assert grid.factors == (1, 2, 2)

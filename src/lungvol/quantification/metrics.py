@@ -10,6 +10,7 @@ from lungvol.config import LungvolConfig
 from lungvol.quantification.hu_stats import lung_hu_stats
 from lungvol.quantification.provenance import build_provenance
 from lungvol.quantification.qc_flags import (
+    air_pocket_flags,
     edge_flags,
     passthrough_flags,
     spacing_flags,
@@ -76,6 +77,7 @@ def measure_scan(
         volume.spacing_mm, config=qcfg, slice_thickness_mm=volume.source.slice_thickness_mm
     )
     flags += edge_flags(lungs.labels, config=qcfg)
+    flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     for flag in flags:
         logger.info("QC flag %s", flag)

@@ -13,6 +13,7 @@ import numpy as np
 
 from lungvol.config import QuantificationConfig
 from lungvol.quantification.volumes import Volumes
+from lungvol.segmentation.grid import CoarseGrid, bounding_box
 
 # A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
@@ -124,6 +125,40 @@ def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]
             "outside the lung mask and were not counted"
         )
     return flags
+
+
+def air_pocket_flags(
+    hu: np.ndarray, lung_labels: np.ndarray, spacing_mm: tuple[float, float, float], *,
+    config: QuantificationConfig,
+) -> list[str]:
+    """Flag air without lung tissue inside the lung mask (pneumothorax, bulla, cyst).
+
+    Lung parenchyma reads -950..-700 HU; a pneumothorax is pure air (-1000 HU) and, being
+    internal air next to the lung, is taken into the lung mask, which inflates the lung
+    volume and lowers the proportions. Counted on blocks of about ``air_pocket_block_mm``
+    (block means, so noise does not count) that lie in the lung and read below
+    ``air_pocket_max_hu``.
+    """
+    lung = lung_labels > 0
+    if not lung.any():
+        return []
+    box = bounding_box(lung)
+    grid = CoarseGrid.for_volume(
+        tuple(b.stop - b.start for b in box), spacing_mm,  # type: ignore[arg-type]
+        working_spacing_mm=config.air_pocket_block_mm,
+    )
+    air = (grid.downsample_fraction(lung[box]) >= 0.5) & (
+        grid.downsample_mean(hu[box]) < config.air_pocket_max_hu
+    )
+    air_ml = float(np.count_nonzero(air)) * grid.voxel_volume_ml
+    if air_ml < config.air_pocket_min_ml:
+        return []
+    return [
+        f"lung_air_pocket: {air_ml:.0f} mL of the lung mask is air without lung tissue (below "
+        f"{config.air_pocket_max_hu:g} HU in {config.air_pocket_block_mm:g} mm blocks): a "
+        "pneumothorax, a large bulla or cyst, or severe emphysema; a pneumothorax is counted "
+        "as lung here, which inflates the lung volume and lowers the proportions; check qc.png"
+    ]
 
 
 def spacing_flags(
