@@ -49,6 +49,17 @@ def _run(cohort, out: Path, workers: int) -> dict[str, float]:
     }
 
 
+def _analyze(out: Path, trial) -> dict[str, float]:
+    """Time ``cohort analyze`` on a finished output folder; size of the self-contained report."""
+    from lungvol.reporting.cohort_report import analyze_cohort
+
+    start = time.perf_counter()
+    result = analyze_cohort(out, trial)
+    seconds = time.perf_counter() - start
+    report = result.files["report_html"]
+    return {"seconds": round(seconds, 1), "report_mb": round(report.stat().st_size / 2**20, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects-per-arm", default="65,35")
@@ -79,6 +90,7 @@ def main() -> None:
         cohort = discover_cohort(sim.root, trial)
         results = [_run(cohort, work / f"out_w{w}", w) for w in args.workers]
         resume = _run(cohort, work / f"out_w{args.workers[-1]}", args.workers[-1])
+        analysis = _analyze(work / f"out_w{args.workers[-1]}", trial)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -92,6 +104,7 @@ def main() -> None:
         "simulate_seconds": round(simulate_s, 1),
         "runs": results,
         "resume_all_complete_seconds": resume["seconds"],
+        "analyze": analysis,
     }
     print(f"{sim.n_scans} scans ({args.size} phantoms), simulated in {simulate_s:.0f} s")
     print(f"{'workers':>8} {'seconds':>9} {'scans/min':>10} {'speed-up':>9} {'failed':>7}")
@@ -102,6 +115,8 @@ def main() -> None:
             f"{speedup:>9.2f} {r['failed']:>7}"
         )
     print(f"resume, every scan complete: {resume['seconds']:.2f} s ({resume['skipped']} skipped)")
+    print(f"cohort analyze: {analysis['seconds']:.1f} s, "
+          f"report.html {analysis['report_mb']:.1f} MB")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
