@@ -106,6 +106,7 @@ class LungSegmentationConfig:
     gas_max_hu: float = -990.0
     gas_min_fraction: float = 0.1
     lung_max_air_fraction: float = 0.4
+    gas_warning_min_ml: float = 600.0  # a rejected gas region this large gets a QC flag
     # Trachea search: top fraction of the internal-air slices, lumen area [min, max] in mm2,
     # largest left-right offset from the body centre as a fraction of the half body width.
     trachea_search_fraction: float = 0.3

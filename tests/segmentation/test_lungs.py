@@ -268,6 +268,25 @@ def test_bowel_gas_is_not_a_lung():
     assert np.count_nonzero(labels) * 3.125e-3 > 500
 
 
+def test_a_lung_sized_gas_region_beside_the_lungs_is_flagged():
+    """Gas the size of a lung (a pneumothorax joined to a lung is rejected with it) gets the
+    gas_not_lung warning; the lungs themselves are kept."""
+    from seg_synthetic import make_chest
+
+    c = make_chest()
+    hu = c.volume.hu.astype(np.float32).copy()
+    gas = np.zeros(hu.shape, bool)
+    gas[0:7, 56:136, 88:168] = True  # below the lungs: 7 x 80 x 80 voxels x 3.125 mm3 = 140 mL
+    hu[gas] = AIR_HU
+    vol = make_volume(hu)
+    quiet = segment_lungs(vol, CFG)
+    assert quiet.info["gas_largest_ml"] > 100
+    assert not any(w.startswith("gas_not_lung") for w in quiet.info["warnings"])
+    flagged = segment_lungs(vol, LungSegmentationConfig(gas_warning_min_ml=100.0))
+    assert any(w.startswith("gas_not_lung: a 1") for w in flagged.info["warnings"])
+    assert dice(flagged.labels == LUNG_RIGHT, c.right_lung) > 0.98
+
+
 def test_the_synthetic_lungs_are_not_gas(chest):
     _, mask = chest
     assert mask.info["gas_not_lung_ml"] == 0.0

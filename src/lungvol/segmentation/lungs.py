@@ -237,7 +237,8 @@ def _pick_lungs(
     lab, n = ndimage.label(lung_air, structure=_CONN6)
     sizes_ml = np.bincount(lab.ravel())[1:] * voxel_ml if n else np.zeros(0)
     gas = _gas_components(lab, n, hu, config)
-    gas_ml = float(sizes_ml[gas].sum()) if n else 0.0
+    gas_sizes_ml = sizes_ml[gas]
+    gas_ml = float(gas_sizes_ml.sum())
     sizes_ml = np.where(gas, 0.0, sizes_ml)
     largest_ml = float(sizes_ml.max()) if n else 0.0
     if largest_ml < config.min_lung_volume_ml:
@@ -253,7 +254,11 @@ def _pick_lungs(
         )
     order = np.argsort(sizes_ml)[::-1]
     big = [int(i) + 1 for i in order[:2] if sizes_ml[i] >= config.min_lung_volume_ml]
-    info: dict = {"split_connected_pair": False, "gas_not_lung_ml": round(gas_ml, 2)}
+    info: dict = {
+        "split_connected_pair": False,
+        "gas_not_lung_ml": round(gas_ml, 2),
+        "gas_largest_ml": round(float(gas_sizes_ml.max()) if gas.any() else 0.0, 2),
+    }
     parts: list[np.ndarray] = []
     centre = _midline_x(bone, body)
     if len(big) == 1:
@@ -876,6 +881,13 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     blocked = _dilate_mm(airways.proximal, config.airway_wall_mm, sp)
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, bone, sp, config)
+    if pick_info["gas_largest_ml"] >= config.gas_warning_min_ml:
+        warnings.append(
+            f"gas_not_lung: a {pick_info['gas_largest_ml']:.0f} mL region of internal air that "
+            "is mostly pure air was not taken as lung (bowel or stomach gas, air outside the "
+            "body; a large pneumothorax or bulla joined to a lung is rejected with it); check "
+            "qc.png"
+        )
     t_pick = time.perf_counter()
     labels_c, added_c, lesion_c, path_info = _include_pathology(
         labels_c, hu, bone, body, blocked, airways.tree, pick_info["midline_x_index"], sp,
