@@ -14,11 +14,11 @@ Cases (each reported with its timings):
 4. Tumour coverage: pyradiomics lung1/lung2 and the IBSI NSCLC crop; fraction of each
    tumour label inside the lung mask, labelled lesion (any) and labelled solid.
 5. The abdomen scan with only the lung bases: segmented (volumes) or refused (message).
-6. A second, independent insertion model (``insert_blobs`` below): ellipsoidal blobs placed
-   uniformly in the lung, parenchyma raised to -600 +/- 40 HU (vessels kept), solid cores at
-   -20 +/- 40 HU, 1.5 mm soft edges; truth = the blob region (occupancy >= 0.5, vessels
-   inside included). lungvol was tuned against ``insert_lesions``; this model says how much
-   of its accuracy is specific to that insertion.
+6. A second, independent insertion model (``lungvol.phantom.insert_blobs``): ellipsoidal
+   blobs placed uniformly in the lung, parenchyma raised to -600 +/- 40 HU (vessels kept),
+   solid cores at -20 +/- 40 HU, 1.5 mm soft edges; truth = the blob region (occupancy
+   >= 0.5, vessels inside included). lungvol was tuned against ``insert_lesions``; this
+   model says how much of its accuracy is specific to that insertion.
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
    adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
@@ -43,7 +43,7 @@ import numpy as np
 from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
-from lungvol.phantom import insert_lesions, make_phantom
+from lungvol.phantom import insert_blobs, insert_lesions, make_phantom
 from lungvol.segmentation import segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
 
@@ -233,51 +233,6 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     return out
 
 
-def insert_blobs(
-    hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], *,
-    lesion_pct: float, seed: int, solid_chance: float = 0.5, ggo_hu: float = -600.0,
-    solid_hu: float = -20.0, edge_mm: float = 1.5,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """An insertion model unlike ``lungvol.phantom.insert_lesions``: ellipsoids (semi-axes
-    8-25 mm) centred anywhere in ``lung`` until ``lesion_pct`` of it is covered; inside,
-    voxels are raised to ``ggo_hu`` +/- 40 HU (2 mm texture; denser voxels such as vessels
-    keep their value), and with ``solid_chance`` a blob gets a solid core (45 % of its
-    radii) raised to ``solid_hu`` +/- 40 HU; edges blend over ``edge_mm``. Returns
-    (CT int16, lesion region, solid core): occupancy >= 0.5 inside the lung.
-    """
-    from scipy import ndimage
-
-    rng = np.random.default_rng(seed)
-    base = hu.astype(np.float32)
-    occ = np.zeros(base.shape, np.float32)
-    core = np.zeros(base.shape, np.float32)
-    points = np.argwhere(lung)
-    target = lesion_pct / 100.0 * len(points)
-    sp = np.asarray(spacing_mm, float)
-    while np.count_nonzero((occ >= 0.5) & lung) < target:
-        centre = points[rng.integers(len(points))]
-        radii = rng.uniform(8.0, 25.0, 3)
-        box = tuple(
-            slice(max(0, int(c - r / s) - 3), min(n, int(c + r / s) + 4))
-            for c, r, s, n in zip(centre, radii, sp, base.shape, strict=True)
-        )
-        axes = [(np.arange(b.start, b.stop) - c) * s / r
-                for b, c, s, r in zip(box, centre, sp, radii, strict=True)]
-        dist = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2
-                       + axes[2][None, None, :] ** 2)
-        edge = edge_mm / radii.mean()
-        occ[box] = np.maximum(occ[box], np.clip((1.0 - dist) / edge + 0.5, 0.0, 1.0))
-        if rng.random() < solid_chance:
-            core[box] = np.maximum(core[box], np.clip((0.45 - dist) / edge + 0.5, 0.0, 1.0))
-    occ *= lung
-    core = np.minimum(core, occ)
-    texture = ndimage.gaussian_filter(rng.standard_normal(base.shape).astype(np.float32), 2.0)
-    texture *= 40.0 / texture.std()
-    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
-    out += core * np.maximum(solid_hu + texture - out, 0.0)
-    return np.rint(out).astype(np.int16), (occ >= 0.5) & lung, (core >= 0.5) & lung
-
-
 def blob_cases(shared: Path) -> list[dict[str, Any]]:
     from scipy import ndimage
 
@@ -289,8 +244,9 @@ def blob_cases(shared: Path) -> list[dict[str, Any]]:
     lung_ml = np.count_nonzero(lung) * vml
     out = []
     for pct, seed in ((5.0, 21), (15.0, 22), (30.0, 23)):
-        hu, region, solid = insert_blobs(chest.hu, lung, chest.spacing_mm, lesion_pct=pct,
-                                         seed=seed)
+        hu, truth, _ = insert_blobs(chest.hu, lungs.labels, spacing_mm=chest.spacing_mm,
+                                    seed=seed, lesion_pct=pct)
+        region, solid = truth > 0, truth == 2
         l2, e2, times = _segment(_volume(hu, chest.spacing_mm, "chest+blobs"))
         les = e2.labels > 0
         les_ml, t_ml = np.count_nonzero(les) * vml, np.count_nonzero(region) * vml

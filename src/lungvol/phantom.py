@@ -1207,6 +1207,105 @@ def insert_lesions(
     return hu_new, labels, truth
 
 
+BLOB_SEMI_AXES_MM = (8.0, 25.0)  # insert_blobs: range of each ellipsoid semi-axis
+BLOB_CORE_FRACTION = 0.45  # insert_blobs: solid core radii as a fraction of the blob's
+BLOB_TEXTURE_HU = 40.0  # insert_blobs: SD of the 2 mm texture added to the set levels
+
+
+def insert_blobs(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    *,
+    spacing_mm: tuple[float, float, float],
+    seed: int,
+    lesion_pct: float,
+    solid_chance: float = 0.5,
+    ggo_hu: float = -600.0,
+    solid_hu: float = -20.0,
+    edge_mm: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Insert plain ellipsoidal lesions into a real CT: a second insertion model, unlike
+    :func:`insert_lesions` on purpose (an evaluation against one model alone measures how
+    well the rules fit that model).
+
+    Ellipsoids with semi-axes drawn from ``BLOB_SEMI_AXES_MM`` are centred at random lung
+    voxels (no subpleural or dependent preference) until ``lesion_pct`` of the lung mask is
+    covered. Inside, voxels are raised to ``ggo_hu`` plus a 2 mm texture of SD
+    ``BLOB_TEXTURE_HU`` (denser voxels, i.e. vessels and walls, keep their value); with
+    ``solid_chance`` a blob gets a solid core (``BLOB_CORE_FRACTION`` of its radii) raised
+    to ``solid_hu`` plus texture. Edges blend over ``edge_mm``.
+
+    Returns
+    -------
+    hu_with_lesions : ndarray of int16
+    lesion_labels : ndarray of uint8
+        1 ground-glass, 2 solid core: occupancy >= 0.5 inside the lung. Truth is the lesion
+        REGION: vessels inside a blob are lesion (the convention of a region drawn by a
+        reader), unlike :func:`insert_lesions`, which leaves them out.
+    truth : dict
+        Volumes (mL) and proportions (%) relative to the lung mask.
+    """
+    _check_params(lesion_pct, 0.0)
+    if hu.shape != lungs.shape or hu.ndim != 3:
+        raise GeometryError(
+            f"hu has shape {hu.shape} but lungs has {lungs.shape}; pass a 3-D lung mask on "
+            "the CT grid"
+        )
+    lung = np.asarray(lungs) > 0
+    points = np.argwhere(lung)
+    if len(points) == 0:
+        raise InputError("the lung mask is empty; segment the lungs before inserting lesions")
+    rng = np.random.default_rng(seed)
+    sp = np.asarray(spacing_mm, float)
+    base = hu.astype(np.float32)
+    occ = np.zeros(base.shape, np.float32)
+    core = np.zeros(base.shape, np.float32)
+    target = lesion_pct / 100.0 * len(points)
+    while np.count_nonzero((occ >= 0.5) & lung) < target:
+        centre = points[rng.integers(len(points))]
+        radii = rng.uniform(*BLOB_SEMI_AXES_MM, 3)
+        box = tuple(
+            slice(max(0, int(c - r / s) - 3), min(n, int(c + r / s) + 4))
+            for c, r, s, n in zip(centre, radii, sp, base.shape, strict=True)
+        )
+        axes = [
+            (np.arange(b.start, b.stop) - c) * s / r
+            for b, c, s, r in zip(box, centre, sp, radii, strict=True)
+        ]
+        dist = np.sqrt(
+            axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2
+            + axes[2][None, None, :] ** 2
+        )
+        edge = edge_mm / float(radii.mean())  # in units of the normalised radius
+        occ[box] = np.maximum(occ[box], np.clip((1.0 - dist) / edge + 0.5, 0.0, 1.0))
+        if rng.random() < solid_chance:
+            core[box] = np.maximum(
+                core[box], np.clip((BLOB_CORE_FRACTION - dist) / edge + 0.5, 0.0, 1.0)
+            )
+    occ *= lung
+    core = np.minimum(core, occ)
+    texture = _smooth_noise(rng, base.shape, tuple(2.0 / s for s in spacing_mm))
+    texture *= np.float32(BLOB_TEXTURE_HU)  # unit SD -> HU
+    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
+    out += core * np.maximum(solid_hu + texture - out, 0.0)
+    np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(occ >= 0.5) & lung] = LESION_GGO
+    labels[(core >= 0.5) & lung] = LESION_SOLID
+    lung_labels = np.where(lung, LUNG_RIGHT, 0).astype(np.uint8)
+    vols = _volumes(lung_labels, labels, float(np.prod(spacing_mm)) / MM3_PER_ML)
+    for key in ("lung_volume_right_ml", "lung_volume_left_ml"):
+        vols.pop(key)
+    truth: dict[str, Any] = {
+        "generator": "lungvol.phantom.insert_blobs",
+        "seed": int(seed),
+        "target_lesion_pct": float(lesion_pct),
+        "spacing_mm": list(spacing_mm),
+        **vols,
+    }
+    return np.rint(out).astype(np.int16), labels, truth
+
+
 # =========================================================================================
 # Writing
 # =========================================================================================

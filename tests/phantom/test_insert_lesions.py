@@ -141,3 +141,55 @@ def test_insertion_into_the_real_chest_ct(real_ct) -> None:
     changed = new_hu != hu
     far = ~ndimage.binary_dilation(labels > 0, iterations=3)
     assert np.count_nonzero(changed & far) < 0.002 * np.count_nonzero(changed)
+
+
+
+def _lung_cube_with_vessel(shape=(40, 60, 60)):
+    hu = np.full(shape, -850, np.int16)
+    hu[:, 28:31, 28:31] = 40  # a 3 mm vessel along z
+    return hu, np.ones(shape, np.uint8)
+
+
+def test_insert_blobs_reaches_the_burden_raises_parenchyma_and_keeps_vessels():
+    from lungvol.phantom import insert_blobs
+
+    hu, lungs = _lung_cube_with_vessel()
+    out, labels, truth = insert_blobs(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=3,
+                                      lesion_pct=20.0)
+    covered = np.count_nonzero(labels) / labels.size
+    assert 0.20 <= covered <= 0.40  # the last blob may overshoot the target
+    assert truth["lesion_proportion_pct"] == pytest.approx(100 * covered, rel=1e-6)
+    ggo = (labels == LESION_GGO) & (hu == -850)
+    assert abs(float(np.median(out[ggo])) + 600) <= 30  # ground glass at -600 +/- texture
+    vessel = hu == 40
+    np.testing.assert_array_equal(out[vessel], 40)  # denser voxels keep their value
+    # Truth is the region: vessel voxels inside a blob are lesion.
+    assert np.count_nonzero(vessel & (labels == LESION_GGO)) > 0
+    # Voxels more than 2 mm from every blob are untouched.
+    far = ndimage.distance_transform_edt(labels == 0) > 2.0
+    np.testing.assert_array_equal(out[far], hu[far])
+    again = insert_blobs(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=3, lesion_pct=20.0)
+    np.testing.assert_array_equal(again[0], out)
+    np.testing.assert_array_equal(again[1], labels)
+
+
+def test_insert_blobs_solid_cores_are_solid_density():
+    from lungvol.phantom import insert_blobs
+
+    hu, lungs = _lung_cube_with_vessel()
+    out, labels, _ = insert_blobs(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=4,
+                                  lesion_pct=15.0, solid_chance=1.0)
+    core = (labels == LESION_SOLID) & (hu == -850)
+    assert np.count_nonzero(core) > 0
+    assert abs(float(np.median(out[core])) + 20) <= 40
+
+
+def test_insert_blobs_refuses_bad_input():
+    from lungvol.phantom import insert_blobs
+
+    hu, lungs = _lung_cube_with_vessel()
+    with pytest.raises(InputError, match="empty"):
+        insert_blobs(hu, np.zeros_like(lungs), spacing_mm=(1.0, 1.0, 1.0), seed=0,
+                     lesion_pct=10.0)
+    with pytest.raises(GeometryError):
+        insert_blobs(hu, lungs[:-1], spacing_mm=(1.0, 1.0, 1.0), seed=0, lesion_pct=10.0)

@@ -203,6 +203,30 @@ def test_real_chest_inserted_lesions_30pct_solid(chest):
     assert abs(err["solid_pct"]) <= 15.0, err
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-05 session 7): with lesions inserted as plain blobs "
+    "(phantom.insert_blobs, truth = the blob region) instead of insert_lesions, the real chest "
+    "at 15 % reads total lesion +22.5 %, proportion +3.45 pp (recall 0.99): ground glass grown "
+    "along vessels and into dependent lung next to lesions, plus the scan's own 45 mL "
+    "(docs/segmentation.md, 'A second insertion model')",
+)
+def test_real_chest_inserted_blobs_15pct(chest):
+    from lungvol.phantom import insert_blobs
+
+    vol, lungs = chest
+    hu, truth, _ = insert_blobs(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=22,
+                                lesion_pct=15.0)
+    with_blobs = _as_volume(hu, vol.spacing_mm)
+    new_lungs = segment_lungs(with_blobs, CFG.lungs)
+    lesions = segment_lesions(with_blobs, new_lungs, CFG.lesions).labels
+    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
+    proportion_pp = (100.0 * n_les / np.count_nonzero(new_lungs.labels)
+                     - 100.0 * t_les / np.count_nonzero(lungs.labels))
+    assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
+
+
 def _label(path) -> np.ndarray:
     return np.asarray(read_ct(path, config=IOConfig(air_hu_max=1e9, min_value_hu_max=1e9)).hu)
 
