@@ -11,7 +11,7 @@ noisy      the same phantom with image noise of SD 80 HU instead of 20 (a sharp-
 Each case runs in a fresh subprocess, so ``ru_maxrss`` (peak resident memory of that process)
 belongs to that case alone. Usage::
 
-    .venv/bin/python benchmarks/bench_segment.py                 # both cases, 1 run each
+    .venv/bin/python benchmarks/bench_segment.py                 # all three cases, 1 run each
     .venv/bin/python benchmarks/bench_segment.py --case phantom --repeat 3
     .venv/bin/python benchmarks/bench_segment.py --case real --profile   # cProfile top 30
 

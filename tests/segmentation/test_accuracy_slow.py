@@ -141,6 +141,16 @@ def test_real_normal_chest_in_noise_stays_near_normal(chest):
     assert proportion < 1.3
 
 
+def _inplane_depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
+    """Depth inside ``mask`` (mm) measured within each axial slice."""
+    from scipy import ndimage
+
+    depth = np.zeros(mask.shape, np.float32)
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        depth[k] = ndimage.distance_transform_edt(mask[k], sampling=spacing_mm[1:])
+    return depth
+
+
 def _simulated_effusion(vol: CTVolume, lungs: np.ndarray):
     """A right pleural effusion on the real chest: in the lower 45 % of the right lung, lung
     voxels within a posterior meniscus (in-plane depth below the pleura up to 0.6 x the
@@ -158,9 +168,7 @@ def _simulated_effusion(vol: CTVolume, lungs: np.ndarray):
     z = np.arange(right.shape[0])[:, None, None]
     thick_mm = np.clip((y - y_level) * vol.spacing_mm[1] * 0.6, 0, None) * np.clip(
         (z_top - z) / (0.3 * (z_top - zs[0])), 0, 1)
-    depth_mm = np.zeros(right.shape, np.float32)
-    for k in range(zs[0], z_top + 1):
-        depth_mm[k] = ndimage.distance_transform_edt(right[k], sampling=vol.spacing_mm[1:])
+    depth_mm = _inplane_depth_mm(right, vol.spacing_mm)  # thick_mm is 0 above z_top
     fluid = right & (depth_mm > 0) & (depth_mm <= thick_mm)
     near = ndimage.distance_transform_edt(~fluid, sampling=vol.spacing_mm) <= 4.0
     atelectasis = right & ~fluid & near & (z <= z_top)
@@ -266,15 +274,11 @@ def test_pneumothorax_is_flagged(chest):
     """A simulated anterior pneumothorax (right-lung voxels within 15 mm of the anterior
     pleura set to air, 687 mL): it is internal air, so the lung mask takes it in (lung
     volume +15 %); the lung_air_pocket QC flag says so. The plain scan has no such flag."""
-    from scipy import ndimage
-
     from lungvol.quantification import measure_scan
 
     vol, lungs = chest
     right = lungs.labels == 1
-    depth = np.zeros(right.shape, np.float32)
-    for k in np.flatnonzero(right.any(axis=(1, 2))):
-        depth[k] = ndimage.distance_transform_edt(right[k], sampling=vol.spacing_mm[1:])
+    depth = _inplane_depth_mm(right, vol.spacing_mm)
     ys = np.nonzero(right)[1]
     anterior = np.arange(right.shape[1])[None, :, None] < 0.5 * (ys.min() + ys.max())
     air = right & (depth <= 15.0) & anterior

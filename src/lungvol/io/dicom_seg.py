@@ -23,6 +23,7 @@ from lungvol.types import (
     CTVolume,
     LesionMask,
     LungMask,
+    SourceInfo,
     check_same_grid,
 )
 
@@ -86,7 +87,9 @@ def _source_direction(orientation: Sequence[float]) -> np.ndarray:
     return np.column_stack([o[:3], o[3:], slice_normal(o)])
 
 
-def _source_images(source) -> tuple[list[pydicom.Dataset], Sequence[float], np.ndarray]:
+def _source_images(
+    source: SourceInfo,
+) -> tuple[list[pydicom.Dataset], Sequence[float], np.ndarray]:
     """The source datasets (no pixels), the images' ImageOrientationPatient and each slice's
     ImagePositionPatient in slice order. An enhanced multi-frame source is one file whose
     frames (``source.frames``) must all belong to the volume."""

@@ -341,6 +341,7 @@ def _frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceH
         measures = _group_item(ds, k, "PixelMeasuresSequence")
         rescale = _group_item(ds, k, "PixelValueTransformationSequence")
         frame_type = _group_item(ds, k, "CTImageFrameTypeSequence")
+        frame_type_values = frame_type.get("FrameType") if frame_type else None
         headers.append(replace(
             file_header,
             position=position,
@@ -349,8 +350,8 @@ def _frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceH
             slice_thickness_mm=_float(measures.get("SliceThickness"), None) if measures else None,
             slope=_float(rescale.get("RescaleSlope"), 1.0) if rescale else 1.0,  # type: ignore[arg-type]
             intercept=_float(rescale.get("RescaleIntercept"), 0.0) if rescale else 0.0,  # type: ignore[arg-type]
-            image_type=tuple(str(v).upper() for v in frame_type.get("FrameType") or ())
-            if frame_type and frame_type.get("FrameType") else file_header.image_type,
+            image_type=tuple(str(v).upper() for v in frame_type_values)
+            if frame_type_values else file_header.image_type,
             frame=k,
         ))
     return headers
