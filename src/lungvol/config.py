@@ -255,6 +255,20 @@ class LesionSegmentationConfig:
     enclosed_solid_min_ggo_fraction: float = 0.6
     enclosure_shell_mm: float = 3.0
     enclosed_solid_max_length_mm: float = 40.0  # longer components are vessels (tubes)
+    # Vessel segments: an accepted solid component (26-connected) is a vessel wider than the
+    # ball (hilar and lobar vessels, their junctions), not lesion, when its lung shell of
+    # vessel_shell_mm is less than vessel_max_ggo_fraction ground-glass lesion (it lies in
+    # normal lung), at least vessel_min_continuation_fraction tissue at or above the solid
+    # band's low edge that is not solid lesion (the tube continues), and no voxel is deeper
+    # than vessel_max_radius_mm inside it (tumours and consolidations are thicker), and it
+    # is elongated: its longest principal axis at least vessel_min_elongation times the
+    # second (a tube; small round solid patches in normal lung are left to the other rules).
+    # vessel_max_radius_mm = 0 disables.
+    vessel_max_radius_mm: float = 8.0
+    vessel_min_elongation: float = 2.0
+    vessel_shell_mm: float = 2.0
+    vessel_max_ggo_fraction: float = 0.35
+    vessel_min_continuation_fraction: float = 0.03
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ggo_band_hu", tuple(float(v) for v in self.ggo_band_hu))
@@ -278,7 +292,7 @@ class LesionSegmentationConfig:
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
             "lesion_extension_mm", "extension_vessel_clearance_mm", "noise_target_hu",
-            "noise_max_smoothing_mm",
+            "noise_max_smoothing_mm", "vessel_max_radius_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")
@@ -286,6 +300,17 @@ class LesionSegmentationConfig:
             raise ConfigError(
                 f"lesions.parenchyma_block_mm must be > 0 (got {self.parenchyma_block_mm})"
             )
+        if self.vessel_min_elongation < 1:
+            raise ConfigError(
+                f"lesions.vessel_min_elongation must be >= 1 (got {self.vessel_min_elongation})"
+            )
+        if self.vessel_shell_mm <= 0:
+            raise ConfigError(f"lesions.vessel_shell_mm must be > 0 (got {self.vessel_shell_mm})")
+        for key in ("vessel_max_ggo_fraction", "vessel_min_continuation_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(
+                    f"lesions.{key} must be a fraction in [0, 1] (got {getattr(self, key)})"
+                )
 
 
 @dataclass(frozen=True)

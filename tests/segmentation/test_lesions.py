@@ -409,3 +409,85 @@ def test_ground_glass_background_input_in_slabs_equals_one_full_copy(monkeypatch
     out = lesions._air_above(grid, hu, smooth, -300.0)
     expected = grid.downsample_mean(np.where(smooth >= -300.0, lesions._OUTSIDE_HU, hu))
     assert np.array_equal(out, expected)
+
+
+def _tube(shape, centre_zx, radius_mm, y_range, value, hu):
+    """Paint a cylinder along y (1 mm voxels) into ``hu``; return its mask."""
+    z, y, x = np.indices(shape)
+    mask = (np.hypot(z - centre_zx[0], x - centre_zx[1]) <= radius_mm) & (
+        (y >= y_range[0]) & (y < y_range[1])
+    )
+    hu[mask] = value
+    return mask
+
+
+def _vessel_tree_cube():
+    """Normal lung with a 12 mm-wide vessel segment (wider than the background ball) that
+    continues at both ends as 8 mm vessels (narrower than the ball), with 5 mm side
+    branches every 10 mm, like a hilar or lobar vessel."""
+    hu, lungs = _lung_cube(n=(40, 80, 80))
+    thin = _tube(hu.shape, (20, 40), 4.0, (0, 80), 40.0, hu)
+    z, y, x = np.indices(hu.shape)
+    for y0, side in ((25, 1), (35, -1), (45, 1)):
+        branch = (np.hypot(z - 20.0, y - y0) <= 2.5) & (side * (x - 40) >= 0)
+        hu[branch] = 40.0
+        thin |= branch
+    thick = _tube(hu.shape, (20, 40), 6.0, (15, 55), 40.0, hu)
+    return hu, lungs, thick, thin
+
+
+def test_vessel_segment_wider_than_the_ball_is_not_solid():
+    hu, lungs, thick, _ = _vessel_tree_cube()
+    vol = _noisy_volume(hu, seed=3)
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    kept = segment_lesions(vol, lungs, LesionSegmentationConfig(vessel_max_radius_mm=0.0))
+    # Without the rule the wide segment passes the background rules as solid ...
+    assert np.count_nonzero(kept.labels[thick] == LESION_SOLID) >= 0.5 * thick.sum()
+    # ... with it, neither the segment nor its partial-volume skirt is lesion.
+    assert np.count_nonzero(out.labels) <= 0.02 * thick.sum()
+    removed_ml = out.info["vessel_segments_removed_ml"]
+    assert removed_ml >= 0.5 * thick.sum() * vol.voxel_volume_ml
+    assert kept.info["vessel_segments_removed_ml"] == 0.0
+
+
+def test_round_nodule_on_a_vessel_stays_solid():
+    """A 14 mm nodule with a vessel through it is round (elongation ~1): solid."""
+    hu, lungs = _lung_cube(n=(40, 80, 80))
+    _tube(hu.shape, (20, 40), 2.0, (0, 80), 40.0, hu)
+    z, y, x = np.indices(hu.shape)
+    nodule = np.sqrt((z - 20.0) ** 2 + (y - 40.0) ** 2 + (x - 40.0) ** 2) <= 7.0
+    hu[nodule] = 20.0
+    labels = segment_lesions(_noisy_volume(hu, seed=4), lungs, LesionSegmentationConfig()).labels
+    assert np.count_nonzero(labels[nodule] == LESION_SOLID) >= 0.8 * nodule.sum()
+
+
+def test_thick_elongated_tumour_stays_solid():
+    """An elongated mass thicker than vessel_max_radius_mm (radius 11 mm) is not a vessel."""
+    hu, lungs = _lung_cube(n=(40, 80, 80))
+    _tube(hu.shape, (20, 40), 2.0, (0, 80), 40.0, hu)
+    mass = _tube(hu.shape, (20, 40), 11.0, (10, 70), 30.0, hu)
+    labels = segment_lesions(_noisy_volume(hu, seed=5), lungs, LesionSegmentationConfig()).labels
+    assert np.count_nonzero(labels[mass] == LESION_SOLID) >= 0.8 * mass.sum()
+
+
+def test_elongated_solid_band_inside_ground_glass_stays_solid():
+    """A vessel-wide solid band inside ground glass is a lesion's solid part, not a vessel."""
+    hu, lungs, thick, _ = _vessel_tree_cube()
+    z, y, x = np.indices(hu.shape)
+    ggo = (np.abs(z - 20) <= 12) & (np.abs(x - 40) <= 20) & (y >= 8) & (y < 62) & ~thick
+    hu[ggo & (hu < -300)] = -620.0
+    labels = segment_lesions(_noisy_volume(hu, seed=6), lungs, LesionSegmentationConfig()).labels
+    assert np.count_nonzero(labels[thick] == LESION_SOLID) >= 0.8 * thick.sum()
+
+
+def test_vessel_settings_are_validated():
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vessel_max_radius_mm"):
+        LesionSegmentationConfig(vessel_max_radius_mm=-1.0)
+    with pytest.raises(ConfigError, match="vessel_min_elongation"):
+        LesionSegmentationConfig(vessel_min_elongation=0.5)
+    with pytest.raises(ConfigError, match="vessel_shell_mm"):
+        LesionSegmentationConfig(vessel_shell_mm=0.0)
+    with pytest.raises(ConfigError, match="vessel_max_ggo_fraction"):
+        LesionSegmentationConfig(vessel_max_ggo_fraction=1.5)
