@@ -256,18 +256,19 @@ class LesionSegmentationConfig:
     enclosure_shell_mm: float = 3.0
     enclosed_solid_max_length_mm: float = 40.0  # longer components are vessels (tubes)
     # Vessel segments: an accepted solid component (26-connected) is a vessel wider than the
-    # ball (hilar and lobar vessels, their junctions), not lesion, when its lung shell of
-    # vessel_shell_mm is less than vessel_max_ggo_fraction ground-glass lesion (it lies in
-    # normal lung), at least vessel_min_continuation_fraction tissue at or above the solid
-    # band's low edge that is not solid lesion (the tube continues), and no voxel is deeper
-    # than vessel_max_radius_mm inside it (tumours and consolidations are thicker), and it
-    # is elongated: its longest principal axis at least vessel_min_elongation times the
-    # second (a tube; small round solid patches in normal lung are left to the other rules).
-    # vessel_max_radius_mm = 0 disables.
+    # ball (hilar and lobar vessels, their junctions), not lesion, when the lung in the ring
+    # from vessel_shell_mm to vessel_ring_mm around it is less than vessel_max_ggo_fraction
+    # ground-glass lesion (it lies in normal lung), at least vessel_min_continuation_fraction
+    # of its shell of vessel_shell_mm is tissue at or above the solid band's low edge that is
+    # not solid lesion (the tube continues), its longest principal axis is at least
+    # vessel_min_elongation times the second (a tube, not a round nodule) and no voxel is
+    # deeper than vessel_max_radius_mm inside it (tumours and consolidations are thicker).
+    # Its ground-glass skirt in the shell goes with it. vessel_max_radius_mm = 0 disables.
     vessel_max_radius_mm: float = 8.0
     vessel_min_elongation: float = 2.0
     vessel_shell_mm: float = 2.0
-    vessel_max_ggo_fraction: float = 0.35
+    vessel_ring_mm: float = 4.0
+    vessel_max_ggo_fraction: float = 0.25
     vessel_min_continuation_fraction: float = 0.03
 
     def __post_init__(self) -> None:
@@ -304,8 +305,11 @@ class LesionSegmentationConfig:
             raise ConfigError(
                 f"lesions.vessel_min_elongation must be >= 1 (got {self.vessel_min_elongation})"
             )
-        if self.vessel_shell_mm <= 0:
-            raise ConfigError(f"lesions.vessel_shell_mm must be > 0 (got {self.vessel_shell_mm})")
+        if not 0 < self.vessel_shell_mm < self.vessel_ring_mm:
+            raise ConfigError(
+                f"lesions.vessel_shell_mm ({self.vessel_shell_mm}) must be > 0 and less than "
+                f"lesions.vessel_ring_mm ({self.vessel_ring_mm})"
+            )
         for key in ("vessel_max_ggo_fraction", "vessel_min_continuation_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(

@@ -157,16 +157,17 @@ def test_real_chest_inserted_lesions_15pct_in_sharp_kernel_noise(chest):
 
 
 def test_real_normal_chest_in_noise_stays_near_normal(chest):
-    """Regression guard: with white noise of SD 100 HU the normal chest reads 1.12 % (0.85 %
-    without noise; session 7): the smoothing blurs vessel skirts into the ground-glass
-    band where the noise-free scan's vessel false positives already lie."""
+    """With white noise of SD 100 HU the normal chest reads 0.59 % (0.37 % without noise;
+    session 8): the smoothing blurs vessel skirts into the ground-glass band. Before the
+    vessel-segment rule 1.12 % (session 7); its ring test leaves the widened skirt out."""
     vol, _ = chest
     noisy = _as_volume(_with_noise(vol.hu, 100.0), vol.spacing_mm)
     lungs = segment_lungs(noisy, CFG.lungs)
     lesions = segment_lesions(noisy, lungs, CFG.lesions)
     assert lesions.info["noise_smoothing_sigma_mm"] > 0
+    assert lesions.info["vessel_segments_removed_ml"] > 10.0
     proportion = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(lungs.labels)
-    assert proportion < 1.3
+    assert proportion < 1.0
 
 
 def _inplane_depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:

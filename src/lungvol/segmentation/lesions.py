@@ -602,50 +602,66 @@ def _drop_vessel_segments(
 
     Vessels wider than the ball (hilar and lobar arteries and veins, their junctions) keep a
     solid-band background and pass the background rules. A 26-connected solid component is
-    a vessel segment when its lung shell (a box of ``vessel_shell_mm`` half-widths, at least
-    one voxel per axis) is less than ``vessel_max_ggo_fraction`` ground-glass lesion (a
-    solid patch of a lesion sits in ground glass; a vessel in normal lung), at least
-    ``vessel_min_continuation_fraction`` ``dense`` tissue that is not solid lesion (the tube
-    continues beyond the part wide enough to be accepted) and it is nowhere deeper than
-    ``vessel_max_radius_mm`` (tumours and consolidations are thicker than vessels). On the
-    real normal chest here this is 18 mL of inferior pulmonary veins and lobar arteries;
-    the nodule there (no continuation) and the two real tumours (radius >= 15 mm) stay.
-    Ground glass in the shell of a removed segment (the vessel's partial-volume skirt,
-    accepted on the background the vessel raised) is removed with it. Returns the number of
-    voxels removed.
+    a vessel segment when:
+
+    - it lies in normal lung: less than ``vessel_max_ggo_fraction`` of the lung in the ring
+      between ``vessel_shell_mm`` and ``vessel_ring_mm`` around it is ground-glass lesion (a
+      solid part of a lesion sits in ground glass). The ring leaves out the first
+      millimetres, where the vessel's own partial-volume skirt is ground glass (wider on a
+      noisy scan smoothed by the noise adaptation);
+    - the tube continues: at least ``vessel_min_continuation_fraction`` of the lung in its
+      shell of ``vessel_shell_mm`` is ``dense`` tissue that is not solid lesion;
+    - it is elongated: longest principal axis at least ``vessel_min_elongation`` times the
+      second (a round nodule on a vessel stays);
+    - it is nowhere deeper than ``vessel_max_radius_mm`` (tumours and consolidations are
+      thicker than vessels).
+
+    Shells and rings are boxes of per-axis half-widths (the shell at least one voxel, the
+    ring at least one voxel beyond it). Ground glass in
+    the shell of a removed segment (its skirt, accepted on the background the vessel raised)
+    goes with it. On the real normal chest here this is 26 mL of inferior pulmonary veins
+    and lobar arteries with their skirts; the nodule there (no continuation) and the two real
+    tumours (radius >= 15 mm) stay. Returns the number of voxels removed.
     """
     if config.vessel_max_radius_mm <= 0 or not solid.any():
         return 0
     lab, n = ndimage.label(solid, structure=_CONN26)
-    half = tuple(max(1, int(round(config.vessel_shell_mm / s))) for s in spacing_mm)
-    shell_fp = np.ones(tuple(2 * h + 1 for h in half), dtype=bool)
+
+    def box(mm: float, least: tuple[int, ...]) -> tuple[tuple[int, ...], np.ndarray]:
+        half = tuple(max(k, int(round(mm / s))) for s, k in zip(spacing_mm, least, strict=True))
+        return half, np.ones(tuple(2 * h + 1 for h in half), dtype=bool)
+
+    shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
+    # The ring is at least one voxel wide on coarse grids.
+    ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
     removed = 0
     for i, obj in enumerate(ndimage.find_objects(lab), start=1):
         if obj is None:
             continue
         sl = tuple(
             slice(max(0, o.start - h), min(dim, o.stop + h))
-            for o, h, dim in zip(obj, half, lab.shape, strict=True)
+            for o, h, dim in zip(obj, ring_half, lab.shape, strict=True)
         )
         comp = lab[sl] == i
-        shell = ndimage.binary_dilation(comp, shell_fp) & ~comp & lung[sl]
-        n_shell = np.count_nonzero(shell)
-        if not n_shell:
+        near = ndimage.binary_dilation(comp, shell_fp)
+        shell = near & ~comp & lung[sl]
+        ring = ndimage.binary_dilation(comp, ring_fp) & ~near & lung[sl]
+        n_shell, n_ring = np.count_nonzero(shell), np.count_nonzero(ring)
+        if not n_shell or not n_ring:
             continue
-        on_ggo = np.count_nonzero(shell & ggo[sl] & ~solid[sl]) / n_shell
-        continued = np.count_nonzero(shell & dense[sl] & ~solid[sl]) / n_shell
-        if on_ggo >= config.vessel_max_ggo_fraction or (
-            continued < config.vessel_min_continuation_fraction
-        ):
+        lesion_free = ~solid[sl]
+        if np.count_nonzero(ring & ggo[sl] & lesion_free) >= config.vessel_max_ggo_fraction * n_ring:
+            continue
+        continued = np.count_nonzero(shell & dense[sl] & lesion_free)
+        if continued < config.vessel_min_continuation_fraction * n_shell:
             continue
         if _elongation(comp, spacing_mm) < config.vessel_min_elongation:
             continue
         depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
             continue
-        solid[sl] &= ~comp
-        # Its partial-volume skirt (ground glass accepted on the vessel's raised background).
         skirt = shell & ggo[sl]
+        solid[sl] &= ~comp
         ggo[sl] &= ~skirt
         removed += int(np.count_nonzero(comp)) + int(np.count_nonzero(skirt))
     return removed
