@@ -585,13 +585,24 @@ def _enclosed_above_band(
     return enclosed
 
 
-def _elongation(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> float:
-    """Ratio of the longest to the second principal axis of ``mask``'s voxels (mm)."""
-    coords = np.argwhere(mask) * np.asarray(spacing_mm)
-    if len(coords) < 4:
-        return 1.0
-    lam = np.sort(np.linalg.eigvalsh(np.cov(coords.T)))
-    return float(np.sqrt(lam[2] / max(lam[1], 1e-9)))
+def _elongations(lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Per label 1..n (index 0 unused): ratio of the longest to the second principal axis of
+    its voxels (mm), from coordinate moments (one pass over the labelled voxels; 1 for
+    components of fewer than 4 voxels)."""
+    idx = np.nonzero(lab)
+    which = lab[idx]
+    count = np.bincount(which, minlength=n + 1).astype(np.float64)
+    safe = np.maximum(count, 1.0)
+    coords = [i.astype(np.float64) * s for i, s in zip(idx, spacing_mm, strict=True)]
+    mean = [np.bincount(which, c, minlength=n + 1) / safe for c in coords]
+    cov = np.empty((n + 1, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            m = np.bincount(which, coords[a] * coords[b], minlength=n + 1) / safe
+            cov[:, a, b] = cov[:, b, a] = m - mean[a] * mean[b]
+    lam = np.linalg.eigvalsh(cov)  # ascending
+    ratio = np.sqrt(np.clip(lam[:, 2], 0.0, None) / np.maximum(lam[:, 1], 1e-9))
+    return np.where(count >= 4, ratio, 1.0)
 
 
 def _drop_vessel_segments(
@@ -631,12 +642,14 @@ def _drop_vessel_segments(
         half = tuple(max(k, int(round(mm / s))) for s, k in zip(spacing_mm, least, strict=True))
         return half, np.ones(tuple(2 * h + 1 for h in half), dtype=bool)
 
+    # Cheapest test first: most solid components are round or tiny.
+    elongated = _elongations(lab, n, spacing_mm) >= config.vessel_min_elongation
     shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
     # The ring is at least one voxel wide on coarse grids.
     ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
     removed = 0
     for i, obj in enumerate(ndimage.find_objects(lab), start=1):
-        if obj is None:
+        if obj is None or not elongated[i]:
             continue
         sl = tuple(
             slice(max(0, o.start - h), min(dim, o.stop + h))
@@ -654,8 +667,6 @@ def _drop_vessel_segments(
             continue
         continued = np.count_nonzero(shell & dense[sl] & lesion_free)
         if continued < config.vessel_min_continuation_fraction * n_shell:
-            continue
-        if _elongation(comp, spacing_mm) < config.vessel_min_elongation:
             continue
         depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
