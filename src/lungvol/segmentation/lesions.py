@@ -55,12 +55,15 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   fingers of lesions narrower than the ball);
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
+- vessel segments: solid components wider than the ball that lie in normal lung, continue
+  as a tube, are elongated and no thicker than ``vessel_max_radius_mm`` (hilar and lobar
+  vessels) are removed with their ground-glass skirt (:func:`_drop_vessel_segments`);
 - connected lesion components (26-connectivity) SMALLER than ``min_component_volume_ml``
   are dropped; a component of exactly that volume is kept.
 
-``LesionMask.info`` reports the dense volume in the bands, what the background rules and
-the size filter removed and what the enclosure and hysteresis rules added (mL), the final
-volumes and timings.
+``LesionMask.info`` reports the dense volume in the bands, what the background rules, the
+vessel-segment rule and the size filter removed and what the enclosure and hysteresis rules
+added (mL), the final volumes and timings.
 """
 
 from __future__ import annotations
@@ -663,7 +666,8 @@ def _drop_vessel_segments(
         if not n_shell or not n_ring:
             continue
         lesion_free = ~solid[sl]
-        if np.count_nonzero(ring & ggo[sl] & lesion_free) >= config.vessel_max_ggo_fraction * n_ring:
+        on_ggo = np.count_nonzero(ring & ggo[sl] & lesion_free)
+        if on_ggo >= config.vessel_max_ggo_fraction * n_ring:
             continue
         continued = np.count_nonzero(shell & dense[sl] & lesion_free)
         if continued < config.vessel_min_continuation_fraction * n_shell:
@@ -878,7 +882,8 @@ def segment_lesions(
     info = {
         "method": "HU bands on the lightly denoised CT, gated by an opened background "
         "density map (grey-level opening with a ball, coarse grid) that removes vessels, "
-        "halos, airway walls and the pleural rim; minimum component volume",
+        "halos, airway walls and the pleural rim; vessel segments wider than the ball removed by "
+        "shape and surroundings; minimum component volume",
         "lung_noise_hu": None if noise.lung_noise_hu is None else round(noise.lung_noise_hu, 2),
         "noise_smoothing_sigma_mm": noise.smoothing_sigma_mm,
         "warnings": warnings,
