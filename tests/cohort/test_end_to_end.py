@@ -96,11 +96,11 @@ def test_measured_proportions_rank_the_scans_like_the_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-11-22, session 6): 3 of 30 per-scan proportions are off by "
-    "1.09-1.28 pp (two lesion over-reads, one solid under-read; 14 of 30 before session 2), "
-    "all at 33-38 % burden; lesion over-reads by +0.24..+1.28 pp on these 3 mm-voxel "
-    "phantoms, mostly vessel partial volume next to lesions and the vessel floor "
-    "(docs/cohort.md)",
+    reason="known gap (2026-12-05, session 8): 2 of 60 per-scan proportions are off by more "
+    "than 1 pp, both of subject S002 at 33-38 % burden: solid -1.44 pp (solid thinner than "
+    "the background ball on these 3 mm-voxel phantoms is missed) and lesion +1.08 pp (vessel "
+    "partial volume next to lesions). The vessel-segment rule removed the floor (the "
+    "lesion-free phantom 0.96 -> 0.39 %) but not these (docs/cohort.md)",
 )
 def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
     truth = {(r["subject"], r["visit"]): r for r in _rows(trial_run["cohort"] / "truth.csv")}
@@ -118,10 +118,11 @@ def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-11-22, session 6): total-lesion medians are within tolerance, but "
-    "solid relative change reads up to +29 pp (less negative) at month 1 and 3: the solid "
-    "false-positive floor on hilar vessels (~0.5 % of lung) does not shrink when the true "
-    "solid does, so relative change compresses (docs/segmentation.md)",
+    reason="known gap (2026-12-05, session 8): total-lesion medians are within tolerance; "
+    "solid relative change reads +25.9 pp (MSC, month 1), +11.3 / -10.2 pp (MSC / placebo, "
+    "month 3) off the truth with two subjects per arm. The vessel-segment rule cut the solid "
+    "floor (+0.32 -> +0.08 pp on the full simulated trial; month-3 MSC was +28.6) but solid "
+    "recall on the 3 mm phantoms is 0.85 x truth and noisy at low solid (docs/cohort.md)",
 )
 def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
     truth = {(r["endpoint"], r["visit"]): r
