@@ -96,7 +96,7 @@ def test_measured_proportions_rank_the_scans_like_the_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-12-05, session 8): 2 of 60 per-scan proportions are off by more "
+    reason="known gap (2026-12-05, session 8): 2 of 30 per-scan proportions are off by more "
     "than 1 pp, both of subject S002 at 33-38 % burden: solid -1.44 pp (solid thinner than "
     "the background ball on these 3 mm-voxel phantoms is missed) and lesion +1.08 pp (vessel "
     "partial volume next to lesions). The vessel-segment rule removed the floor (the "
