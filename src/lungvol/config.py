@@ -263,11 +263,8 @@ class LesionSegmentationConfig:
     # not solid lesion (the tube continues), its longest principal axis is at least
     # vessel_min_elongation times the second (a tube, not a round nodule) and no voxel is
     # deeper than vessel_max_radius_mm inside it (tumours and consolidations are thicker).
-    # No bone within vessel_min_bone_distance_mm of the component's box (wide vessels are
-    # central; consolidation along the ribs is not a vessel). Its ground-glass skirt in the
-    # shell goes with it. vessel_max_radius_mm = 0 disables.
+    # Its ground-glass skirt in the shell goes with it. vessel_max_radius_mm = 0 disables.
     vessel_max_radius_mm: float = 8.0
-    vessel_min_bone_distance_mm: float = 4.0
     vessel_min_elongation: float = 2.0
     vessel_shell_mm: float = 2.0
     vessel_ring_mm: float = 4.0
@@ -296,7 +293,7 @@ class LesionSegmentationConfig:
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
             "lesion_extension_mm", "extension_vessel_clearance_mm", "noise_target_hu",
-            "noise_max_smoothing_mm", "vessel_max_radius_mm", "vessel_min_bone_distance_mm",
+            "noise_max_smoothing_mm", "vessel_max_radius_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

@@ -610,11 +610,9 @@ def _elongations(lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]
 
 def _drop_vessel_segments(
     ggo: np.ndarray, solid: np.ndarray, dense: np.ndarray, lung: np.ndarray,
-    bone: np.ndarray, spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
 ) -> int:
     """Remove accepted solid components that are vessel segments, and their skirts (in place).
-
-    ``bone`` marks voxels outside the lung at or above ``bone_min_hu``.
 
     Vessels wider than the ball (hilar and lobar arteries and veins, their junctions) keep a
     solid-band background and pass the background rules. A 26-connected solid component is
@@ -630,10 +628,7 @@ def _drop_vessel_segments(
     - it is elongated: longest principal axis at least ``vessel_min_elongation`` times the
       second (a round nodule on a vessel stays);
     - it is nowhere deeper than ``vessel_max_radius_mm`` (tumours and consolidations are
-      thicker than vessels);
-    - no ``bone`` lies within ``vessel_min_bone_distance_mm`` of its bounding box (vessels
-      this wide are central; a strip of consolidation left along the ribs by the lung mask
-      is also thin, elongated and touches dense tissue).
+      thicker than vessels).
 
     Shells and rings are boxes of per-axis half-widths (the shell at least one voxel, the
     ring at least one voxel beyond it). Ground glass in
@@ -661,7 +656,6 @@ def _drop_vessel_segments(
     shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
     # The ring is at least one voxel wide on coarse grids.
     ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
-    bone_half, _ = box(config.vessel_min_bone_distance_mm, (1, 1, 1))
     removed = 0
     for i, obj in enumerate(ndimage.find_objects(lab), start=1):
         if obj is None or not elongated[i]:
@@ -683,12 +677,6 @@ def _drop_vessel_segments(
             continue
         continued = np.count_nonzero(shell & dense[sl] & lesion_free)
         if continued < config.vessel_min_continuation_fraction * n_shell:
-            continue
-        near_bone = tuple(
-            slice(max(0, o.start - h), min(dim, o.stop + h))
-            for o, h, dim in zip(obj, bone_half, lab.shape, strict=True)
-        )
-        if bone[near_bone].any():
             continue
         depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
@@ -863,8 +851,7 @@ def segment_lesions(
         vessel_ml = 0.0
         if rules:
             vessel_ml = voxel_ml * _drop_vessel_segments(
-                ggo, solid, lung_b & (smooth >= s_lo), lung_b,
-                ~lung_b & (smooth >= config.bone_min_hu), sp, config,  # type: ignore[arg-type]
+                ggo, solid, lung_b & (smooth >= s_lo), lung_b, sp, config  # type: ignore[arg-type]
             )
     del smooth
     lesion = ggo | solid
