@@ -656,7 +656,7 @@ def _drop_vessel_segments(
     shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
     # The ring is at least one voxel wide on coarse grids.
     ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
-    removed = 0
+    drop: list[tuple[tuple[slice, ...], np.ndarray, np.ndarray]] = []
     for i, obj in enumerate(ndimage.find_objects(lab), start=1):
         if obj is None or not elongated[i]:
             continue
@@ -681,11 +681,16 @@ def _drop_vessel_segments(
         depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
             continue
-        skirt = shell & ggo[sl]
+        drop.append((sl, comp, shell & ggo[sl]))
+    # Every component is judged on the masks as they came in, then all are removed: a
+    # vessel's verdict does not depend on whether its neighbour's skirt went first.
+    if not drop:
+        return 0
+    before = np.count_nonzero(solid) + np.count_nonzero(ggo)
+    for sl, comp, skirt in drop:  # skirts of neighbouring segments may overlap
         solid[sl] &= ~comp
         ggo[sl] &= ~skirt
-        removed += int(np.count_nonzero(comp)) + int(np.count_nonzero(skirt))
-    return removed
+    return int(before - np.count_nonzero(solid) - np.count_nonzero(ggo))
 
 
 def _background_rules(
