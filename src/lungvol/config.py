@@ -338,6 +338,15 @@ class QuantificationConfig:
     air_pocket_max_hu: float = -970.0
     air_pocket_block_mm: float = 2.0
     air_pocket_min_ml: float = 30.0
+    # Solid lesion in the lung mask's outer voxel layer next to soft tissue (at or above
+    # surface_tissue_min_hu, i.e. not air): there lesion and chest wall, diaphragm or
+    # mediastinum have the same HU and the lung boundary is invisible. QC flag from
+    # surface_solid_flag_min_ml AND surface_solid_flag_min_fraction of the solid volume
+    # (session 9: inserted solid 5-30 % 22-24 % of it, 11-57 mL; normal chest 0.7 mL;
+    # inserted blobs 7-11 %).
+    surface_tissue_min_hu: float = -300.0
+    surface_solid_flag_min_ml: float = 10.0
+    surface_solid_flag_min_fraction: float = 0.15
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -358,6 +367,16 @@ class QuantificationConfig:
             raise ConfigError(
                 "quantification.max_right_left_volume_ratio must be >= 1, got "
                 f"{self.max_right_left_volume_ratio}"
+            )
+        if self.surface_solid_flag_min_ml < 0:
+            raise ConfigError(
+                "quantification.surface_solid_flag_min_ml must be >= 0, got "
+                f"{self.surface_solid_flag_min_ml}"
+            )
+        if not 0.0 <= self.surface_solid_flag_min_fraction <= 1.0:
+            raise ConfigError(
+                "quantification.surface_solid_flag_min_fraction must be in [0, 1], got "
+                f"{self.surface_solid_flag_min_fraction}"
             )
 
 

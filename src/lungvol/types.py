@@ -132,6 +132,9 @@ class ScanMetrics:
     lesion_proportion_pct: float
     solid_proportion_pct: float
     ggo_proportion_pct: float
+    # Solid lesion in the lung mask's outer voxel layer against soft tissue (mL): where the
+    # lung boundary is invisible and solid may be under-read (QC flag solid_at_lung_surface).
+    solid_at_surface_ml: float
     normal_ct: bool
     lung_hu: dict[str, float]  # mean, std, p5, p25, p50, p75, p95 ...
     qc_flags: list[str]

@@ -223,6 +223,67 @@ def test_air_without_lung_tissue_in_the_lung_mask_is_flagged(pocket_hu, flagged)
         assert 110 <= volume_ml <= 130
 
 
+def _subpleural_solid(wall_hu: int) -> tuple:
+    """chest() plus a 10 x 20 x 4-voxel solid slab on the right lung's lateral face (x = 6),
+    with the voxels beyond that face (x = 5) set to ``wall_hu``."""
+    vol, lungs, lesions = chest()
+    hu, labels = vol.hu.copy(), lesions.labels.copy()
+    labels[10:20, 20:40, 6:10] = 2
+    hu[10:20, 20:40, 6:10] = -30
+    hu[:, :, 5] = wall_hu
+    return dataclasses.replace(vol, hu=hu), lungs, LesionMask(labels, {})
+
+
+FLAG_SMALL = dataclasses.replace(CFG, quantification=dataclasses.replace(
+    CFG.quantification, surface_solid_flag_min_ml=0.1))
+
+
+def test_solid_against_soft_tissue_is_measured_and_flagged() -> None:
+    """Solid in the lung mask's outer layer next to tissue (x = 6, 10 x 20 voxels of
+    2 uL = 0.4 mL) is reported; with 24 % of the 1.7 mL solid there, it is flagged."""
+    vol, lungs, lesions = _subpleural_solid(wall_hu=40)
+    m = measure_scan(vol, lungs, lesions, FLAG_SMALL, timings_s={})
+    assert m.solid_at_surface_ml == pytest.approx(200 * 0.002)
+    assert m.solid_volume_ml == pytest.approx(850 * 0.002)
+    (flag,) = [f for f in m.qc_flags if flag_code(f) == "solid_at_lung_surface"]
+    assert "0 mL of the 2 mL" in flag
+    # The default minimum (10 mL) keeps such a small contact unflagged.
+    m = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    assert "solid_at_lung_surface" not in _codes(m.qc_flags)
+    assert m.solid_at_surface_ml == pytest.approx(0.4)
+
+
+def test_solid_against_air_or_deep_in_the_lung_is_not_at_the_surface() -> None:
+    """Air beyond the lung face (a cut field of view) hides no boundary; the solid box of
+    chest() lies 4 voxels deep."""
+    vol, lungs, lesions = _subpleural_solid(wall_hu=-1000)
+    m = measure_scan(vol, lungs, lesions, FLAG_SMALL, timings_s={})
+    assert m.solid_at_surface_ml == 0.0
+    assert "solid_at_lung_surface" not in _codes(m.qc_flags)
+    vol, lungs, lesions = chest()
+    m = measure_scan(vol, lungs, lesions, FLAG_SMALL, timings_s={})
+    assert m.solid_at_surface_ml == 0.0
+
+
+def test_small_share_of_solid_at_the_surface_is_not_flagged() -> None:
+    """Above the volume minimum but under surface_solid_flag_min_fraction of the solid."""
+    vol, lungs, lesions = _subpleural_solid(wall_hu=40)
+    labels = lesions.labels.copy()
+    labels[20:34, 10:50, 12:26] = 2  # 7840 voxels deep in the lung: contact now 2.3 %
+    cfg = dataclasses.replace(FLAG_SMALL, quantification=dataclasses.replace(
+        FLAG_SMALL.quantification, surface_solid_flag_min_fraction=0.15))
+    m = measure_scan(vol, lungs, LesionMask(labels, {}), cfg, timings_s={})
+    assert m.solid_at_surface_ml == pytest.approx(0.4)
+    assert "solid_at_lung_surface" not in _codes(m.qc_flags)
+
+
+@pytest.mark.parametrize(("field", "value"), [("surface_solid_flag_min_ml", -1.0),
+                                              ("surface_solid_flag_min_fraction", 1.5)])
+def test_surface_solid_settings_are_validated(field, value) -> None:
+    with pytest.raises(ConfigError, match=field):
+        QuantificationConfig(**{field: value})
+
+
 def test_quantification_config_refuses_non_positive_slice_limits() -> None:
     with pytest.raises(ConfigError, match="lesion_bias_slice_mm"):
         QuantificationConfig(lesion_bias_slice_mm=0.0)

@@ -12,6 +12,7 @@ import pytest
 from lungvol.config import IOConfig, LungvolConfig
 from lungvol.io import read_ct
 from lungvol.phantom import make_phantom
+from lungvol.quantification.qc_flags import solid_at_surface_ml, surface_solid_flags
 from lungvol.segmentation import segment_lesions, segment_lungs
 from lungvol.types import CTVolume, SourceInfo
 
@@ -79,6 +80,17 @@ def test_real_normal_chest_lesion_proportion(chest):
     assert lesions.info["vessel_segments_removed_ml"] > 10.0
 
 
+def test_real_normal_chest_has_no_solid_at_the_lung_surface(chest):
+    """The QC flag solid_at_lung_surface stays off on a normal scan (0.7 mL, session 9)."""
+    vol, lungs = chest
+    lesions = segment_lesions(vol, lungs, CFG.lesions).labels
+    surface_ml = solid_at_surface_ml(vol.hu, lungs.labels, lesions, vol.spacing_mm,
+                                     config=CFG.quantification)
+    assert surface_ml < 3.0
+    assert not surface_solid_flags(surface_ml, np.count_nonzero(lesions == 2)
+                                   * vol.voxel_volume_ml, config=CFG.quantification)
+
+
 def _with_noise(hu: np.ndarray, sd_hu: float, seed: int = 1) -> np.ndarray:
     """``hu`` plus white noise of ``sd_hu`` (a sharp-kernel or low-dose scan), int16."""
     noise = np.random.default_rng(seed).normal(0.0, sd_hu, hu.shape).astype(np.float32)
@@ -115,7 +127,14 @@ def _inserted_errors(
     lesions = segment_lesions(with_lesions, new_lungs, CFG.lesions).labels
     n_les, n_sol = np.count_nonzero(lesions), np.count_nonzero(lesions == 2)
     t_les, t_sol = np.count_nonzero(truth), np.count_nonzero(truth == 2)
+    surface_ml = solid_at_surface_ml(hu, new_lungs.labels, lesions, vol.spacing_mm,
+                                     config=CFG.quantification)
     return {
+        "surface_ml": surface_ml,
+        "surface_flagged": bool(surface_solid_flags(surface_ml, n_sol * vol.voxel_volume_ml,
+                                                    config=CFG.quantification)),
+        "solid_outside_ml": np.count_nonzero((truth == 2) & (new_lungs.labels == 0))
+        * vol.voxel_volume_ml,
         "total_pct": 100.0 * (n_les - t_les) / t_les,
         "solid_pct": 100.0 * (n_sol - t_sol) / t_sol,
         "proportion_pp": 100.0 * n_les / np.count_nonzero(new_lungs.labels)
@@ -131,6 +150,15 @@ def test_real_chest_inserted_lesions_15pct(chest):
     assert abs(err["total_pct"]) <= 10.0, err
     assert abs(err["proportion_pp"]) <= 1.0, err
     assert err["overlap"] >= 0.75, err
+
+
+def test_solid_at_the_surface_estimates_what_the_lung_mask_leaves_out(chest):
+    """Inserted solid that replaces the lung surface is partly outside the lung mask (the
+    boundary is invisible); the scan is flagged, and solid_at_surface_ml is of the size of
+    the solid left out (session 9: 30.9 mL against 28.5 mL)."""
+    err = _inserted(chest, 15.0, 3.0, seed=12)
+    assert err["surface_flagged"], err
+    assert 0.5 * err["solid_outside_ml"] <= err["surface_ml"] <= 2.0 * err["solid_outside_ml"]
 
 
 @pytest.mark.xfail(

@@ -89,6 +89,7 @@ def _print_summary(metrics: ScanMetrics, out_dir: Path, elapsed_s: float) -> Non
                   f"{m.lesion_proportion_pct:.2f}")
     table.add_row("  ground-glass", f"{m.ggo_volume_ml:.1f}", f"{m.ggo_proportion_pct:.2f}")
     table.add_row("  solid", f"{m.solid_volume_ml:.1f}", f"{m.solid_proportion_pct:.2f}")
+    table.add_row("    against soft tissue", f"{m.solid_at_surface_ml:.1f}", "")
     console.print(table)
     console.print(f"normal CT: {'[green]yes[/]' if m.normal_ct else '[yellow]no[/]'}")
     if m.qc_flags:

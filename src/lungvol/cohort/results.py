@@ -34,6 +34,7 @@ METRIC_COLUMNS = (
     "lesion_proportion_pct",
     "solid_proportion_pct",
     "ggo_proportion_pct",
+    "solid_at_surface_ml",
     "normal_ct",
     "qc_flags",
 )

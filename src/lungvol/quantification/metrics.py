@@ -13,7 +13,9 @@ from lungvol.quantification.qc_flags import (
     air_pocket_flags,
     edge_flags,
     passthrough_flags,
+    solid_at_surface_ml,
     spacing_flags,
+    surface_solid_flags,
     volume_flags,
 )
 from lungvol.quantification.volumes import measure_volumes
@@ -79,6 +81,10 @@ def measure_scan(
     flags += edge_flags(lungs.labels, config=qcfg)
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
+    surface_ml = solid_at_surface_ml(
+        volume.hu, lungs.labels, lesions.labels, volume.spacing_mm, config=qcfg
+    )
+    flags += surface_solid_flags(surface_ml, vols.solid_volume_ml, config=qcfg)
     for flag in flags:
         logger.info("QC flag %s", flag)
 
@@ -102,6 +108,7 @@ def measure_scan(
         lesion_proportion_pct=vols.lesion_proportion_pct,
         solid_proportion_pct=vols.solid_proportion_pct,
         ggo_proportion_pct=vols.ggo_proportion_pct,
+        solid_at_surface_ml=surface_ml,
         normal_ct=bool(vols.lesion_proportion_pct < qcfg.normal_ct_max_lesion_pct),
         lung_hu=hu_stats,
         qc_flags=flags,

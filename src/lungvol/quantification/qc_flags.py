@@ -10,10 +10,12 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
+from scipy import ndimage
 
 from lungvol.config import QuantificationConfig
 from lungvol.quantification.volumes import Volumes
 from lungvol.segmentation.grid import CoarseGrid, bounding_box
+from lungvol.types import LESION_SOLID
 
 # A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
@@ -158,6 +160,48 @@ def air_pocket_flags(
         f"{config.air_pocket_max_hu:g} HU in {config.air_pocket_block_mm:g} mm blocks): a "
         "pneumothorax, a large bulla or cyst, or severe emphysema; a pneumothorax is counted "
         "as lung here, which inflates the lung volume and lowers the proportions; check qc.png"
+    ]
+
+
+def solid_at_surface_ml(
+    hu: np.ndarray, lung_labels: np.ndarray, lesion_labels: np.ndarray,
+    spacing_mm: tuple[float, float, float], *, config: QuantificationConfig,
+) -> float:
+    """Solid lesion (mL) in the lung mask's outer voxel layer against soft tissue.
+
+    A solid voxel counts when one of its 26 neighbours is outside the lung mask and at or
+    above ``surface_tissue_min_hu`` (chest wall, diaphragm, mediastinum; not air). There
+    consolidation and soft tissue have the same HU, so the lung boundary cannot be seen
+    and the lung mask may leave out a layer of the lesion (docs/segmentation.md, "Lesion
+    at the lung surface").
+    """
+    solid = lesion_labels == LESION_SOLID
+    if not solid.any():
+        return 0.0
+    box = bounding_box(solid, margin=1)
+    tissue = (lung_labels[box] == 0) & (hu[box] >= config.surface_tissue_min_hu)
+    # A 3x3x3 maximum filter is the 26-neighbourhood dilation (separable, so cheap).
+    near = ndimage.maximum_filter(tissue.view(np.uint8), size=3, mode="constant") > 0
+    n = int(np.count_nonzero(solid[box] & near))
+    return n * float(np.prod(spacing_mm)) / 1000.0
+
+
+def surface_solid_flags(
+    surface_ml: float, solid_ml: float, *, config: QuantificationConfig
+) -> list[str]:
+    """Flag a scan whose solid lesion lies largely against soft tissue (its volume may be
+    under-read): at least ``surface_solid_flag_min_ml`` and
+    ``surface_solid_flag_min_fraction`` of the solid volume."""
+    if solid_ml <= 0 or surface_ml < config.surface_solid_flag_min_ml:
+        return []
+    if surface_ml < config.surface_solid_flag_min_fraction * solid_ml:
+        return []
+    return [
+        f"solid_at_lung_surface: {surface_ml:.0f} mL of the {solid_ml:.0f} mL of solid lesion "
+        "lies against the chest wall, diaphragm or mediastinum, where dense lesion and soft "
+        "tissue have the same HU and the lung boundary cannot be seen; the lung mask may "
+        "leave out a layer of it, so the solid volume may be under-read (on lungvol's "
+        "insertion tests by about as much again); check qc.png"
     ]
 
 
