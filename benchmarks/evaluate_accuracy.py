@@ -44,6 +44,7 @@ from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
 from lungvol.phantom import insert_blobs, insert_lesions, make_phantom
+from lungvol.quantification.qc_flags import solid_at_surface_ml
 from lungvol.segmentation import segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
 
@@ -186,6 +187,12 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
             "lesion_fp_prior_dense_ml": round(np.count_nonzero(
                 (e2.labels > 0) & (truth_les == 0) & (chest.hu >= INSERT_PARENCHYMA_MAX_HU)
             ) * vml, 1),
+            # Inserted solid the lung mask leaves out, against what metrics.json's
+            # solid_at_surface_ml (solid against soft tissue) reports for the scan.
+            "solid_outside_lung_mask_ml": round(np.count_nonzero(
+                (truth_les == 2) & (l2.labels == 0)) * vml, 1),
+            "solid_at_surface_ml": round(solid_at_surface_ml(
+                hu_new, l2.labels, e2.labels, chest.spacing_mm, config=CFG.quantification), 1),
             **t2,
         }
         out.append(row)
@@ -217,6 +224,9 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
                 (les_t.labels == 2) & ~tum) * vol.voxel_volume_ml, 1),
             "lesion_proportion_pct": round(100 * np.count_nonzero(les_t.labels) / max(
                 1, np.count_nonzero(lungs_t.labels)), 2),
+            "solid_at_surface_ml": round(solid_at_surface_ml(
+                vol.hu, lungs_t.labels, les_t.labels, vol.spacing_mm,
+                config=CFG.quantification), 1),
             **tt,
         }
         out.append(row)
