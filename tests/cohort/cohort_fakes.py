@@ -1,7 +1,8 @@
 """Fakes for cohort tests: a cohort folder builder and a stand-in for segment_scan.
 
 Each fake scan folder holds ``fake.json`` with the proportions the fake segmenter reports,
-or ``{"fail": "message"}`` to raise InputError, and optionally ``{"sleep_s": t}``.
+or ``{"fail": "message"}`` to raise InputError, and optionally ``{"sleep_s": t}`` and
+``{"qc_flags": [...]}`` (reported in metrics.json).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def make_cohort(
     for s in scans:
         folder = root / s["subject"] / s.get("scan", s.get("visit"))
         folder.mkdir(parents=True, exist_ok=True)
-        payload = {k: s[k] for k in ("lesion", "solid", "fail", "sleep_s") if k in s}
+        payload = {k: s[k] for k in ("lesion", "solid", "fail", "sleep_s", "qc_flags") if k in s}
         (folder / "fake.json").write_text(json.dumps(payload))
     rows = manifest_rows if manifest_rows is not None else scans
     with (root / "manifest.csv").open("w", newline="") as fh:
@@ -61,7 +62,7 @@ def fake_segment(path: Path, out_dir: Path, *, config, device: str, overwrite: b
         "ggo_proportion_pct": lesion - solid,
         "normal_ct": lesion < config.quantification.normal_ct_max_lesion_pct,
         "lung_hu": {"mean": -800.0, "p50": -820.0},
-        "qc_flags": [],
+        "qc_flags": list(spec.get("qc_flags", [])),
         "provenance": {"source": {"path": str(path)}},
         "status": "ok",
     }

@@ -22,10 +22,14 @@ TRIAL = load_trial()
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+SCANS: list[dict] = []
+
+
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> tuple[Path, object]:
     tmp = tmp_path_factory.mktemp("report")
-    scans = []
+    scans = SCANS
+    scans.clear()
     for i in range(6):
         arm = "MSC" if i < 3 else "placebo"
         drop = 0.5 if arm == "MSC" else 0.8
@@ -36,6 +40,12 @@ def analysed(tmp_path_factory) -> tuple[Path, object]:
             scans.append({"subject": f"S{i}", "arm": arm, "visit": visit,
                           "lesion": lesion, "solid": lesion / 10})
     scans[5] = dict(scans[5], fail="corrupt scan")
+    scans[8] = dict(scans[8], qc_flags=[
+        "solid_at_lung_surface: 12 mL of the 40 mL of solid lesion lies against the chest "
+        "wall; the lung mask may leave out a layer of it; check qc.png",
+        "thick_slices_lesion_bias: slices are 3 mm apart; lesion reads high",
+    ])
+    scans[20] = dict(scans[20], qc_flags=["thick_slices_lesion_bias: slices are 3 mm apart"])
     root = make_cohort(tmp / "cohort", scans)
     out = tmp / "out"
     run_cohort(discover_cohort(root, TRIAL), out, LungvolConfig(), executor=SerialExecutor(),
@@ -85,6 +95,26 @@ def test_report_html_is_self_contained_and_lists_imputed_and_failed(analysed):
     assert page.count("data:image/jpeg;base64,") == 6 * 7 - 2  # QC thumbnails of ok scans
     assert "Imputed visits (LOCF)" in page
     assert "corrupt scan" in page
+
+
+def test_report_lists_qc_flags_per_scan_and_marks_their_thumbnails(analysed):
+    """Flags reach scans.csv as codes (filterable) and full messages, and the report counts
+    and lists them; flag messages hold ';', so the codes column is ';'-joined codes only."""
+    out, result = analysed
+    with (out / "scans.csv").open() as fh:
+        rows = {(r["subject"], r["visit"]): r for r in csv.DictReader(fh)}
+    s8, s20 = (rows[(s["subject"], s["visit"])] for s in (SCANS[8], SCANS[20]))
+    assert s8["qc_flag_codes"] == "solid_at_lung_surface;thick_slices_lesion_bias"
+    assert s8["qc_flags"].split(" | ")[0].endswith("; check qc.png")
+    assert s20["qc_flag_codes"] == "thick_slices_lesion_bias"
+    assert sum(bool(r["qc_flag_codes"]) for r in rows.values()) == 2
+    page = result.files["report_html"].read_text()
+    assert "QC flags: 2 of 40 measured scans" in page
+    assert "<td>thick_slices_lesion_bias</td><td>2</td>" in page
+    assert "<td>solid_at_lung_surface</td><td>1</td>" in page
+    assert "the lung mask may leave out a layer of it; check qc.png</td>" in page
+    assert page.count('class="thumb flagged"') == 2
+    assert "QC: solid_at_lung_surface, thick_slices_lesion_bias" in page
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from typing import Any
 
 from lungvol.cohort.run import CACHE_NAME, METRICS_NAME, RUN_NAME, _atomic_write_csv
 from lungvol.errors import CohortError
+from lungvol.quantification.qc_flags import flag_code
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,11 @@ METRIC_COLUMNS = (
     "solid_at_surface_ml",
     "normal_ct",
     "qc_flags",
+    "qc_flag_codes",
 )
+# Joins a scan's QC flags in one CSV cell. Flag messages contain ";" and ","; codes never
+# contain either, so qc_flag_codes (codes joined by ";") is the column to filter on.
+QC_FLAG_SEPARATOR = " | "
 
 
 def _is_missing(value: Any) -> bool:
@@ -63,10 +68,13 @@ def read_csv_rows(path: Path) -> list[dict[str, str]]:
 
 def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
+    flags = [str(v) for v in (metrics.get("qc_flags") or [])]
     for key in METRIC_COLUMNS:
         value = metrics.get(key)
         if key == "qc_flags":
-            value = ";".join(str(v) for v in (value or []))
+            value = QC_FLAG_SEPARATOR.join(flags)
+        elif key == "qc_flag_codes":
+            value = ";".join(flag_code(f) for f in flags)
         row[key] = value
     for name, value in sorted((metrics.get("lung_hu") or {}).items()):
         row[f"lung_hu_{name}"] = value

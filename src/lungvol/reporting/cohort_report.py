@@ -6,15 +6,17 @@ import datetime as dt
 import html
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lungvol import __version__
 from lungvol.cohort.endpoints import endpoint_rows, read_reads, subject_visit_table
-from lungvol.cohort.results import collect_results, read_csv_rows
+from lungvol.cohort.results import QC_FLAG_SEPARATOR, collect_results, read_csv_rows
 from lungvol.cohort.trial import TrialConfig
 from lungvol.errors import CohortError
+from lungvol.quantification.qc_flags import flag_code
 from lungvol.reporting import tables
 from lungvol.reporting.figures import write_figures
 from lungvol.reporting.html import build_report_html, figure_html, html_table, thumbnails_html
@@ -176,9 +178,35 @@ def _report_page(
                 ),
             )
         )
+    sections.append(qc_flags_section(scans))
     sections.append(("Per-scan QC", thumbnails_html(scans, out)))
     title = f"lungvol cohort report — {html.unescape(trial.title or trial.name)}"
     return build_report_html(title=title, intro=intro, sections=sections)
+
+
+def qc_flags_section(scans: list[dict[str, Any]]) -> tuple[str, str]:
+    """(heading, body): how many measured scans carry each QC flag, then every flag with its
+    message, so a reader sees which numbers to distrust before reading the tables."""
+    measured = [s for s in scans if s["status"] == "ok"]
+    flagged = [s for s in measured if s.get("qc_flag_codes")]
+    heading = f"QC flags: {len(flagged)} of {len(measured)} measured scans"
+    if not flagged:
+        return heading, "<p>None.</p>"
+    counts = Counter(
+        code for s in flagged for code in dict.fromkeys(str(s["qc_flag_codes"]).split(";"))
+    )
+    listing = [
+        [s["subject"], s["visit"], flag_code(f), f.split(":", 1)[1].strip() if ":" in f else f]
+        for s in flagged
+        for f in str(s.get("qc_flags") or "").split(QC_FLAG_SEPARATOR)
+        if f.strip()
+    ]
+    body = (
+        html_table(["Flag", "Scans"], sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        + "<p class='note'>What each flag means: docs/pipeline.md, \"QC flags\".</p>"
+        + html_table(["Subject", "Visit", "Flag", "Message"], listing)
+    )
+    return heading, body
 
 
 def trial_endpoint_label(trial: TrialConfig, name: str) -> str:

@@ -27,6 +27,7 @@ th{background:#f0f0f0}tr:nth-child(even) td{background:#fafafa}
 .thumb{width:230px;font-size:.8em;text-align:center}
 .thumb img{max-width:220px;border:1px solid #ccc}
 .failed{color:#a00}.note{color:#555;font-size:.9em}
+.flagged img{border:2px solid #d80}.flagged div{color:#a50}
 """
 
 
@@ -87,19 +88,24 @@ def figure_html(png_path: Path, caption: str) -> str:
 
 
 def thumbnails_html(scans: Sequence[dict[str, Any]], out: Path) -> str:
-    """A grid of per-scan QC thumbnails with subject, visit, proportions and status."""
+    """A grid of per-scan QC thumbnails with subject, visit, proportions, QC flag codes (an
+    orange frame) and status."""
     cells = []
     for s in scans:
         caption = f"{s['subject']} · {s['visit']} (day {s['day']})"
+        codes = str(s.get("qc_flag_codes") or "").replace(";", ", ")
         if s["status"] == "ok":
             caption += (
                 f" · lesion {float(s['lesion_proportion_pct']):.2f}%"
                 f" · solid {float(s['solid_proportion_pct']):.2f}%"
             )
+            if codes:
+                caption += f" · QC: {codes}"
         uri = thumbnail_uri(out / s["qc_png"]) if s.get("qc_png") else ""
         img = (
             f'<img alt="QC {html.escape(caption)}" src="{uri}">' if uri else "<p>(no QC image)</p>"
         )
-        cls = "thumb" if s["status"] == "ok" else "thumb failed"
+        cls = "thumb" if s["status"] != "ok" or not codes else "thumb flagged"
+        cls = cls if s["status"] == "ok" else "thumb failed"
         cells.append(f'<div class="{cls}">{img}<div>{html.escape(caption)}</div></div>')
     return f'<div class="thumbs">{"".join(cells)}</div>' if cells else "<p>No scans.</p>"
