@@ -201,7 +201,7 @@ def surface_solid_flags(
         "lies against the chest wall, diaphragm or mediastinum, where dense lesion and soft "
         "tissue have the same HU and the lung boundary cannot be seen; the lung mask may "
         "leave out a layer of it, so the solid volume may be under-read (on lungvol's "
-        "insertion tests by about as much again); check qc.png"
+        "insertion tests and phantoms by 0.5-1.3 times this volume); check qc.png"
     ]
 
 
