@@ -98,6 +98,9 @@ def test_phantom_metrics_agree_with_truth_loosely(phantom_run: tuple) -> None:
     assert m["solid_volume_ml"] < m["ggo_volume_ml"]
     assert m["lesion_volume_ml"] == pytest.approx(m["ggo_volume_ml"] + m["solid_volume_ml"])
     assert m["normal_ct"] is (truth["lesion_proportion_pct"] < 1.0)
+    # Solid against soft tissue is part of the solid, and the phantom's subpleural solid
+    # (3 mm voxels) puts a share of it there.
+    assert 0.0 < m["solid_at_surface_ml"] <= m["solid_volume_ml"]
 
 
 def test_dicom_seg_is_readable_by_highdicom_and_references_the_source(phantom_run: tuple) -> None:
