@@ -78,6 +78,17 @@ def test_corrupt_scan_is_recorded_and_the_others_finish(trial_run):
     assert cell["scan_status"] == "failed"
 
 
+def test_run_summary_counts_the_qc_flags_of_scans_csv(trial_run):
+    """The run's last lines count flagged scans per code, as scans.csv has them (3 mm
+    phantoms: thick_slices_lesion_bias on every measured scan)."""
+    rows = [r for r in _rows(trial_run["out"] / "scans.csv") if r["status"] == "ok"]
+    flagged = [r for r in rows if r["qc_flag_codes"]]
+    assert len(flagged) == len(rows)
+    assert f"QC flags on {len(flagged)} scans (" in trial_run["run_output"]
+    thick = sum("thick_slices_lesion_bias" in r["qc_flag_codes"].split(";") for r in rows)
+    assert f"thick_slices_lesion_bias {thick}" in trial_run["run_output"]
+
+
 def test_measured_proportions_rank_the_scans_like_the_truth(trial_run):
     """Each result row belongs to the right subject and visit: measured lesion and solid
     proportions order the scans as the phantom truth does (Spearman >= 0.9). Accuracy itself

@@ -120,13 +120,17 @@ def run_command(
             )
     finally:
         executor.close()
-    from lungvol.cohort.results import collect_results
+    from lungvol.cohort.results import collect_results, qc_flag_counts
 
-    collect_results(out)
+    rows = collect_results(out)
     typer.echo(
         f"{summary.total} scans: {summary.done} done, {summary.skipped} skipped (complete), "
         f"{summary.failed} failed in {summary.seconds:.1f} s; table: {out / 'scans.csv'}"
     )
+    n_flagged, counts = qc_flag_counts(rows)
+    if n_flagged:
+        listed = ", ".join(f"{code} {n}" for code, n in counts)
+        typer.echo(f"  QC flags on {n_flagged} scans ({listed}): column qc_flag_codes")
     for f in summary.failures:
         typer.echo(f"  failed {f['subject']}/{f['visit']}: {f['error_type']}: {f['error'][:160]}")
     if summary.failed:

@@ -45,6 +45,19 @@ METRIC_COLUMNS = (
 QC_FLAG_SEPARATOR = " | "
 
 
+def qc_flag_counts(rows: Sequence[dict[str, Any]]) -> tuple[int, list[tuple[str, int]]]:
+    """Measured scans that carry a QC flag, and how many carry each code (most first)."""
+    counts: dict[str, int] = {}
+    flagged = 0
+    for row in rows:
+        if row.get("status") != "ok" or not row.get("qc_flag_codes"):
+            continue
+        flagged += 1
+        for code in dict.fromkeys(str(row["qc_flag_codes"]).split(";")):
+            counts[code] = counts.get(code, 0) + 1
+    return flagged, sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 

@@ -6,14 +6,18 @@ import datetime as dt
 import html
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lungvol import __version__
 from lungvol.cohort.endpoints import endpoint_rows, read_reads, subject_visit_table
-from lungvol.cohort.results import QC_FLAG_SEPARATOR, collect_results, read_csv_rows
+from lungvol.cohort.results import (
+    QC_FLAG_SEPARATOR,
+    collect_results,
+    qc_flag_counts,
+    read_csv_rows,
+)
 from lungvol.cohort.trial import TrialConfig
 from lungvol.errors import CohortError
 from lungvol.quantification.qc_flags import flag_code
@@ -192,9 +196,7 @@ def qc_flags_section(scans: list[dict[str, Any]]) -> tuple[str, str]:
     heading = f"QC flags: {len(flagged)} of {len(measured)} measured scans"
     if not flagged:
         return heading, "<p>None.</p>"
-    counts = Counter(
-        code for s in flagged for code in dict.fromkeys(str(s["qc_flag_codes"]).split(";"))
-    )
+    _, counts = qc_flag_counts(scans)
     listing = [
         [s["subject"], s["visit"], flag_code(f), f.split(":", 1)[1].strip() if ":" in f else f]
         for s in flagged
@@ -202,7 +204,7 @@ def qc_flags_section(scans: list[dict[str, Any]]) -> tuple[str, str]:
         if f.strip()
     ]
     body = (
-        html_table(["Flag", "Scans"], sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        html_table(["Flag", "Scans"], counts)
         + "<p class='note'>What each flag means: docs/pipeline.md, \"QC flags\".</p>"
         + html_table(["Subject", "Visit", "Flag", "Message"], listing)
     )
