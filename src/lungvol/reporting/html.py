@@ -105,7 +105,6 @@ def thumbnails_html(scans: Sequence[dict[str, Any]], out: Path) -> str:
         img = (
             f'<img alt="QC {html.escape(caption)}" src="{uri}">' if uri else "<p>(no QC image)</p>"
         )
-        cls = "thumb" if s["status"] != "ok" or not codes else "thumb flagged"
-        cls = cls if s["status"] == "ok" else "thumb failed"
+        cls = "thumb failed" if s["status"] != "ok" else "thumb flagged" if codes else "thumb"
         cells.append(f'<div class="{cls}">{img}<div>{html.escape(caption)}</div></div>')
     return f'<div class="thumbs">{"".join(cells)}</div>' if cells else "<p>No scans.</p>"
