@@ -43,7 +43,7 @@ import numpy as np
 from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
-from lungvol.phantom import insert_blobs, insert_lesions, make_phantom
+from lungvol.phantom import insert_blobs, insert_lesions, make_phantom, resolve_size
 from lungvol.quantification.qc_flags import solid_at_surface_ml
 from lungvol.segmentation import segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
@@ -129,12 +129,16 @@ def _volume(hu: np.ndarray, spacing_mm: tuple[float, float, float], name: str) -
 def phantom_cases(quick: bool) -> list[dict[str, Any]]:
     cases = [(0, 5.0, 1.0, "small"), (1, 15.0, 3.0, "small"), (2, 35.0, 7.0, "small")]
     if not quick:
-        cases += [(3, 0.0, 0.0, "small"), (4, 20.0, 4.0, "fine"), (5, 10.0, 2.0, "fine")]
+        cases += [(3, 0.0, 0.0, "small"), (4, 20.0, 4.0, "fine"), (5, 10.0, 2.0, "fine"),
+                  (0, 5.0, 1.0, "full")]
     out = []
     for seed, les, sol, size in cases:
         kw: dict[str, Any] = {}
         if size == "fine":
             kw = {"shape": (200, 256, 256), "spacing_mm": (1.6, 1.4, 1.4)}
+        elif size == "full":  # HRCT-like voxels (0.8 x 0.7 x 0.7 mm), about 30 s
+            shape, spacing = resolve_size("full")
+            kw = {"shape": shape, "spacing_mm": spacing}
         ph = make_phantom(seed=seed, lesion_pct=les, solid_pct=sol, **kw)
         vol = _volume(ph.hu, ph.spacing_mm, f"phantom-{seed}")
         lungs, lesions, times = _segment(vol)
