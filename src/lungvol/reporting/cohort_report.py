@@ -191,15 +191,15 @@ def _report_page(
 def qc_flags_section(scans: list[dict[str, Any]]) -> tuple[str, str]:
     """(heading, body): how many measured scans carry each QC flag, then every flag with its
     message, so a reader sees which numbers to distrust before reading the tables."""
-    measured = [s for s in scans if s["status"] == "ok"]
-    flagged = [s for s in measured if s.get("qc_flag_codes")]
-    heading = f"QC flags: {len(flagged)} of {len(measured)} measured scans"
-    if not flagged:
+    n_flagged, counts = qc_flag_counts(scans)
+    n_measured = sum(1 for s in scans if s["status"] == "ok")
+    heading = f"QC flags: {n_flagged} of {n_measured} measured scans"
+    if not n_flagged:
         return heading, "<p>None.</p>"
-    _, counts = qc_flag_counts(scans)
     listing = [
         [s["subject"], s["visit"], flag_code(f), f.split(":", 1)[1].strip() if ":" in f else f]
-        for s in flagged
+        for s in scans
+        if s["status"] == "ok"
         for f in str(s.get("qc_flags") or "").split(QC_FLAG_SEPARATOR)
         if f.strip()
     ]
