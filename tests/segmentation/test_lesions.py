@@ -491,3 +491,63 @@ def test_vessel_settings_are_validated():
         LesionSegmentationConfig(vessel_shell_mm=0.0)
     with pytest.raises(ConfigError, match="vessel_max_ggo_fraction"):
         LesionSegmentationConfig(vessel_max_ggo_fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    ("factors", "expected"),
+    [
+        ((1, 1, 1), [(0, 0, 0)]),
+        ((1, 1, 3), [(0, 0, 0), (0, 0, 1)]),
+        ((1, 2, 2), [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]),
+        # three shifted axes: the 4-run orthogonal array, every pair of axes fully crossed
+        ((2, 2, 2), [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]),
+    ],
+)
+def test_background_grid_offsets(factors, expected):
+    from lungvol.segmentation.lesions import _phase_offsets
+
+    assert _phase_offsets(factors, True) == expected
+    assert _phase_offsets(factors, False) == [(0, 0, 0)]
+
+
+def _blobs_at_fine_voxels() -> np.ndarray:
+    """Ground-glass and solid balls (3-8 mm) in normal lung at 0.75 mm in-plane voxels,
+    where the 1.5 mm background blocks are two voxels wide; blurred, with noise."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    shape, spacing = (40, 120, 120), (1.0, 0.75, 0.75)
+    hu = np.full(shape, -860.0, np.float32)
+    zz, yy, xx = np.indices(shape)
+    for _ in range(14):
+        c = rng.uniform((5, 10, 10), (35, 110, 110))
+        r = rng.uniform(3.0, 8.0)
+        ball = sum(
+            ((g - cc) * s) ** 2 for g, cc, s in zip((zz, yy, xx), c, spacing, strict=True)
+        ) <= r * r
+        hu[ball] = rng.choice([-650.0, -40.0], p=[0.7, 0.3])
+    return (ndimage.gaussian_filter(hu, 1.0) + rng.normal(0.0, 15.0, shape)).astype(np.int16)
+
+
+def test_lesions_do_not_depend_on_where_the_scan_is_cropped():
+    """A scan cropped one voxel differently is the same scan: with the background averaged
+    over shifted block grids its lesion mask moves by under 2 % of the lesion voxels; on
+    one block grid (control) up to 13 %."""
+    hu = _blobs_at_fine_voxels()
+    spacing = (1.0, 0.75, 0.75)
+    lung = np.ones(hu.shape, np.uint8)
+
+    def moved_fraction(config: LesionSegmentationConfig) -> list[float]:
+        whole = segment_lesions(_volume(hu, spacing), LungMask(lung), config).labels > 0
+        out = []
+        for dy, dx in ((0, 1), (1, 0), (1, 1)):
+            crop = (slice(None), slice(dy, None), slice(dx, None))
+            part = segment_lesions(
+                _volume(np.ascontiguousarray(hu[crop]), spacing),
+                LungMask(np.ascontiguousarray(lung[crop])), config,
+            ).labels > 0
+            out.append(np.count_nonzero(whole[crop] != part) / np.count_nonzero(whole[crop]))
+        return out
+
+    assert max(moved_fraction(LesionSegmentationConfig())) < 0.02
+    assert max(moved_fraction(LesionSegmentationConfig(background_phase_average=False))) > 0.05
