@@ -71,9 +71,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -199,19 +199,6 @@ def _majority(votes: np.ndarray, n: int, tie: np.ndarray) -> np.ndarray:
     return (2 * votes > n) | ((2 * votes == n) & tie)
 
 
-class _InlineExecutor(Executor):
-    """Runs each submitted call at once, in the caller's thread (the steps of one background
-    grid while the pool's thread computes another)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as err:  # noqa: BLE001 - re-raised by future.result()
-            future.set_exception(err)
-        return future
-
-
 def _phase_offsets(factors: tuple[int, int, int], average: bool) -> list[tuple[int, int, int]]:
     """Block-grid offsets (CT voxels per axis) whose background maps are averaged.
 
@@ -253,31 +240,16 @@ def _background(
     grid = CoarseGrid.for_volume(
         hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
-    offsets = _phase_offsets(grid.factors, config.background_phase_average)
-
-    def on_grid(offset: tuple[int, int, int], executor: Executor) -> tuple[Any, Any]:
+    parts: list[tuple[tuple[int, int, int], tuple[np.ndarray, ...]]] = []
+    parenchyma = None
+    for offset in _phase_offsets(grid.factors, config.background_phase_average):
         view = tuple(slice(o, None) for o in offset)
-        return _background_on_grid(
-            hu_box[view], smooth_box[view], lung_box[view], spacing_mm, config, executor,
-            with_parenchyma=offset == offsets[0],
+        maps, paren = _background_on_grid(
+            hu_box[view], smooth_box[view], lung_box[view], spacing_mm, config, pool,
+            with_parenchyma=parenchyma is None,
         )
-
-    results: list[tuple[Any, Any]] = []
-    if len(offsets) == 1:
-        results.append(on_grid(offsets[0], pool))
-    else:
-        # Grids in pairs, one on each core (scipy.ndimage releases the GIL); each grid's
-        # own steps then run in turn.
-        inline = _InlineExecutor()
-        for k in range(0, len(offsets), 2):
-            other = (
-                pool.submit(on_grid, offsets[k + 1], inline) if k + 1 < len(offsets) else None
-            )
-            results.append(on_grid(offsets[k], inline))
-            if other is not None:
-                results.append(other.result())
-    parts = [(offset, maps) for offset, (maps, _) in zip(offsets, results, strict=True)]
-    parenchyma = results[0][1]
+        parenchyma = parenchyma or paren
+        parts.append((offset, maps))
     assert parenchyma is not None
     phased = tuple(
         _PhasedMap(grid.factors, tuple((offset, maps[k]) for offset, maps in parts))
@@ -289,7 +261,7 @@ def _background(
 def _background_on_grid(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-    pool: Executor, *, with_parenchyma: bool,
+    pool: ThreadPoolExecutor, *, with_parenchyma: bool,
 ) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[CoarseGrid, np.ndarray] | None]:
     """Opened background densities on one block grid, each dilated by one coarse voxel.
 
@@ -832,12 +804,7 @@ def _background_rules(
     s_lo = config.solid_band_hu[0]
     max_above = config.max_above_background_hu
     radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
-    factors = CoarseGrid.for_volume(
-        hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
-    ).factors
-    one_grid = len(_phase_offsets(factors, config.background_phase_average)) == 1
-    # With one background grid the pool's thread is free for the wide-solid test meanwhile.
-    wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px) if one_grid else None
+    wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
     bg_any, bg_ggo, bg_pure, paren = _background(
         hu_box, smooth, lung_box, spacing_mm, config, pool
     )
@@ -850,11 +817,7 @@ def _background_rules(
         )
 
     def solid_rule() -> np.ndarray:
-        wide_solid = (
-            wide_solid_future.result() if wide_solid_future is not None
-            # Computed here, on the pool's thread: the shifted background grids used both.
-            else _wide_solid(solid_band, radius_px)
-        )
+        wide_solid = wide_solid_future.result()
         idx = np.nonzero(solid_band)
         floor = region_floor(idx)
         least_bg = smooth[idx] - np.float32(max_above)
