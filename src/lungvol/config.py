@@ -216,9 +216,6 @@ class LesionSegmentationConfig:
     # 0 = no background gating (plain HU bands).
     background_radius_mm: float = 4.5
     background_working_spacing_mm: float = 1.5
-    # Average the background maps over block grids shifted by half a block (up to four), so
-    # that a one-voxel shift of the scan (another crop) does not move the result.
-    background_phase_average: bool = True
     # Along the costal pleura (outside voxels within pleural_bone_distance_mm of bone) the
     # lung is continued outward by pleural_extrapolation_mm with the values of lung at least
     # pleural_core_depth_mm deep, so that subpleural bands thinner than the ball keep their

@@ -70,9 +70,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -166,107 +165,15 @@ def _grey_opening(array: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     return _flat_filter(eroded, rows, footprint.shape, dilate=True)
 
 
-@dataclass(frozen=True)
-class _PhasedMap:
-    """A coarse map computed on several shifted block grids, read as their mean.
-
-    ``parts`` holds ``(offset, coarse)`` pairs: block ``k`` of a part covers CT indices
-    ``[offset + k*f, offset + (k+1)*f)`` (clipped to block 0 below ``offset``).
-    """
-
-    factors: tuple[int, int, int]
-    parts: tuple[tuple[tuple[int, int, int], np.ndarray], ...]
-
-    def each(self, idx: tuple[np.ndarray, ...]) -> Iterator[np.ndarray]:
-        """The map at CT voxels ``idx`` (nearest block), one array per shifted grid."""
-        for offset, coarse in self.parts:
-            yield coarse[tuple(
-                np.maximum(i - o, 0) // f
-                for i, o, f in zip(idx, offset, self.factors, strict=True)
-            )]
-
-    def mean(self, idx: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Mean over the shifted grids of the map at CT voxels ``idx`` (float32)."""
-        total = np.zeros(len(idx[0]), np.float32)
-        for values in self.each(idx):
-            total += values
-        return total / np.float32(len(self.parts))
-
-
-def _majority(votes: np.ndarray, n: int, tie: np.ndarray) -> np.ndarray:
-    """Voxels kept on more than half of ``n`` shifted grids (``votes``: count per voxel);
-    on exactly half, ``tie`` (the rule on the grids' mean background) decides."""
-    return (2 * votes > n) | ((2 * votes == n) & tie)
-
-
-def _phase_offsets(factors: tuple[int, int, int], average: bool) -> list[tuple[int, int, int]]:
-    """Block-grid offsets (CT voxels per axis) whose background maps are averaged.
-
-    Each axis with a block factor f > 1 takes the offsets 0 and f // 2, combined as the full
-    design for one or two such axes and as the 4-run orthogonal array (every pair of axes
-    sees all four combinations) for three: at most four grids.
-    """
-    axes = [a for a, f in enumerate(factors) if f > 1]
-    if not average or not axes:
-        return [(0, 0, 0)]
-    if len(axes) == 3:
-        levels = [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
-    else:
-        levels = [tuple(bits) for bits in np.ndindex(*(2,) * len(axes))]
-    out = []
-    for bits in levels:
-        offset = [0, 0, 0]
-        for a, b in zip(axes, bits, strict=True):
-            offset[a] = b * (factors[a] // 2)
-        out.append(tuple(offset))
-    return out  # type: ignore[return-value]
-
-
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
     pool: ThreadPoolExecutor,
-) -> tuple[_PhasedMap, _PhasedMap, _PhasedMap, tuple[CoarseGrid, np.ndarray]]:
-    """Opened background densities, each dilated by one coarse block, averaged over
-    shifted block grids.
+) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
+    """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
-    Returns ``(any_level, ggo_level, pure_ggo_level, parenchyma)`` (see
-    :func:`_background_on_grid`; ``parenchyma`` from :func:`_parenchyma_level` on the
-    unshifted grid). With ``background_phase_average`` the maps are computed on up to four
-    block grids shifted by half a block (:func:`_phase_offsets`) and read as their mean:
-    on one grid a one-voxel shift of the scan (a different crop or field of view) moved the
-    real normal chest's lesion volume between 15.7 and 22.6 mL; averaged, 18.6-18.8 mL.
-    """
-    grid = CoarseGrid.for_volume(
-        hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
-    )
-    parts: list[tuple[tuple[int, int, int], tuple[np.ndarray, ...]]] = []
-    parenchyma = None
-    for offset in _phase_offsets(grid.factors, config.background_phase_average):
-        view = tuple(slice(o, None) for o in offset)
-        maps, paren = _background_on_grid(
-            hu_box[view], smooth_box[view], lung_box[view], spacing_mm, config, pool,
-            with_parenchyma=parenchyma is None,
-        )
-        parenchyma = parenchyma or paren
-        parts.append((offset, maps))
-    assert parenchyma is not None
-    phased = tuple(
-        _PhasedMap(grid.factors, tuple((offset, maps[k]) for offset, maps in parts))
-        for k in range(3)
-    )
-    return phased[0], phased[1], phased[2], parenchyma
-
-
-def _background_on_grid(
-    hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-    pool: ThreadPoolExecutor, *, with_parenchyma: bool,
-) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], tuple[CoarseGrid, np.ndarray] | None]:
-    """Opened background densities on one block grid, each dilated by one coarse voxel.
-
-    Returns ``((any_level, ggo_level, pure_ggo_level), parenchyma)``, ``parenchyma`` from
-    :func:`_parenchyma_level` (None unless ``with_parenchyma``). ``any_level`` opens the CT
+    Returns ``(grid, any_level, ggo_level, pure_ggo_level, parenchyma)`` (the last from
+    :func:`_parenchyma_level`). ``any_level`` opens the CT
     itself. ``pure_ggo_level`` opens the CT with solid-band and denser voxels (vessels,
     walls, solid) counted as air, so it exists only where ground-glass-density parenchyma
     is broad by itself, not in the partial-volume skirt around a vessel; ``ggo_level`` is
@@ -284,10 +191,7 @@ def _background_on_grid(
     outside = lung_fraction < 0.5
     coarse_hu = grid.downsample_mean(hu_box)
     # Independent of the pleural extrapolation (the distance transform): on ``pool``.
-    parenchyma_future = (
-        pool.submit(_parenchyma_level, grid, coarse_hu, lung_fraction, config)
-        if with_parenchyma else None
-    )
+    parenchyma_future = pool.submit(_parenchyma_level, grid, coarse_hu, lung_fraction, config)
     ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
     source = _pleural_extrapolation(grid, coarse_hu, outside, config)
     ball = _ball(config.background_radius_mm, grid.spacing_mm)
@@ -309,8 +213,7 @@ def _background_on_grid(
     open_any = opened(coarse_hu)
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
     pure_ggo = pure_ggo_future.result()
-    parenchyma = parenchyma_future.result() if parenchyma_future is not None else None
-    return (dil_any, np.maximum(pure_ggo, open_any), pure_ggo), parenchyma
+    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma_future.result()
 
 
 def _air_above(
@@ -805,7 +708,7 @@ def _background_rules(
     max_above = config.max_above_background_hu
     radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
     wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
-    bg_any, bg_ggo, bg_pure, paren = _background(
+    grid, bg_any, bg_ggo, bg_pure, paren = _background(
         hu_box, smooth, lung_box, spacing_mm, config, pool
     )
 
@@ -819,51 +722,26 @@ def _background_rules(
     def solid_rule() -> np.ndarray:
         wide_solid = wide_solid_future.result()
         idx = np.nonzero(solid_band)
-        floor = region_floor(idx)
-        least_bg = smooth[idx] - np.float32(max_above)
-        wide = wide_solid[idx]
-
-        def rule(bg: np.ndarray) -> np.ndarray:
-            return (bg >= floor) & ((bg >= s_lo) | (bg >= least_bg) | wide)
-
-        votes = np.zeros(len(idx[0]), np.uint8)
-        for bg in bg_any.each(idx):
-            votes += rule(bg)
-        n_grids = len(bg_any.parts)
-        ties = 2 * votes == n_grids
-        keep = _majority(votes, n_grids, rule(bg_any.mean(idx)) if ties.any() else ties)
+        bg = _at_voxels(grid, bg_any, idx)
+        keep = (bg >= region_floor(idx)) & (
+            (bg >= s_lo) | (smooth[idx] - bg <= max_above) | wide_solid[idx]
+        )
         solid = np.zeros_like(solid_band)
         solid[tuple(i[keep] for i in idx)] = True
         return solid
 
     # The solid rule is independent of the ground-glass one: it runs on ``pool``.
     solid_future = pool.submit(solid_rule)
-    # Each shifted background grid votes; a voxel is kept on a majority (see _background).
     idx = np.nonzero(ggo_band)
+    bg = _at_voxels(grid, bg_ggo, idx)
     floor = region_floor(idx)
-    least_bg = smooth[idx] - np.float32(max_above)
-    votes = np.zeros(len(idx[0]), np.uint8)
-    pure_votes = np.zeros(len(idx[0]), np.uint8)
-    for bg, bg_p in zip(bg_ggo.each(idx), bg_pure.each(idx), strict=True):
-        keep_here = (bg >= floor) & (bg >= least_bg)
-        votes += keep_here
-        pure_votes += keep_here & (bg_p >= floor)
-    n_grids = len(bg_ggo.parts)
-    ties = 2 * votes == n_grids
-    if ties.any():  # the rule on the grids' mean background decides a tie
-        mean_bg = bg_ggo.mean(idx)
-        tie_keep = (mean_bg >= floor) & (mean_bg >= least_bg)
-        tie_pure = tie_keep & (bg_pure.mean(idx) >= floor)
-        del mean_bg
-    else:
-        tie_keep = tie_pure = ties
-    keep = _majority(votes, n_grids, tie_keep)
+    keep = (bg >= floor) & (smooth[idx] - bg <= max_above)
     ggo = np.zeros_like(ggo_band)
     ggo[tuple(i[keep] for i in idx)] = True
     seeds = np.zeros_like(ggo_band)
-    pure = _majority(pure_votes, n_grids, tie_pure)
+    pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
     seeds[tuple(i[pure] for i in idx)] = True
-    del pure, floor, keep, votes, pure_votes, least_bg, ties, tie_keep, tie_pure
+    del pure, bg, floor, keep
     return ggo, solid_future.result(), seeds, paren
 
 
