@@ -1,0 +1,126 @@
+"""How much do lungvol's volumes move when the same scan is cropped one voxel differently?
+
+A crop (or a field of view, or a reconstruction offset) changes nothing in the patient, so
+it should change nothing in the numbers. The lung and lesion stages do their heavy work on
+coarse block grids (2 mm and 1.5 mm) anchored to the array and to the lungs' bounding box,
+so shifting the array by one CT voxel moves the block boundaries by half a block. This
+script measures the result: the real chest CT of ../shared (normal, and with 15 % lesion
+inserted as in ``evaluate_accuracy.py``), cropped by 0-2 voxels per axis, segmented in full,
+and the ranges of lung, lesion and solid volume over the crops. It also times each run and
+reports the process's peak memory.
+
+Usage::
+
+    .venv/bin/python benchmarks/evaluate_crop_stability.py          # about 2 minutes
+    .venv/bin/python benchmarks/evaluate_crop_stability.py --json   # also write results/
+
+Measured numbers are in docs/segmentation.md ("Grid phase").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungvol.config import LungvolConfig
+from lungvol.io import read_ct
+from lungvol.phantom import insert_lesions
+from lungvol.segmentation import segment_lesions, segment_lungs
+from lungvol.types import CTVolume, SourceInfo
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CT = REPO.parent / "shared" / "data" / "real-ct" / "chest-ct-full-dicom" / "dicom"
+RESULTS = REPO / "benchmarks" / "results"
+# (z, y, x) voxels cut from the start of each axis; (0, 2, 2) keeps every block boundary.
+CROPS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (0, 2, 2))
+# As in evaluate_accuracy.py: 15 % lesion, 3 % solid, seed 12, insertion parenchyma limit.
+INSERT = {"lesion_pct": 15.0, "solid_pct": 3.0, "seed": 12, "parenchyma_max_hu": -650.0}
+
+
+def _volume(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> CTVolume:
+    return CTVolume(
+        hu=np.ascontiguousarray(hu), spacing_mm=spacing_mm, origin_lps_mm=(0.0, 0.0, 0.0),
+        direction=np.eye(3), source=SourceInfo(path="crop", kind="synthetic", sha256=""),
+    )
+
+
+def measure(hu: np.ndarray, spacing_mm: tuple[float, float, float],
+            config: LungvolConfig) -> list[dict[str, Any]]:
+    """Lung, lesion and solid volume (mL) and wall time of each crop in ``CROPS``."""
+    rows = []
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    for crop in CROPS:
+        volume = _volume(hu[tuple(slice(c, None) for c in crop)], spacing_mm)
+        t0 = time.perf_counter()
+        lungs = segment_lungs(volume, config.lungs)
+        lesions = segment_lesions(volume, lungs, config.lesions).labels
+        rows.append({
+            "crop_zyx": list(crop),
+            "lung_ml": round(np.count_nonzero(lungs.labels) * voxel_ml, 1),
+            "lesion_ml": round(np.count_nonzero(lesions) * voxel_ml, 1),
+            "solid_ml": round(np.count_nonzero(lesions == 2) * voxel_ml, 1),
+            "seconds": round(time.perf_counter() - t0, 2),
+        })
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Range (max - min, mL) and range relative to the mean (%) of each volume."""
+    out: dict[str, float] = {}
+    for key in ("lung_ml", "lesion_ml", "solid_ml"):
+        values = np.array([r[key] for r in rows])
+        out[f"{key}_range"] = round(float(np.ptp(values)), 1)
+        out[f"{key}_range_pct"] = round(float(100 * np.ptp(values) / max(values.mean(), 1e-9)), 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="write benchmarks/results/")
+    args = parser.parse_args()
+    if not REAL_CT.is_dir():
+        raise SystemExit(f"{REAL_CT} not found: this evaluation needs ../shared beside the repo")
+    config = LungvolConfig()
+    chest = read_ct(REAL_CT)
+    spacing = tuple(float(s) for s in chest.spacing_mm)
+    lungs = segment_lungs(chest, config.lungs)
+    inserted, _, _ = insert_lesions(
+        chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, **INSERT  # type: ignore[arg-type]
+    )
+    results: dict[str, Any] = {
+        "measured_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": platform.platform(),
+        "cases": {},
+    }
+    for name, hu in (("real chest, normal", chest.hu), ("real chest + inserted 15 %", inserted)):
+        rows = measure(hu, spacing, config)  # type: ignore[arg-type]
+        results["cases"][name] = {"crops": rows, **summary(rows)}
+        for r in rows:
+            print(f"{name:28s} crop {tuple(r['crop_zyx'])}: lung {r['lung_ml']:7.1f}  "
+                  f"lesion {r['lesion_ml']:6.1f}  solid {r['solid_ml']:5.1f} mL  "
+                  f"{r['seconds']:.1f} s", flush=True)
+        s = results["cases"][name]
+        print(f"{name:28s} range over crops: lung {s['lung_ml_range']} mL "
+              f"({s['lung_ml_range_pct']} %), lesion {s['lesion_ml_range']} mL "
+              f"({s['lesion_ml_range_pct']} %), solid {s['solid_ml_range']} mL "
+              f"({s['solid_ml_range_pct']} %)", flush=True)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    results["peak_memory_gb"] = round(peak_gb, 2)
+    print(f"peak memory {peak_gb:.2f} GB")
+    if args.json:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"crop-stability-{results['measured_utc'].replace(':', '')}.json"
+        path.write_text(json.dumps(results, indent=2))
+        print(f"results: {path}")
+
+
+if __name__ == "__main__":
+    main()
