@@ -257,9 +257,14 @@ def blob_cases(shared: Path) -> list[dict[str, Any]]:
     lung = lungs.labels > 0
     lung_ml = np.count_nonzero(lung) * vml
     out = []
-    for pct, seed in ((5.0, 21), (15.0, 22), (30.0, 23)):
+    # The burden series at the default sizes (semi-axes 8-25 mm), then 5 % of smaller
+    # ellipsoids: ground-glass nodules about the size of the 9 mm background ball.
+    cases = [(5.0, 21, None), (15.0, 22, None), (30.0, 23, None),
+             (5.0, 21, (3.0, 6.0)), (5.0, 21, (4.0, 8.0)), (5.0, 21, (6.0, 12.0))]
+    for pct, seed, axes in cases:
         hu, truth, _ = insert_blobs(chest.hu, lungs.labels, spacing_mm=chest.spacing_mm,
-                                    seed=seed, lesion_pct=pct)
+                                    seed=seed, lesion_pct=pct,
+                                    **({} if axes is None else {"semi_axes_mm": axes}))
         region, solid = truth > 0, truth == 2
         l2, e2, times = _segment(_volume(hu, chest.spacing_mm, "chest+blobs"))
         les = e2.labels > 0
@@ -267,7 +272,8 @@ def blob_cases(shared: Path) -> list[dict[str, Any]]:
         outside_mm = ndimage.distance_transform_edt(~region, sampling=chest.spacing_mm)
         fp = les & ~region
         row = {
-            "case": f"real chest + blobs {pct:g}%",
+            "case": f"real chest + blobs {pct:g}%" + (
+                "" if axes is None else f", semi-axes {axes[0]:g}-{axes[1]:g} mm"),
             "truth_lesion_ml": round(t_ml, 1),
             "lesion_ml": round(les_ml, 1),
             "lesion_err_pct": _round(_pct_err(les_ml, t_ml)),

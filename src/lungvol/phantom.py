@@ -1223,12 +1223,14 @@ def insert_blobs(
     ggo_hu: float = -600.0,
     solid_hu: float = -20.0,
     edge_mm: float = 1.5,
+    semi_axes_mm: tuple[float, float] = BLOB_SEMI_AXES_MM,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Insert plain ellipsoidal lesions into a real CT: a second insertion model, unlike
     :func:`insert_lesions` on purpose (an evaluation against one model alone measures how
     well the rules fit that model).
 
-    Ellipsoids with semi-axes drawn from ``BLOB_SEMI_AXES_MM`` are centred at random lung
+    Ellipsoids with semi-axes drawn uniformly from ``semi_axes_mm`` (min, max; default
+    ``BLOB_SEMI_AXES_MM``) are centred at random lung
     voxels (no subpleural or dependent preference) until ``lesion_pct`` of the lung mask is
     covered. Inside, voxels are raised to ``ggo_hu`` plus a 2 mm texture of SD
     ``BLOB_TEXTURE_HU`` (denser voxels, i.e. vessels and walls, keep their value); with
@@ -1251,6 +1253,10 @@ def insert_blobs(
             f"hu has shape {hu.shape} but lungs has {lungs.shape}; pass a 3-D lung mask on "
             "the CT grid"
         )
+    if not 0 < semi_axes_mm[0] <= semi_axes_mm[1]:
+        raise InputError(
+            f"semi_axes_mm must be (min, max) with 0 < min <= max (got {semi_axes_mm})"
+        )
     lung = np.asarray(lungs) > 0
     points = np.argwhere(lung)
     if len(points) == 0:
@@ -1263,7 +1269,7 @@ def insert_blobs(
     target = lesion_pct / 100.0 * len(points)
     while np.count_nonzero((occ >= 0.5) & lung) < target:
         centre = points[rng.integers(len(points))]
-        radii = rng.uniform(*BLOB_SEMI_AXES_MM, 3)
+        radii = rng.uniform(*semi_axes_mm, 3)
         box = tuple(
             slice(max(0, int(c - r / s) - 3), min(n, int(c + r / s) + 4))
             for c, r, s, n in zip(centre, radii, sp, base.shape, strict=True)
@@ -1300,6 +1306,7 @@ def insert_blobs(
         "generator": "lungvol.phantom.insert_blobs",
         "seed": int(seed),
         "target_lesion_pct": float(lesion_pct),
+        "semi_axes_mm": list(semi_axes_mm),
         "spacing_mm": list(spacing_mm),
         **vols,
     }

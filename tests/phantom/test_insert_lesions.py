@@ -193,3 +193,24 @@ def test_insert_blobs_refuses_bad_input():
                      lesion_pct=10.0)
     with pytest.raises(GeometryError):
         insert_blobs(hu, lungs[:-1], spacing_mm=(1.0, 1.0, 1.0), seed=0, lesion_pct=10.0)
+    with pytest.raises(InputError, match="semi_axes_mm"):
+        insert_blobs(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=0, lesion_pct=10.0,
+                     semi_axes_mm=(6.0, 3.0))
+
+
+def test_insert_blobs_draws_the_requested_sizes():
+    """Small ellipsoids (semi-axes 3-5 mm) give many more, smaller components than the
+    default 8-25 mm, at the same burden; the truth records the range."""
+    from lungvol.phantom import insert_blobs
+
+    hu = np.full((60, 80, 80), -850, np.int16)
+    lungs = np.ones(hu.shape, np.uint8)
+    counts = {}
+    for axes in ((3.0, 5.0), (8.0, 25.0)):
+        _, labels, truth = insert_blobs(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=5,
+                                        lesion_pct=5.0, semi_axes_mm=axes)
+        assert truth["semi_axes_mm"] == list(axes)
+        _, counts[axes] = ndimage.label(labels > 0)
+        largest = ndimage.distance_transform_edt(labels > 0).max()
+        assert largest <= axes[1] + 1.0  # no component is thicker than the largest semi-axis
+    assert counts[(3.0, 5.0)] >= 5 * counts[(8.0, 25.0)]
