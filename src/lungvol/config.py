@@ -266,6 +266,12 @@ class LesionSegmentationConfig:
     # Its ground-glass skirt in the shell goes with it. vessel_max_radius_mm = 0 disables.
     vessel_max_radius_mm: float = 8.0
     vessel_min_elongation: float = 2.0
+    # Branching vessel trees are not elongated as a whole: a component of at least
+    # vessel_tree_min_volume_ml (0 disables) that passes the other vessel tests is a vessel
+    # tree when at most vessel_tree_max_wall_contact of its surroundings (vessel_shell_mm) is
+    # tissue outside the lung (lesion that size reaches the pleura; a tree lies inside).
+    vessel_tree_min_volume_ml: float = 2.0
+    vessel_tree_max_wall_contact: float = 0.1
     vessel_shell_mm: float = 2.0
     vessel_ring_mm: float = 4.0
     vessel_max_ggo_fraction: float = 0.25
@@ -310,7 +316,15 @@ class LesionSegmentationConfig:
                 f"lesions.vessel_shell_mm ({self.vessel_shell_mm}) must be > 0 and less than "
                 f"lesions.vessel_ring_mm ({self.vessel_ring_mm})"
             )
-        for key in ("vessel_max_ggo_fraction", "vessel_min_continuation_fraction"):
+        if self.vessel_tree_min_volume_ml < 0:
+            raise ConfigError(
+                "lesions.vessel_tree_min_volume_ml must be >= 0 (got "
+                f"{self.vessel_tree_min_volume_ml}; 0 disables)"
+            )
+        for key in (
+            "vessel_max_ggo_fraction", "vessel_min_continuation_fraction",
+            "vessel_tree_max_wall_contact",
+        ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(
                     f"lesions.{key} must be a fraction in [0, 1] (got {getattr(self, key)})"

@@ -480,6 +480,60 @@ def test_elongated_solid_band_inside_ground_glass_stays_solid():
     assert np.count_nonzero(labels[thick] == LESION_SOLID) >= 0.8 * thick.sum()
 
 
+def _branching_tree(hu):
+    """Three 10 mm-wide vessels meeting at right angles (a hilar junction: not elongated as
+    a whole), each continuing to the cube's edges as an 8 mm vessel (narrower than the
+    ball). Returns the wide part."""
+    z, y, x = np.indices(hu.shape)
+    c = np.array(hu.shape) // 2
+    wide = np.zeros(hu.shape, bool)
+    for axis in range(3):
+        others = [a for a in range(3) if a != axis]
+        coords = (z, y, x)
+        r = np.hypot(coords[others[0]] - c[others[0]], coords[others[1]] - c[others[1]])
+        along = coords[axis] - c[axis]
+        hu[r <= 4.0] = 40.0
+        arm = (r <= 5.0) & (np.abs(along) <= 16)
+        hu[arm] = 40.0
+        wide |= arm
+    return wide
+
+
+def test_branching_vessel_tree_in_normal_lung_is_not_solid():
+    """A junction of vessels wider than the ball is round as a whole (elongation ~1), so
+    the elongation test misses it; at >= vessel_tree_min_volume_ml with no contact with the
+    chest wall it is a vessel tree."""
+    hu, lungs = _lung_cube(n=(60, 60, 60))
+    wide = _branching_tree(hu)
+    vol = _noisy_volume(hu, seed=8)
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    kept = segment_lesions(vol, lungs, LesionSegmentationConfig(vessel_tree_min_volume_ml=0.0))
+    assert np.count_nonzero(kept.labels[wide] == LESION_SOLID) >= 0.5 * wide.sum()
+    assert np.count_nonzero(out.labels[wide]) <= 0.02 * wide.sum()
+    assert out.info["vessel_segments_removed_ml"] >= 0.5 * wide.sum() * vol.voxel_volume_ml
+
+
+def test_solid_plaque_on_the_chest_wall_with_a_vessel_stays_solid():
+    """Pleura-based consolidation as thin as a vessel, with vessels leaving it, in normal
+    lung: not elongated, large, but a quarter of its surroundings is chest wall, so not a
+    tree (control: with any wall contact allowed it would be removed)."""
+    hu = np.full((50, 60, 60), -860.0, np.float32)
+    lung = np.ones(hu.shape, np.uint8)
+    lung[:, :, :8] = 0
+    hu[:, :, :8] = 40.0  # chest wall
+    plaque = _fill_box(hu, (slice(15, 35), slice(15, 45), slice(8, 20)), 20.0)
+    z, y, x = np.indices(hu.shape)
+    for z0, y0 in ((25, 30), (20, 20), (30, 40)):  # vessels leaving it
+        hu[(np.hypot(z - z0, y - y0) <= 4.0) & (x >= 20)] = 40.0
+    vol = _noisy_volume(hu, seed=9)
+    out = segment_lesions(vol, LungMask(lung), LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[plaque] == LESION_SOLID) >= 0.8 * plaque.sum()
+    always = segment_lesions(
+        vol, LungMask(lung), LesionSegmentationConfig(vessel_tree_max_wall_contact=1.0)
+    )
+    assert np.count_nonzero(always.labels[plaque] == LESION_SOLID) <= 0.2 * plaque.sum()
+
+
 def test_vessel_settings_are_validated():
     from lungvol.errors import ConfigError
 
@@ -491,3 +545,7 @@ def test_vessel_settings_are_validated():
         LesionSegmentationConfig(vessel_shell_mm=0.0)
     with pytest.raises(ConfigError, match="vessel_max_ggo_fraction"):
         LesionSegmentationConfig(vessel_max_ggo_fraction=1.5)
+    with pytest.raises(ConfigError, match="vessel_tree_min_volume_ml"):
+        LesionSegmentationConfig(vessel_tree_min_volume_ml=-1.0)
+    with pytest.raises(ConfigError, match="vessel_tree_max_wall_contact"):
+        LesionSegmentationConfig(vessel_tree_max_wall_contact=1.5)

@@ -610,7 +610,8 @@ def _elongations(lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]
 
 def _drop_vessel_segments(
     ggo: np.ndarray, solid: np.ndarray, dense: np.ndarray, lung: np.ndarray,
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    wall: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
 ) -> int:
     """Remove accepted solid components that are vessel segments, and their skirts (in place).
 
@@ -653,12 +654,21 @@ def _drop_vessel_segments(
 
     # Cheapest test first: most solid components are round or tiny.
     elongated = _elongations(lab, n, spacing_mm) >= config.vessel_min_elongation
+    # Branching trees (hilar vessels and their first branches) are not elongated as a
+    # whole: large ones are judged too, as trees (below).
+    tree_sized = np.zeros(n + 1, bool)
+    if config.vessel_tree_min_volume_ml > 0:
+        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        tree_sized = (
+            np.bincount(lab[solid], minlength=n + 1) * voxel_ml
+            >= config.vessel_tree_min_volume_ml
+        )
     shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
     # The ring is at least one voxel wide on coarse grids.
     ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
     drop: list[tuple[tuple[slice, ...], np.ndarray, np.ndarray]] = []
     for i, obj in enumerate(ndimage.find_objects(lab), start=1):
-        if obj is None or not elongated[i]:
+        if obj is None or not (elongated[i] or tree_sized[i]):
             continue
         sl = tuple(
             slice(max(0, o.start - h), min(dim, o.stop + h))
@@ -678,6 +688,12 @@ def _drop_vessel_segments(
         continued = np.count_nonzero(shell & dense[sl] & lesion_free)
         if continued < config.vessel_min_continuation_fraction * n_shell:
             continue
+        if not elongated[i]:
+            # A tree lies inside the lung; lesion of its size reaches the pleura.
+            around = near & ~comp
+            on_wall = np.count_nonzero(around & wall[sl])
+            if on_wall > config.vessel_tree_max_wall_contact * np.count_nonzero(around):
+                continue
         depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
             continue
@@ -855,9 +871,11 @@ def segment_lesions(
             del fill_future
         vessel_ml = 0.0
         if rules:
+            dense_b = smooth >= s_lo
             vessel_ml = voxel_ml * _drop_vessel_segments(
-                ggo, solid, lung_b & (smooth >= s_lo), lung_b, sp, config  # type: ignore[arg-type]
+                ggo, solid, lung_b & dense_b, lung_b, ~lung_b & dense_b, sp, config  # type: ignore[arg-type]
             )
+            del dense_b
     del smooth
     lesion = ggo | solid
     t_bg = time.perf_counter()
