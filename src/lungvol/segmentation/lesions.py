@@ -627,7 +627,11 @@ def _drop_vessel_segments(
     - the tube continues: at least ``vessel_min_continuation_fraction`` of the lung in its
       shell of ``vessel_shell_mm`` is ``dense`` tissue that is not solid lesion;
     - it is elongated: longest principal axis at least ``vessel_min_elongation`` times the
-      second (a round nodule on a vessel stays);
+      second (a round nodule on a vessel stays), or it is a branching tree: at least
+      ``vessel_tree_min_volume_ml`` with at most ``vessel_tree_max_wall_contact`` of its
+      shell (inside or outside the lung) in ``wall``, tissue outside the lung (a junction of
+      wide vessels is round as a whole but lies inside the lung; solid lesion that large
+      reaches the pleura);
     - it is nowhere deeper than ``vessel_max_radius_mm`` (tumours and consolidations are
       thicker than vessels).
 
