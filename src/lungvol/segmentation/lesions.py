@@ -588,10 +588,12 @@ def _enclosed_above_band(
     return enclosed
 
 
-def _elongations(lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+def _elongations(
+    lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Per label 1..n (index 0 unused): ratio of the longest to the second principal axis of
     its voxels (mm), from coordinate moments (one pass over the labelled voxels; 1 for
-    components of fewer than 4 voxels)."""
+    components of fewer than 4 voxels), and its voxel count."""
     idx = np.nonzero(lab)
     which = lab[idx]
     count = np.bincount(which, minlength=n + 1).astype(np.float64)
@@ -605,7 +607,7 @@ def _elongations(lab: np.ndarray, n: int, spacing_mm: tuple[float, float, float]
             cov[:, a, b] = cov[:, b, a] = m - mean[a] * mean[b]
     lam = np.linalg.eigvalsh(cov)  # ascending
     ratio = np.sqrt(np.clip(lam[:, 2], 0.0, None) / np.maximum(lam[:, 1], 1e-9))
-    return np.where(count >= 4, ratio, 1.0)
+    return np.where(count >= 4, ratio, 1.0), count
 
 
 def _drop_vessel_segments(
@@ -657,16 +659,14 @@ def _drop_vessel_segments(
         return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant").astype(bool)
 
     # Cheapest test first: most solid components are round or tiny.
-    elongated = _elongations(lab, n, spacing_mm) >= config.vessel_min_elongation
+    elongation, voxels = _elongations(lab, n, spacing_mm)
+    elongated = elongation >= config.vessel_min_elongation
     # Branching trees (hilar vessels and their first branches) are not elongated as a
-    # whole: large ones are judged too, as trees (below).
-    tree_sized = np.zeros(n + 1, bool)
-    if config.vessel_tree_min_volume_ml > 0:
-        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-        tree_sized = (
-            np.bincount(lab[solid], minlength=n + 1) * voxel_ml
-            >= config.vessel_tree_min_volume_ml
-        )
+    # whole: large ones are judged too, as trees (below). 0 mL disables.
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    tree_sized = (config.vessel_tree_min_volume_ml > 0) & (
+        voxels * voxel_ml >= config.vessel_tree_min_volume_ml
+    )
     shell_half, shell_fp = box(config.vessel_shell_mm, (1, 1, 1))
     # The ring is at least one voxel wide on coarse grids.
     ring_half, ring_fp = box(config.vessel_ring_mm, tuple(h + 1 for h in shell_half))
