@@ -255,6 +255,15 @@ class LesionSegmentationConfig:
     enclosed_solid_min_ggo_fraction: float = 0.6
     enclosure_shell_mm: float = 3.0
     enclosed_solid_max_length_mm: float = 40.0  # longer components are vessels (tubes)
+    # Pleural plaques (session 11): a rejected solid-band component of at least
+    # plaque_min_volume_ml, no longer than enclosed_solid_max_length_mm, is solid when at
+    # least plaque_min_wall_contact of its surroundings (enclosure_shell_mm) is tissue
+    # outside the lung and at least plaque_min_costal_fraction of that tissue lies within
+    # pleural_bone_distance_mm of bone (costal pleura, not hila or mediastinum): subpleural
+    # consolidation thinner than the ball. > 1 disables.
+    plaque_min_wall_contact: float = 0.3
+    plaque_min_costal_fraction: float = 0.5
+    plaque_min_volume_ml: float = 0.05
     # Vessel segments: an accepted solid component (26-connected) is a vessel wider than the
     # ball (hilar and lobar vessels, their junctions), not lesion, when the lung in the ring
     # from vessel_shell_mm to vessel_ring_mm around it is less than vessel_max_ggo_fraction
@@ -321,9 +330,15 @@ class LesionSegmentationConfig:
                 "lesions.vessel_tree_min_volume_ml must be >= 0 (got "
                 f"{self.vessel_tree_min_volume_ml}; 0 disables)"
             )
+        if self.plaque_min_wall_contact < 0 or self.plaque_min_volume_ml < 0:
+            raise ConfigError(
+                "lesions.plaque_min_wall_contact must be >= 0 (got "
+                f"{self.plaque_min_wall_contact}; > 1 disables) and "
+                f"lesions.plaque_min_volume_ml >= 0 (got {self.plaque_min_volume_ml})"
+            )
         for key in (
             "vessel_max_ggo_fraction", "vessel_min_continuation_fraction",
-            "vessel_tree_max_wall_contact",
+            "vessel_tree_max_wall_contact", "plaque_min_costal_fraction",
         ):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(

@@ -348,8 +348,9 @@ def test_hand_written_opening_equals_scipy_grey_opening(spacing_mm):
 
 
 def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
-    """The enclosed-solid rule counts each component's shell in two z-slabs on two threads;
-    with 16-bit labels the result equals counting on the whole volume with int32 labels."""
+    """The enclosed-solid and plaque rules count each component's surroundings in two
+    z-slabs on two threads; with 16-bit labels the result equals counting on the whole
+    volume with int32 labels."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
@@ -359,38 +360,53 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     rng = np.random.default_rng(11)
     shape = (40, 48, 44)
     smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), 1.5)
+    smooth_hu = (2000.0 * smooth).astype(np.float32)  # 0.15 -> 300 HU; bone >= 0.1
     ggo_band = (smooth > 0.05) & (smooth < 0.15)
     solid_band = smooth >= 0.15
     ggo = ggo_band & (rng.random(shape) < 0.8)
     solid = solid_band & (rng.random(shape) < 0.5)
     lung = np.ones(shape, dtype=bool)
-    lung[:, :3] = False
-    config = LesionSegmentationConfig(enclosed_solid_min_ggo_fraction=0.3)
+    lung[:, :6] = False
+    config = LesionSegmentationConfig(
+        enclosed_solid_min_ggo_fraction=0.3, plaque_min_wall_contact=0.1,
+        plaque_min_volume_ml=0.0,
+    )
     spacing_mm = (1.0, 0.8, 0.8)
 
-    def reference() -> np.ndarray:
-        """The rule on the whole volume at once, int32 labels (the former code)."""
+    def reference() -> tuple[np.ndarray, int]:
+        """The rules on the whole volume at once, int32 labels."""
         out = solid.copy()
         lab, n = ndimage.label(solid_band & ~out, structure=np.ones((3, 3, 3), dtype=bool))
         size = tuple(2 * max(1, round(config.enclosure_shell_mm / s)) + 1 for s in spacing_mm)
         near = ndimage.maximum_filter(lab, size=size, mode="constant")
-        shell = (near > 0) & (lab == 0) & lung & ~(ggo_band & ~ggo) & ~out
+        around = (near > 0) & (lab == 0)
+        shell = around & lung & ~(ggo_band & ~ggo) & ~out
         total = np.bincount(near[shell], minlength=n + 1)
         on_ggo = np.bincount(near[shell & ggo], minlength=n + 1)
         accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
+        outside = ~lung & (smooth_hu >= config.solid_band_hu[0])
+        reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in spacing_mm)
+        near_bone = ndimage.maximum_filter(
+            outside & (smooth_hu >= config.bone_min_hu), size=reach, mode="constant"
+        )
+        n_around = np.bincount(near[around], minlength=n + 1)
+        on_wall = np.bincount(near[around & outside], minlength=n + 1)
+        costal = np.bincount(near[around & outside & near_bone], minlength=n + 1)
+        plaque = (on_wall > 0) & (on_wall >= 0.1 * n_around) & (costal >= 0.5 * on_wall)
+        accept |= plaque
         accept[0] = False
         for i, o in enumerate(ndimage.find_objects(lab), start=1):
             length = max((b.stop - b.start) * s for b, s in zip(o, spacing_mm, strict=True))
             if length > config.enclosed_solid_max_length_mm:
                 accept[i] = False
-        return out | accept[lab]
+        return out | accept[lab], int(np.count_nonzero((plaque & accept)[lab]))
 
-    expected = reference()
-    assert np.count_nonzero(expected & ~solid) > 0
+    expected, n_plaque = reference()
+    assert np.count_nonzero(expected & ~solid) > n_plaque > 0
     out = solid.copy()
     with ThreadPoolExecutor(max_workers=1) as pool:
         lesions._grow_enclosed_solid(
-            ggo, out, ggo_band, solid_band, lung, spacing_mm, config, pool
+            ggo, out, ggo_band, solid_band, lung, smooth_hu, spacing_mm, config, pool
         )
     assert np.array_equal(out, expected)
 
@@ -534,6 +550,47 @@ def test_solid_plaque_on_the_chest_wall_with_a_vessel_stays_solid():
     assert np.count_nonzero(always.labels[plaque] == LESION_SOLID) <= 0.2 * plaque.sum()
 
 
+def _costal_plaque(rib: bool):
+    """Normal lung (x >= 12) against a chest wall (40 HU), with a rib (700 HU) 3-7 mm out
+    when ``rib``; a solid plaque (0 HU) 3 mm thick on the pleura, thinner than the
+    background ball, and a 3 mm vessel (40 HU) that ends on the pleura with its tip.
+    Returns (volume, lung mask, plaque, vessel)."""
+    hu = np.full((40, 60, 60), -860.0, np.float32)
+    lung = np.ones(hu.shape, np.uint8)
+    lung[:, :, :12] = 0
+    hu[:, :, :12] = 40.0
+    if rib:
+        hu[:, :, 5:9] = 700.0
+    plaque = _fill_box(hu, (slice(10, 26), slice(8, 30), slice(12, 15)), 0.0)
+    z, y, x = np.indices(hu.shape)
+    vessel = (np.hypot(z - 20, y - 45) <= 1.5) & (x >= 12)
+    hu[vessel] = 40.0
+    return _noisy_volume(hu, seed=4), LungMask(lung), plaque, vessel
+
+
+def test_thin_solid_plaque_on_the_costal_pleura_is_solid():
+    """Subpleural consolidation thinner than the ball has a normal-lung background and is
+    rejected by the background rules; lying on the costal pleura (half its surroundings is
+    chest wall, ribs within pleural_bone_distance_mm) it is solid. A vessel touching the
+    pleura with its tip stays out, and so does the plaque with the rule off."""
+    vol, lungs, plaque, vessel = _costal_plaque(rib=True)
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[plaque] == LESION_SOLID) >= 0.8 * plaque.sum()
+    assert out.info["pleural_plaques_added_ml"] >= 0.5 * plaque.sum() * vol.voxel_volume_ml
+    assert np.count_nonzero(out.labels[vessel]) <= 0.1 * vessel.sum()
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(plaque_min_wall_contact=2.0))
+    assert np.count_nonzero(off.labels[plaque]) <= 0.2 * plaque.sum()
+    assert off.info["pleural_plaques_added_ml"] == 0.0
+
+
+def test_thin_solid_plaque_away_from_ribs_is_not_a_pleural_plaque():
+    """The same plaque on soft tissue with no bone near (mediastinum, hila, where vessels
+    leave the lung) is not taken as a plaque."""
+    vol, lungs, plaque, _ = _costal_plaque(rib=False)
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[plaque]) <= 0.2 * plaque.sum()
+
+
 def test_vessel_settings_are_validated():
     from lungvol.errors import ConfigError
 
@@ -549,3 +606,7 @@ def test_vessel_settings_are_validated():
         LesionSegmentationConfig(vessel_tree_min_volume_ml=-1.0)
     with pytest.raises(ConfigError, match="vessel_tree_max_wall_contact"):
         LesionSegmentationConfig(vessel_tree_max_wall_contact=1.5)
+    with pytest.raises(ConfigError, match="plaque_min_wall_contact"):
+        LesionSegmentationConfig(plaque_min_wall_contact=-0.1)
+    with pytest.raises(ConfigError, match="plaque_min_costal_fraction"):
+        LesionSegmentationConfig(plaque_min_costal_fraction=1.5)

@@ -353,61 +353,105 @@ def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
 
 def _grow_enclosed_solid(
     ggo: np.ndarray, solid: np.ndarray, ggo_band: np.ndarray, solid_band: np.ndarray,
-    lung: np.ndarray, spacing_mm: tuple[float, float, float],
+    lung: np.ndarray, smooth: np.ndarray, spacing_mm: tuple[float, float, float],
     config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
-) -> int:
-    """Add rejected solid-band components enclosed by ground glass to ``solid`` (in place).
+) -> tuple[int, int]:
+    """Add rejected solid-band components that are solid lesion to ``solid`` (in place):
+    those enclosed by ground glass, and plaques on the costal pleura.
 
     The background rules reject solid-band voxels denser than their background: vessels,
     but also solid patches narrower than the opening inside ground glass (and the caps of
-    wider ones). Each 26-connected component of rejected solid-band voxels is judged by
-    the lung voxels within ``enclosure_shell_mm`` of it (a box, per-axis half-widths of at
-    least one voxel), leaving out rejected ground-glass-band voxels (partial-volume halos,
-    neutral) and solid lesion (neutral: a vessel's edge next to an accepted vessel is not
-    evidence either way). A solid patch inside ground glass is enclosed by ground-glass
-    lesion; a vessel in normal lung, or crossing ground glass, continues into normal
-    parenchyma (its component follows the vessel). Components whose counted neighbourhood
-    is at least ``enclosed_solid_min_ggo_fraction`` ground-glass lesion are added.
-    Returns the number of voxels added.
+    wider ones), and subpleural solid plaques thinner than the ball. Each 26-connected
+    component of rejected solid-band voxels is judged by its surroundings within
+    ``enclosure_shell_mm`` (a box, per-axis half-widths of at least one voxel):
+
+    - enclosed: of the lung voxels there, leaving out rejected ground-glass-band voxels
+      (partial-volume halos, neutral) and solid lesion (neutral: a vessel's edge next to an
+      accepted vessel is not evidence either way), at least
+      ``enclosed_solid_min_ggo_fraction`` are ground-glass lesion. A vessel in normal lung,
+      or crossing ground glass, continues into normal parenchyma (its component follows
+      the vessel);
+    - plaque (session 11): at least ``plaque_min_wall_contact`` of all its surroundings is
+      tissue outside the lung (smoothed HU at or above the solid band's low edge), at least
+      ``plaque_min_costal_fraction`` of that tissue lies within ``pleural_bone_distance_mm``
+      (per axis) of bone (``bone_min_hu``): the costal pleura, not the mediastinum or the
+      hila, where vessels leave the lung; and it holds at least ``plaque_min_volume_ml``.
+      Vessels end short of the costal pleura and touch it with a tip at most.
+
+    Either way a component whose largest bounding-box side exceeds
+    ``enclosed_solid_max_length_mm`` is a vessel, not a patch. Returns the numbers of
+    voxels added as enclosed and as plaques.
     """
     lab, n = ndimage.label(solid_band & ~solid, structure=_CONN26)
     if not n:
-        return 0
+        return 0, 0
     if n <= np.iinfo(np.uint16).max:
         # Halves the memory traffic of the maximum filter, the costliest step, and the peak.
         lab = lab.astype(np.uint16)
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
+    plaques = config.plaque_min_wall_contact <= 1.0
+    reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in spacing_mm)
+    s_lo = config.solid_band_hu[0]
 
-    def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per component, counted shell voxels and those on ground glass in slices [lo, hi)."""
+    def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, ...]:
+        """Per component, in slices [lo, hi): counted lung shell voxels and those on ground
+        glass; all surrounding voxels, those on tissue outside the lung, and those near
+        bone."""
         # Neighbourhood voxels take the largest nearby label (a voxel near two components
         # counts for one of them only: at most makes the test stricter for the other).
         near = ndimage.maximum_filter(lab[a:b], size=size, mode="constant")[lo - a:hi - a]
         z = slice(lo, hi)
-        shell = (near > 0) & (lab[z] == 0) & lung[z] & ~(ggo_band[z] & ~ggo[z]) & ~solid[z]
-        return (
+        around = (near > 0) & (lab[z] == 0)
+        shell = around & lung[z] & ~(ggo_band[z] & ~ggo[z]) & ~solid[z]
+        out = [
             np.bincount(near[shell], minlength=n + 1),
             np.bincount(near[shell & ggo[z]], minlength=n + 1),
-        )
+        ]
+        if plaques:
+            outside = ~lung[a:b] & (smooth[a:b] >= s_lo)
+            bone = outside & (smooth[a:b] >= config.bone_min_hu)
+            near_bone = ndimage.maximum_filter(
+                bone.view(np.uint8), size=reach, mode="constant"
+            )[lo - a:hi - a].astype(bool)
+            wall = around & outside[lo - a:hi - a]
+            out += [
+                np.bincount(near[around], minlength=n + 1),
+                np.bincount(near[wall], minlength=n + 1),
+                np.bincount(near[wall & near_bone], minlength=n + 1),
+            ]
+        return tuple(out)
 
     # A local filter: two slabs along z on two threads give the same counts.
-    (total, on_ggo), (total_hi, on_ggo_hi) = _two_slabs(lab.shape[0], size[0] // 2, counts, pool)
-    total += total_hi
-    on_ggo += on_ggo_hi
+    halo = max(size[0], reach[0] if plaques else 0) // 2
+    lower, upper = _two_slabs(lab.shape[0], halo, counts, pool)
+    total, on_ggo, *wall_counts = (x + y for x, y in zip(lower, upper, strict=True))
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
-    accept[0] = False
+    plaque = np.zeros_like(accept)
+    if plaques:
+        around, on_wall, costal = wall_counts
+        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        plaque = (
+            (on_wall > 0)
+            & (on_wall >= config.plaque_min_wall_contact * around)
+            & (costal >= config.plaque_min_costal_fraction * on_wall)
+            & (sizes * voxel_ml >= config.plaque_min_volume_ml)
+            & ~accept
+        )
+    accept[0] = plaque[0] = False
     # Guard for vessels that cross a large ground-glass patch with only short stubs in
     # normal lung: a component whose largest bounding-box side exceeds
     # ``enclosed_solid_max_length_mm`` is not a patch.
     objs = ndimage.find_objects(lab)
-    for i in np.flatnonzero(accept):
+    for i in np.flatnonzero(accept | plaque):
         o = objs[i - 1]
         length = max((b.stop - b.start) * s for b, s in zip(o, spacing_mm, strict=True))
         if length > config.enclosed_solid_max_length_mm:
-            accept[i] = False
-    add = accept[lab]
-    solid |= add
-    return int(np.count_nonzero(add))
+            accept[i] = plaque[i] = False
+    enclosed = accept[lab]
+    on_pleura = plaque[lab]
+    solid |= enclosed | on_pleura
+    return int(np.count_nonzero(enclosed)), int(np.count_nonzero(on_pleura))
 
 
 def _parenchyma_level(
@@ -849,11 +893,14 @@ def segment_lesions(
             )
             if rules and config.lesion_extension_mm > 0 else None
         )
-        grown_ml = 0.0
-        if rules and config.enclosed_solid_min_ggo_fraction <= 1.0:
-            grown_ml = voxel_ml * _grow_enclosed_solid(
-                ggo, solid, ggo_band, solid_band, lung_b, sp, config, pool  # type: ignore[arg-type]
+        grown_ml = plaque_ml = 0.0
+        if rules and (
+            config.enclosed_solid_min_ggo_fraction <= 1.0 or config.plaque_min_wall_contact <= 1.0
+        ):
+            grown, plaque = _grow_enclosed_solid(
+                ggo, solid, ggo_band, solid_band, lung_b, smooth, sp, config, pool  # type: ignore[arg-type]
             )
+            grown_ml, plaque_ml = voxel_ml * grown, voxel_ml * plaque
         # Voxels above the solid band enclosed (in the axial slice) by solid lesion are
         # solid. The extension only changes ground glass and the fill only reads solid
         # lesion; its voxels join ``solid`` after the extension as before: both run at once.
@@ -925,6 +972,7 @@ def segment_lesions(
         "dense_in_band_ml": round(dense_ml, 3),
         "background_removed_ml": round(background_ml, 3),
         "enclosed_solid_added_ml": round(grown_ml, 3),
+        "pleural_plaques_added_ml": round(plaque_ml, 3),
         "extended_from_cores_ml": round(extended_ml, 3),
         "vessel_segments_removed_ml": round(vessel_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
