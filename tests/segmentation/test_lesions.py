@@ -356,11 +356,12 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     from scipy import ndimage
 
     from lungvol.segmentation import lesions
+    from lungvol.segmentation.grid import CoarseGrid
 
     rng = np.random.default_rng(11)
     shape = (40, 48, 44)
     smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), 1.5)
-    smooth_hu = (2000.0 * smooth).astype(np.float32)  # 0.15 -> 300 HU; bone >= 0.1
+    smooth_hu = (2000.0 * smooth).astype(np.float32)  # 0.15 -> 300 HU
     ggo_band = (smooth > 0.05) & (smooth < 0.15)
     solid_band = smooth >= 0.15
     ggo = ggo_band & (rng.random(shape) < 0.8)
@@ -372,6 +373,8 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
         plaque_min_volume_ml=0.0,
     )
     spacing_mm = (1.0, 0.8, 0.8)
+    grid = CoarseGrid.for_volume(shape, spacing_mm, working_spacing_mm=1.5)
+    near_bone = rng.random(grid.shape) < 0.7  # the costal side, per background block
 
     def reference() -> tuple[np.ndarray, int]:
         """The rules on the whole volume at once, int32 labels."""
@@ -385,13 +388,12 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
         on_ggo = np.bincount(near[shell & ggo], minlength=n + 1)
         accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
         outside = ~lung & (smooth_hu >= config.solid_band_hu[0])
-        reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in spacing_mm)
-        near_bone = ndimage.maximum_filter(
-            outside & (smooth_hu >= config.bone_min_hu), size=reach, mode="constant"
-        )
+        z, y, x = np.indices(shape)
+        f = grid.factors
+        costal_side = near_bone[z // f[0], y // f[1], x // f[2]]
         n_around = np.bincount(near[around], minlength=n + 1)
         on_wall = np.bincount(near[around & outside], minlength=n + 1)
-        costal = np.bincount(near[around & outside & near_bone], minlength=n + 1)
+        costal = np.bincount(near[around & outside & costal_side], minlength=n + 1)
         plaque = (on_wall > 0) & (on_wall >= 0.1 * n_around) & (costal >= 0.5 * on_wall)
         accept |= plaque
         accept[0] = False
@@ -406,7 +408,8 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     out = solid.copy()
     with ThreadPoolExecutor(max_workers=1) as pool:
         lesions._grow_enclosed_solid(
-            ggo, out, ggo_band, solid_band, lung, smooth_hu, spacing_mm, config, pool
+            ggo, out, ggo_band, solid_band, lung, smooth_hu, (grid, near_bone), spacing_mm,
+            config, pool,
         )
     assert np.array_equal(out, expected)
 

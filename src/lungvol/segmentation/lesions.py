@@ -169,17 +169,19 @@ def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
     pool: ThreadPoolExecutor,
-) -> tuple[CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
+) -> tuple[
+    CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray], np.ndarray
+]:
     """Opened background densities (coarse grid), each dilated by one coarse voxel.
 
-    Returns ``(grid, any_level, ggo_level, pure_ggo_level, parenchyma)`` (the last from
-    :func:`_parenchyma_level`). ``any_level`` opens the CT
-    itself. ``pure_ggo_level`` opens the CT with solid-band and denser voxels (vessels,
-    walls, solid) counted as air, so it exists only where ground-glass-density parenchyma
-    is broad by itself, not in the partial-volume skirt around a vessel; ``ggo_level`` is
-    it raised to ``any_level``'s undilated value (ground glass inside a consolidation or
-    tumour). The caller reads them at its band voxels by nearest block (the decision at
-    full resolution is made by each voxel's own HU band).
+    Returns ``(grid, any_level, ggo_level, pure_ggo_level, parenchyma, near_bone)``
+    (parenchyma from :func:`_parenchyma_level`, near_bone from :func:`_near_bone`).
+    ``any_level`` opens the CT itself. ``pure_ggo_level`` opens the CT with solid-band and
+    denser voxels (vessels, walls, solid) counted as air, so it exists only where
+    ground-glass-density parenchyma is broad by itself, not in the partial-volume skirt
+    around a vessel; ``ggo_level`` is it raised to ``any_level``'s undilated value (ground
+    glass inside a consolidation or tumour). The caller reads them at its band voxels by
+    nearest block (the decision at full resolution is made by each voxel's own HU band).
 
     Outside the lung counts as air, except along the costal pleura (see
     :func:`_pleural_extrapolation`).
@@ -193,7 +195,8 @@ def _background(
     # Independent of the pleural extrapolation (the distance transform): on ``pool``.
     parenchyma_future = pool.submit(_parenchyma_level, grid, coarse_hu, lung_fraction, config)
     ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
-    source = _pleural_extrapolation(grid, coarse_hu, outside, config)
+    near_bone = _near_bone(grid, coarse_hu, config)
+    source = _pleural_extrapolation(grid, outside, near_bone, config)
     ball = _ball(config.background_radius_mm, grid.spacing_mm)
 
     def opened(coarse: np.ndarray) -> np.ndarray:
@@ -213,7 +216,10 @@ def _background(
     open_any = opened(coarse_hu)
     dil_any = ndimage.maximum_filter(open_any, size=3, mode="nearest")
     pure_ggo = pure_ggo_future.result()
-    return grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma_future.result()
+    return (
+        grid, dil_any, np.maximum(pure_ggo, open_any), pure_ggo, parenchyma_future.result(),
+        near_bone,
+    )
 
 
 def _air_above(
@@ -236,8 +242,19 @@ def _air_above(
     return out
 
 
+def _near_bone(
+    grid: CoarseGrid, coarse_hu: np.ndarray, config: LesionSegmentationConfig
+) -> np.ndarray:
+    """Coarse voxels with a bone block (mean at or above ``bone_min_hu``) within
+    ``pleural_bone_distance_mm`` per axis: the costal pleura's side of the lung exterior
+    (ribs, spine), not the mediastinum, hila or diaphragm."""
+    bone = coarse_hu >= config.bone_min_hu
+    reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in grid.spacing_mm)
+    return ndimage.maximum_filter(bone.view(np.uint8), size=reach, mode="constant").astype(bool)
+
+
 def _pleural_extrapolation(
-    grid: CoarseGrid, coarse_hu: np.ndarray, outside: np.ndarray,
+    grid: CoarseGrid, outside: np.ndarray, near_bone: np.ndarray,
     config: LesionSegmentationConfig,
 ) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
     """Where each coarse voxel takes its background value from, or None (outside = air).
@@ -247,7 +264,8 @@ def _pleural_extrapolation(
 
     The ball of the opening must fit inside the lung, so a subpleural band thinner than
     the ball (the commonest COVID-19 pattern) would vanish from the background. Along the
-    costal pleura (outside voxels with bone within ``pleural_bone_distance_mm``, per axis)
+    costal pleura (``near_bone``: outside voxels with bone within
+    ``pleural_bone_distance_mm``, per axis)
     the lung is therefore continued outward by ``pleural_extrapolation_mm``: each such
     voxel takes the value of the nearest lung voxel at least ``pleural_core_depth_mm``
     deep (the partial-volume rim itself is replaced too). The ball then only has to fit
@@ -263,11 +281,8 @@ def _pleural_extrapolation(
     if not core.any():
         return None
     dist, nearest = ndimage.distance_transform_edt(~core, sampling=sp, return_indices=True)
-    bone = coarse_hu >= config.bone_min_hu
-    reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in sp)
-    near_bone = ndimage.maximum_filter(bone.view(np.uint8), size=reach, mode="constant")
     air = dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm
-    air |= outside & ~near_bone.astype(bool)
+    air |= outside & ~near_bone
     return tuple(nearest), air
 
 
@@ -353,8 +368,9 @@ def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
 
 def _grow_enclosed_solid(
     ggo: np.ndarray, solid: np.ndarray, ggo_band: np.ndarray, solid_band: np.ndarray,
-    lung: np.ndarray, smooth: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
+    lung: np.ndarray, smooth: np.ndarray, costal: tuple[CoarseGrid, np.ndarray],
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    pool: ThreadPoolExecutor,
 ) -> tuple[int, int]:
     """Add rejected solid-band components that are solid lesion to ``solid`` (in place):
     those enclosed by ground glass, and plaques on the costal pleura.
@@ -373,9 +389,10 @@ def _grow_enclosed_solid(
       the vessel);
     - plaque (session 11): at least ``plaque_min_wall_contact`` of all its surroundings is
       tissue outside the lung (smoothed HU at or above the solid band's low edge), at least
-      ``plaque_min_costal_fraction`` of that tissue lies within ``pleural_bone_distance_mm``
-      (per axis) of bone (``bone_min_hu``): the costal pleura, not the mediastinum or the
-      hila, where vessels leave the lung; and it holds at least ``plaque_min_volume_ml``.
+      ``plaque_min_costal_fraction`` of that tissue is on the costal side (``costal``: the
+      background grid and :func:`_near_bone`'s map, read by nearest block), not the
+      mediastinum or the hila, where vessels leave the lung; and it holds at least
+      ``plaque_min_volume_ml``.
       Vessels end short of the costal pleura and touch it with a tip at most.
 
     Either way a component whose largest bounding-box side exceeds
@@ -390,7 +407,6 @@ def _grow_enclosed_solid(
         lab = lab.astype(np.uint16)
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
     plaques = config.plaque_min_wall_contact <= 1.0
-    reach = tuple(2 * int(config.pleural_bone_distance_mm / s) + 1 for s in spacing_mm)
     s_lo = config.solid_band_hu[0]
 
     def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, ...]:
@@ -408,34 +424,28 @@ def _grow_enclosed_solid(
             np.bincount(near[shell & ggo[z]], minlength=n + 1),
         ]
         if plaques:
-            outside = ~lung[a:b] & (smooth[a:b] >= s_lo)
-            bone = outside & (smooth[a:b] >= config.bone_min_hu)
-            near_bone = ndimage.maximum_filter(
-                bone.view(np.uint8), size=reach, mode="constant"
-            )[lo - a:hi - a].astype(bool)
-            wall = around & outside[lo - a:hi - a]
+            wall = around & ~lung[z] & (smooth[z] >= s_lo)
+            idx = np.nonzero(wall)
+            on_wall = near[idx]
+            costal_side = _at_voxels(costal[0], costal[1], (idx[0] + lo, *idx[1:]))
             out += [
                 np.bincount(near[around], minlength=n + 1),
-                np.bincount(near[wall], minlength=n + 1),
-                np.bincount(near[wall & near_bone], minlength=n + 1),
+                np.bincount(on_wall, minlength=n + 1),
+                np.bincount(on_wall[costal_side], minlength=n + 1),
             ]
         return tuple(out)
 
     # A local filter: two slabs along z on two threads give the same counts.
-    halo = max(size[0], reach[0] if plaques else 0) // 2
-    lower, upper = _two_slabs(lab.shape[0], halo, counts, pool)
+    lower, upper = _two_slabs(lab.shape[0], size[0] // 2, counts, pool)
     total, on_ggo, *wall_counts = (x + y for x, y in zip(lower, upper, strict=True))
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
     plaque = np.zeros_like(accept)
     if plaques:
-        around, on_wall, costal = wall_counts
-        voxel_ml = float(np.prod(spacing_mm)) / 1000.0
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        around, on_wall, costal_counts = wall_counts
         plaque = (
             (on_wall > 0)
             & (on_wall >= config.plaque_min_wall_contact * around)
-            & (costal >= config.plaque_min_costal_fraction * on_wall)
-            & (sizes * voxel_ml >= config.plaque_min_volume_ml)
+            & (costal_counts >= config.plaque_min_costal_fraction * on_wall)
             & ~accept
         )
     accept[0] = plaque[0] = False
@@ -443,11 +453,14 @@ def _grow_enclosed_solid(
     # normal lung: a component whose largest bounding-box side exceeds
     # ``enclosed_solid_max_length_mm`` is not a patch.
     objs = ndimage.find_objects(lab)
+    min_voxels = config.plaque_min_volume_ml / (float(np.prod(spacing_mm)) / 1000.0)
     for i in np.flatnonzero(accept | plaque):
         o = objs[i - 1]
         length = max((b.stop - b.start) * s for b, s in zip(o, spacing_mm, strict=True))
         if length > config.enclosed_solid_max_length_mm:
             accept[i] = plaque[i] = False
+        elif plaque[i] and np.count_nonzero(lab[o] == i) < min_voxels:
+            plaque[i] = False
     enclosed = accept[lab]
     on_pleura = plaque[lab]
     solid |= enclosed | on_pleura
@@ -761,18 +774,22 @@ def _background_rules(
     hu_box: np.ndarray, smooth: np.ndarray, lung_box: np.ndarray, ggo_band: np.ndarray,
     solid_band: np.ndarray, spacing_mm: tuple[float, float, float],
     config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray]]:
+) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray],
+    tuple[CoarseGrid, np.ndarray],
+]:
     """Band voxels accepted as ground glass and as solid by the background rules.
 
-    Returns ``(ggo, solid, seeds, parenchyma)``: ``seeds`` is ground glass accepted on its
-    own (not vessel-raised) background, the cores for :func:`_extend_from_cores`;
-    ``parenchyma`` is :func:`_parenchyma_level`'s lookup.
+    Returns ``(ggo, solid, seeds, parenchyma, costal)``: ``seeds`` is ground glass accepted
+    on its own (not vessel-raised) background, the cores for :func:`_extend_from_cores`;
+    ``parenchyma`` is :func:`_parenchyma_level`'s lookup, ``costal`` the background grid
+    with :func:`_near_bone`'s map.
     """
     s_lo = config.solid_band_hu[0]
     max_above = config.max_above_background_hu
     radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
     wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
-    grid, bg_any, bg_ggo, bg_pure, paren = _background(
+    grid, bg_any, bg_ggo, bg_pure, paren, near_bone = _background(
         hu_box, smooth, lung_box, spacing_mm, config, pool
     )
 
@@ -806,7 +823,7 @@ def _background_rules(
     pure = keep & (_at_voxels(grid, bg_pure, idx) >= floor)
     seeds[tuple(i[pure] for i in idx)] = True
     del pure, bg, floor, keep
-    return ggo, solid_future.result(), seeds, paren
+    return ggo, solid_future.result(), seeds, paren, (grid, near_bone)
 
 
 def segment_lesions(
@@ -879,7 +896,7 @@ def segment_lesions(
         t_bands = time.perf_counter()
         rules = config.background_radius_mm > 0
         if rules:
-            ggo, solid, seeds, paren = _background_rules(
+            ggo, solid, seeds, paren, costal = _background_rules(
                 hu_b, smooth, lung_b, ggo_band, solid_band, sp, config, pool  # type: ignore[arg-type]
             )
         else:  # plain HU bands
@@ -898,7 +915,7 @@ def segment_lesions(
             config.enclosed_solid_min_ggo_fraction <= 1.0 or config.plaque_min_wall_contact <= 1.0
         ):
             grown, plaque = _grow_enclosed_solid(
-                ggo, solid, ggo_band, solid_band, lung_b, smooth, sp, config, pool  # type: ignore[arg-type]
+                ggo, solid, ggo_band, solid_band, lung_b, smooth, costal, sp, config, pool  # type: ignore[arg-type]
             )
             grown_ml, plaque_ml = voxel_ml * grown, voxel_ml * plaque
         # Voxels above the solid band enclosed (in the axial slice) by solid lesion are
