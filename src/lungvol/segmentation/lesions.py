@@ -392,8 +392,8 @@ def _grow_enclosed_solid(
       ``plaque_min_costal_fraction`` of that tissue is on the costal side (``costal``: the
       background grid and :func:`_near_bone`'s map, read by nearest block), not the
       mediastinum or the hila, where vessels leave the lung; and it holds at least
-      ``plaque_min_volume_ml``.
-      Vessels end short of the costal pleura and touch it with a tip at most.
+      ``plaque_min_volume_ml``. Vessels end short of the costal pleura and touch it with
+      a tip at most.
 
     Either way a component whose largest bounding-box side exceeds
     ``enclosed_solid_max_length_mm`` is a vessel, not a patch. Returns the numbers of
@@ -411,8 +411,8 @@ def _grow_enclosed_solid(
 
     def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, ...]:
         """Per component, in slices [lo, hi): counted lung shell voxels and those on ground
-        glass; all surrounding voxels, those on tissue outside the lung, and those near
-        bone."""
+        glass; with plaques on, all surrounding voxels, those on tissue outside the lung,
+        and those of them on the costal side."""
         # Neighbourhood voxels take the largest nearby label (a voxel near two components
         # counts for one of them only: at most makes the test stricter for the other).
         near = ndimage.maximum_filter(lab[a:b], size=size, mode="constant")[lo - a:hi - a]
