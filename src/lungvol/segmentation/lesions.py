@@ -979,8 +979,9 @@ def segment_lesions(
     info = {
         "method": "HU bands on the lightly denoised CT, gated by an opened background "
         "density map (grey-level opening with a ball, coarse grid) that removes vessels, "
-        "halos, airway walls and the pleural rim; vessel segments wider than the ball removed by "
-        "shape and surroundings; minimum component volume",
+        "halos, airway walls and the pleural rim; rejected solid enclosed by ground glass or "
+        "lying on the costal pleura (plaques) kept; vessel segments wider than the ball "
+        "removed by shape and surroundings; minimum component volume",
         "lung_noise_hu": None if noise.lung_noise_hu is None else round(noise.lung_noise_hu, 2),
         "noise_smoothing_sigma_mm": noise.smoothing_sigma_mm,
         "warnings": warnings,
