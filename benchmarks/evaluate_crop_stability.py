@@ -45,20 +45,27 @@ CROPS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (0, 2, 2))
 INSERT = {"lesion_pct": 15.0, "solid_pct": 3.0, "seed": 12, "parenchyma_max_hu": -650.0}
 
 
-def _volume(hu: np.ndarray, spacing_mm: tuple[float, float, float]) -> CTVolume:
+def cropped(chest: CTVolume, hu: np.ndarray, crop: tuple[int, int, int]) -> CTVolume:
+    """``hu`` (on ``chest``'s grid) without its first ``crop`` (z, y, x) voxels, with the
+    origin moved as a real crop moves it (the voxels keep their patient coordinates)."""
+    shift_mm = np.asarray(chest.direction, float) @ np.array(
+        [crop[2] * chest.spacing_mm[2], crop[1] * chest.spacing_mm[1],
+         crop[0] * chest.spacing_mm[0]]
+    )
     return CTVolume(
-        hu=np.ascontiguousarray(hu), spacing_mm=spacing_mm, origin_lps_mm=(0.0, 0.0, 0.0),
-        direction=np.eye(3), source=SourceInfo(path="crop", kind="synthetic", sha256=""),
+        hu=np.ascontiguousarray(hu[tuple(slice(c, None) for c in crop)]),
+        spacing_mm=chest.spacing_mm,
+        origin_lps_mm=tuple(float(v) for v in np.asarray(chest.origin_lps_mm) + shift_mm),  # type: ignore[arg-type]
+        direction=chest.direction, source=SourceInfo(path="crop", kind="synthetic", sha256=""),
     )
 
 
-def measure(hu: np.ndarray, spacing_mm: tuple[float, float, float],
-            config: LungvolConfig) -> list[dict[str, Any]]:
+def measure(chest: CTVolume, hu: np.ndarray, config: LungvolConfig) -> list[dict[str, Any]]:
     """Lung, lesion and solid volume (mL) and wall time of each crop in ``CROPS``."""
     rows = []
-    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    voxel_ml = chest.voxel_volume_ml
     for crop in CROPS:
-        volume = _volume(hu[tuple(slice(c, None) for c in crop)], spacing_mm)
+        volume = cropped(chest, hu, crop)
         t0 = time.perf_counter()
         lungs = segment_lungs(volume, config.lungs)
         lesions = segment_lesions(volume, lungs, config.lesions).labels
@@ -90,7 +97,6 @@ def main() -> None:
         raise SystemExit(f"{REAL_CT} not found: this evaluation needs ../shared beside the repo")
     config = LungvolConfig()
     chest = read_ct(REAL_CT)
-    spacing = tuple(float(s) for s in chest.spacing_mm)
     lungs = segment_lungs(chest, config.lungs)
     inserted, _, _ = insert_lesions(
         chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, **INSERT  # type: ignore[arg-type]
@@ -101,7 +107,7 @@ def main() -> None:
         "cases": {},
     }
     for name, hu in (("real chest, normal", chest.hu), ("real chest + inserted 15 %", inserted)):
-        rows = measure(hu, spacing, config)  # type: ignore[arg-type]
+        rows = measure(chest, hu, config)
         results["cases"][name] = {"crops": rows, **summary(rows)}
         for r in rows:
             print(f"{name:28s} crop {tuple(r['crop_zyx'])}: lung {r['lung_ml']:7.1f}  "

@@ -2,9 +2,12 @@
 
 The heavy 3-D work of lung segmentation runs on a coarse grid whose voxels are integer
 blocks of CT voxels (factor per axis chosen so the coarse spacing is close to
-``working_spacing_mm``). Coarse voxel ``i`` covers CT voxels ``[i*f, (i+1)*f)``; the last
-block along an axis may be partial. Block means are computed slab by slab so a 512x512x400
-int16 volume never needs a full float copy.
+``working_spacing_mm``). With ``phase`` p (0 <= p < f), coarse voxel ``i`` covers CT voxels
+``[i*f - p, (i+1)*f - p)``; the first and the last block along an axis may be partial (edge
+padding). A phase from :func:`patient_phase` anchors the blocks to patient coordinates, so
+the same scan cropped differently is cut into the same blocks (crop-invariant volumes).
+Block means are computed slab by slab so a 512x512x400 int16 volume never needs a full
+float copy.
 """
 
 from __future__ import annotations
@@ -25,18 +28,34 @@ class CoarseGrid:
     full_shape: tuple[int, int, int]
     factors: tuple[int, int, int]
     full_spacing_mm: tuple[float, float, float]
+    phase: tuple[int, int, int] = (0, 0, 0)  # CT voxels of padding before index 0, per axis
+
+    def __post_init__(self) -> None:
+        if not all(0 <= p < f for p, f in zip(self.phase, self.factors, strict=True)):
+            raise ValueError(
+                f"phase {self.phase} must lie in [0, factor) for factors {self.factors}"
+            )
 
     @classmethod
     def for_volume(
         cls, shape: tuple[int, int, int], spacing_mm: tuple[float, float, float], *,
-        working_spacing_mm: float,
+        working_spacing_mm: float, first_index: tuple[int, int, int] | None = None,
     ) -> CoarseGrid:
+        """Grid of blocks close to ``working_spacing_mm``; with ``first_index`` (the
+        patient-lattice index of CT voxel [0, 0, 0], :func:`patient_index`) the blocks
+        start at lattice indices that are multiples of the factor."""
         factors = tuple(max(1, int(round(working_spacing_mm / s))) for s in spacing_mm)
-        return cls(tuple(int(v) for v in shape), factors, tuple(float(s) for s in spacing_mm))  # type: ignore[arg-type]
+        phase = (0, 0, 0) if first_index is None else patient_phase(first_index, factors)  # type: ignore[arg-type]
+        return cls(
+            tuple(int(v) for v in shape), factors, tuple(float(s) for s in spacing_mm), phase,  # type: ignore[arg-type]
+        )
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(-(-n // f) for n, f in zip(self.full_shape, self.factors, strict=True))  # type: ignore[return-value]
+        return tuple(  # type: ignore[return-value]
+            -(-(n + p) // f)
+            for n, f, p in zip(self.full_shape, self.factors, self.phase, strict=True)
+        )
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -61,6 +80,7 @@ class CoarseGrid:
 
     def _downsample(self, array: np.ndarray, *, mean: bool) -> np.ndarray:
         fz, fy, fx = self.factors
+        pz, py, px = self.phase
         cz, cy, cx = self.shape
         nz, ny, nx = self.full_shape
         acc_dtype = (
@@ -73,12 +93,18 @@ class CoarseGrid:
         inv = 1.0 / float(fz * fy * fx)
         for c0 in range(0, cz, slab_blocks):
             c1 = min(cz, c0 + slab_blocks)
-            z0, z1 = c0 * fz, min(nz, c1 * fz)
+            # CT rows of these blocks; the partial first and last blocks are edge-padded.
+            z0, z1 = max(0, c0 * fz - pz), min(nz, c1 * fz - pz)
             slab = np.asarray(array[z0:z1])
             if slab.dtype == bool:
                 slab = slab.view(np.uint8)
-            pad = ((0, (c1 - c0) * fz - (z1 - z0)), (0, cy * fy - ny), (0, cx * fx - nx))
-            if any(p[1] for p in pad):
+            before = pz if c0 == 0 else 0
+            pad = (
+                (before, (c1 - c0) * fz - (z1 - z0) - before),
+                (py, cy * fy - ny - py),
+                (px, cx * fx - nx - px),
+            )
+            if any(a or b for a, b in pad):
                 slab = np.pad(slab, pad, mode="edge")
             acc = slab
             for axis, f in enumerate((fz, fy, fx)):
@@ -104,19 +130,50 @@ class CoarseGrid:
     def index_maps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per axis, the coarse index of every CT index."""
         return tuple(  # type: ignore[return-value]
-            np.arange(n) // f for n, f in zip(self.full_shape, self.factors, strict=True)
+            (np.arange(n) + p) // f
+            for n, f, p in zip(self.full_shape, self.factors, self.phase, strict=True)
+        )
+
+    def coarse_index(self, idx: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """Coarse indices of CT voxel indices ``idx`` (one array per axis)."""
+        return tuple(
+            (i + p) // f for i, f, p in zip(idx, self.factors, self.phase, strict=True)
         )
 
     def upsample_nearest(self, coarse: np.ndarray) -> np.ndarray:
         """Repeat each coarse voxel over its CT block (CT shape, same dtype)."""
-        fz, fy, fx = self.factors
-        nz, ny, nx = self.full_shape
         out = coarse
-        for axis, (f, n) in enumerate(((fz, nz), (fy, ny), (fx, nx))):
+        axes = zip(self.factors, self.full_shape, self.phase, strict=True)
+        for axis, (f, n, p) in enumerate(axes):
             if f > 1:
                 out = np.repeat(out, f, axis=axis)
-            out = out[(slice(None),) * axis + (slice(0, n),)]
+            out = out[(slice(None),) * axis + (slice(p, p + n),)]
         return np.ascontiguousarray(out)
+
+
+def patient_index(
+    origin_lps_mm: tuple[float, float, float], direction: np.ndarray,
+    spacing_mm: tuple[float, float, float],
+) -> tuple[int, int, int]:
+    """Index of CT voxel [0, 0, 0] on a lattice of the CT's spacing anchored at the patient
+    coordinate origin, per array axis (z, y, x).
+
+    Cropping a scan by k voxels along an axis moves its origin by k voxels, so voxels keep
+    their lattice index: blocks aligned to this lattice do not move with the crop.
+    """
+    d = np.asarray(direction, float).reshape(3, 3)
+    origin = np.asarray(origin_lps_mm, float)
+    # Array axis a (z, y, x) runs along direction column 2 - a (ITK index order x, y, z).
+    return tuple(  # type: ignore[return-value]
+        int(np.rint(float(origin @ d[:, 2 - a]) / spacing_mm[a])) for a in range(3)
+    )
+
+
+def patient_phase(first_index: tuple[int, ...], factors: tuple[int, ...]) -> tuple[int, ...]:
+    """Phase (CT voxels of padding before index 0) that puts block boundaries at lattice
+    indices that are multiples of each factor, for an array whose voxel 0 has lattice
+    index ``first_index``."""
+    return tuple(int(i) % f for i, f in zip(first_index, factors, strict=True))
 
 
 def bounding_box(mask: np.ndarray, margin: tuple[int, ...] | int = 0) -> tuple[slice, ...]:

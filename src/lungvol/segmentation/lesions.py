@@ -78,7 +78,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.config import LesionSegmentationConfig
-from lungvol.segmentation.grid import CoarseGrid, bounding_box
+from lungvol.segmentation.grid import CoarseGrid, bounding_box, patient_index
 from lungvol.segmentation.noise import adapt_to_noise
 from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMask, check_same_grid
 
@@ -167,8 +167,8 @@ def _grey_opening(array: np.ndarray, footprint: np.ndarray) -> np.ndarray:
 
 def _background(
     hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-    pool: ThreadPoolExecutor,
+    spacing_mm: tuple[float, float, float], first_index: tuple[int, int, int],
+    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
 ) -> tuple[
     CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray], np.ndarray
 ]:
@@ -184,16 +184,20 @@ def _background(
     nearest block (the decision at full resolution is made by each voxel's own HU band).
 
     Outside the lung counts as air, except along the costal pleura (see
-    :func:`_pleural_extrapolation`).
+    :func:`_pleural_extrapolation`). The blocks are anchored to the patient lattice
+    (``first_index``: lattice index of the box's first voxel).
     """
     grid = CoarseGrid.for_volume(
-        hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
+        hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm,
+        first_index=first_index,
     )
     lung_fraction = grid.downsample_fraction(lung_box)
     outside = lung_fraction < 0.5
     coarse_hu = grid.downsample_mean(hu_box)
     # Independent of the pleural extrapolation (the distance transform): on ``pool``.
-    parenchyma_future = pool.submit(_parenchyma_level, grid, coarse_hu, lung_fraction, config)
+    parenchyma_future = pool.submit(
+        _parenchyma_level, grid, coarse_hu, lung_fraction, first_index, config
+    )
     ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
     near_bone = _near_bone(grid, coarse_hu, config)
     source = _pleural_extrapolation(grid, outside, near_bone, config)
@@ -232,13 +236,17 @@ def _air_above(
     """
     out = np.empty(grid.shape, dtype=np.float32)
     nz, ny, nx = grid.full_shape
-    fz = grid.factors[0]
-    step = fz * max(1, _SLAB_VOXELS // (fz * ny * nx))
-    for z0 in range(0, nz, step):
-        z = slice(z0, z0 + step)
+    fz, pz = grid.factors[0], grid.phase[0]
+    rows = max(1, _SLAB_VOXELS // (fz * ny * nx))  # coarse rows per slab
+    for c0 in range(0, grid.shape[0], rows):
+        c1 = min(grid.shape[0], c0 + rows)
+        z = slice(max(0, c0 * fz - pz), min(nz, c1 * fz - pz))
         slab = np.where(smooth_box[z] >= max_hu, _OUTSIDE_HU, hu_box[z])
-        sub = CoarseGrid(slab.shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
-        out[z0 // fz:z0 // fz + sub.shape[0]] = sub.downsample_mean(slab)
+        sub = CoarseGrid(
+            slab.shape, grid.factors, grid.full_spacing_mm,  # type: ignore[arg-type]
+            (pz if c0 == 0 else 0, *grid.phase[1:]),  # type: ignore[arg-type]
+        )
+        out[c0:c1] = sub.downsample_mean(slab)
     return out
 
 
@@ -289,7 +297,7 @@ def _pleural_extrapolation(
 def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarray:
     """Values of a coarse map at CT voxels ``idx`` (nearest block). Cheaper than upsampling
     the whole map when only band voxels are needed."""
-    return coarse[tuple(i // f for i, f in zip(idx, grid.factors, strict=True))]
+    return coarse[grid.coarse_index(idx)]
 
 
 def _wide_solid(solid_band: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
@@ -469,7 +477,7 @@ def _grow_enclosed_solid(
 
 def _parenchyma_level(
     grid: CoarseGrid, coarse_hu: np.ndarray, lung_fraction: np.ndarray,
-    config: LesionSegmentationConfig,
+    first_index: tuple[int, int, int], config: LesionSegmentationConfig,
 ) -> tuple[CoarseGrid, np.ndarray]:
     """Local density of normal, air-filled parenchyma (HU) on a grid of ``parenchyma_block_mm``.
 
@@ -483,8 +491,15 @@ def _parenchyma_level(
     dependent density where a fixed one near the band edge cannot. Returns a grid whose
     factors map CT indices to the level map (for :func:`_at_voxels`) and the map.
     """
+    # Anchored like ``grid``: its coarse voxel 0 starts at lattice index (first - phase),
+    # a multiple of the factor.
+    f = np.asarray(grid.factors)
+    coarse_first = tuple(
+        int(v) for v in (np.asarray(first_index) - np.asarray(grid.phase)) // f
+    )
     sub = CoarseGrid.for_volume(
-        coarse_hu.shape, grid.spacing_mm, working_spacing_mm=config.parenchyma_block_mm
+        coarse_hu.shape, grid.spacing_mm, working_spacing_mm=config.parenchyma_block_mm,
+        first_index=coarse_first,  # type: ignore[arg-type]
     )
     normal = (lung_fraction >= 0.999) & (coarse_hu < config.parenchyma_max_hu)
     frac = sub.downsample_fraction(normal)
@@ -503,11 +518,15 @@ def _parenchyma_level(
     )
     prior = np.float32(0.02)
     filled = (num + prior * fallback) / (den + prior)
-    # i // (f1 * f2) == (i // f1) // f2: one lookup grid from CT indices.
+    # ((i + p1) // f1 + p2) // f2 == (i + p1 + p2 * f1) // (f1 * f2): one lookup grid
+    # from CT indices.
     lookup = CoarseGrid(
         grid.full_shape,
         tuple(a * b for a, b in zip(grid.factors, sub.factors, strict=True)),  # type: ignore[arg-type]
         grid.full_spacing_mm,
+        tuple(  # type: ignore[arg-type]
+            p1 + p2 * f1 for p1, p2, f1 in zip(grid.phase, sub.phase, grid.factors, strict=True)
+        ),
     )
     return lookup, filled.astype(np.float32)
 
@@ -773,12 +792,14 @@ def _drop_vessel_segments(
 def _background_rules(
     hu_box: np.ndarray, smooth: np.ndarray, lung_box: np.ndarray, ggo_band: np.ndarray,
     solid_band: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
+    first_index: tuple[int, int, int], config: LesionSegmentationConfig,
+    pool: ThreadPoolExecutor,
 ) -> tuple[
     np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray],
     tuple[CoarseGrid, np.ndarray],
 ]:
-    """Band voxels accepted as ground glass and as solid by the background rules.
+    """Band voxels accepted as ground glass and as solid by the background rules
+    (``first_index``: the box's first voxel on the patient lattice, for the block grids).
 
     Returns ``(ggo, solid, seeds, parenchyma, costal)``: ``seeds`` is ground glass accepted
     on its own (not vessel-raised) background, the cores for :func:`_extend_from_cores`;
@@ -790,7 +811,7 @@ def _background_rules(
     radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
     wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
     grid, bg_any, bg_ggo, bg_pure, paren, near_bone = _background(
-        hu_box, smooth, lung_box, spacing_mm, config, pool
+        hu_box, smooth, lung_box, spacing_mm, first_index, config, pool
     )
 
     def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -870,12 +891,22 @@ def segment_lesions(
         max(int(np.ceil(3 * sg)) + 1, int(np.ceil(reach_mm / s)))
         for sg, s in zip(sigma_px, sp, strict=True)
     ))
+    # Every block grid of this stage (noise, background, parenchyma level) is anchored to
+    # patient coordinates through the box's first voxel: the same anatomy is cut into the
+    # same blocks however the scan was cropped (docs/segmentation.md, "Grid phase").
+    first = tuple(
+        i + b.start for i, b in zip(
+            patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm), box,
+            strict=True,
+        )
+    )
     lung_b = lung[box]
     hu_b = volume.hu[box].astype(np.float32)
     noise = adapt_to_noise(
         hu_b, lung_b, sp,  # type: ignore[arg-type]
         target_hu=config.noise_target_hu, max_sigma_mm=config.noise_max_smoothing_mm,
         block_mm=config.background_working_spacing_mm, aerated_max_hu=config.parenchyma_max_hu,
+        first_index=first,  # type: ignore[arg-type]
     )
     t_noise = time.perf_counter()
     # scipy.ndimage releases the GIL, so independent steps run on one extra thread; the
@@ -897,7 +928,7 @@ def segment_lesions(
         rules = config.background_radius_mm > 0
         if rules:
             ggo, solid, seeds, paren, costal = _background_rules(
-                hu_b, smooth, lung_b, ggo_band, solid_band, sp, config, pool  # type: ignore[arg-type]
+                hu_b, smooth, lung_b, ggo_band, solid_band, sp, first, config, pool  # type: ignore[arg-type]
             )
         else:  # plain HU bands
             ggo, solid = ggo_band.copy(), solid_band.copy()

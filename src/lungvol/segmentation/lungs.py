@@ -41,7 +41,7 @@ from skimage.segmentation import watershed
 from lungvol.config import LungSegmentationConfig
 from lungvol.errors import SegmentationError
 from lungvol.segmentation.airways import find_airways
-from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean
+from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.types import LUNG_LEFT, LUNG_RIGHT, CTVolume, LungMask
 
 logger = logging.getLogger(__name__)
@@ -800,12 +800,14 @@ def _refine_full_resolution(
     # are then re-decided on the CT grid by the air threshold.
     merged_c = np.where(band_c, band_label_c, labels_c).astype(np.uint8)
     test_c = band_c & ~added_c[box_c] & (band_label_c > 0)
+    # CT voxels of the coarse box (blocks start ``phase`` voxels before CT index 0).
     box_f = tuple(
-        slice(b.start * f, min(n, b.stop * f))
-        for b, f, n in zip(box_c, grid.factors, grid.full_shape, strict=True)
+        slice(max(0, b.start * f - p), min(n, b.stop * f - p))
+        for b, f, n, p in zip(box_c, grid.factors, grid.full_shape, grid.phase, strict=True)
     )
     sub_shape = tuple(b.stop - b.start for b in box_f)
-    sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm)  # type: ignore[arg-type]
+    sub_phase = tuple(p if b.start == 0 else 0 for b, p in zip(box_c, grid.phase, strict=True))
+    sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm, sub_phase)  # type: ignore[arg-type]
     sub = sub_grid.upsample_nearest(merged_c)
     hu_box = hu_full[box_f]
     rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.air_threshold_hu)
@@ -859,8 +861,11 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
         When no lung-sized air region is in view (abdomen-only, head, soft-tissue volume).
     """
     t0 = time.perf_counter()
+    # Blocks anchored to patient coordinates: the same scan cropped differently gives the
+    # same blocks, hence the same mask.
     grid = CoarseGrid.for_volume(
-        volume.shape, volume.spacing_mm, working_spacing_mm=config.working_spacing_mm
+        volume.shape, volume.spacing_mm, working_spacing_mm=config.working_spacing_mm,
+        first_index=patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm),
     )
     sp = grid.spacing_mm
     hu = coarse_mean(volume.hu, grid)
@@ -904,6 +909,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
         "closing + hole fill + pleural hull + lesion rim, full-resolution boundary refinement",
         "working_spacing_mm": [round(s, 3) for s in sp],
         "block_factors": list(grid.factors),
+        "block_phase": list(grid.phase),
         "fov_lung_air_ml": round(fov_air * grid.voxel_volume_ml, 2),
         "enhanced_blood_ml": round(blood_ml, 1),
         "warnings": warnings,

@@ -54,16 +54,19 @@ class NoiseAdaptation:
 
 def lung_noise_hu(
     hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], *,
-    block_mm: float, aerated_max_hu: float,
+    block_mm: float, aerated_max_hu: float, first_index: tuple[int, int, int] | None = None,
 ) -> float | None:
     """Block-level noise index (HU) of aerated lung; None with too few qualifying blocks.
 
     Blocks of about ``block_mm`` (:class:`CoarseGrid`) that lie inside the lung with their
     26 neighbours, and whose 3 x 3 x 3 neighbourhood stays below ``aerated_max_hu`` (no
     vessel, wall or lesion nearby), contribute their difference from the mean of their six
-    face neighbours.
+    face neighbours. ``first_index`` anchors the blocks to the patient lattice
+    (:func:`~lungvol.segmentation.grid.patient_index` of voxel [0, 0, 0]).
     """
-    grid = CoarseGrid.for_volume(hu.shape, spacing_mm, working_spacing_mm=block_mm)
+    grid = CoarseGrid.for_volume(
+        hu.shape, spacing_mm, working_spacing_mm=block_mm, first_index=first_index
+    )
     blocks = grid.downsample_mean(hu)
     inside = ndimage.minimum_filter(grid.downsample_fraction(lung), size=3, mode="constant")
     use = (inside >= 0.999) & (ndimage.maximum_filter(blocks, size=3) < aerated_max_hu)
@@ -88,28 +91,35 @@ def _central_slab(lung: np.ndarray, spacing_mm: tuple[float, ...], halo_mm: floa
 def adapt_to_noise(
     hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], *,
     target_hu: float, max_sigma_mm: float, block_mm: float, aerated_max_hu: float,
+    first_index: tuple[int, int, int] | None = None,
 ) -> NoiseAdaptation:
     """Measure the lung noise and find the Gaussian sigma (mm) that brings it to ``target_hu``.
 
     The smallest sigma in [0, ``max_sigma_mm``] whose smoothed noise index is at most
     ``target_hu`` (bisection on a central z-slab, which keeps the search at a fraction of a
     whole-scan filter). ``target_hu`` <= 0 disables the adaptation. The caller applies the
-    smoothing (``gaussian_filter`` with sigma / spacing per axis).
+    smoothing (``gaussian_filter`` with sigma / spacing per axis). ``first_index``: the
+    patient-lattice index of voxel [0, 0, 0], which anchors the noise blocks.
     """
     noise = lung_noise_hu(
-        hu, lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu
+        hu, lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu,
+        first_index=first_index,
     )
     if target_hu <= 0 or max_sigma_mm <= 0 or noise is None or noise <= target_hu:
         return NoiseAdaptation(noise, 0.0, noise)
     box = _central_slab(lung, spacing_mm, halo_mm=4.0 * max_sigma_mm)
     slab, slab_lung = hu[box].astype(np.float32, copy=False), lung[box]
+    slab_first = None if first_index is None else tuple(
+        i + b.start for i, b in zip(first_index, box, strict=True)
+    )
 
     def smoothed_noise(sigma_mm: float) -> float | None:
         blurred = ndimage.gaussian_filter(
             slab, sigma=tuple(sigma_mm / s for s in spacing_mm), mode="nearest"
         )
         return lung_noise_hu(
-            blurred, slab_lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu
+            blurred, slab_lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu,
+            first_index=slab_first,  # type: ignore[arg-type]
         )
 
     lo, hi = 0.0, max_sigma_mm
