@@ -164,8 +164,11 @@ def patient_index(
     d = np.asarray(direction, float).reshape(3, 3)
     origin = np.asarray(origin_lps_mm, float)
     # Array axis a (z, y, x) runs along direction column 2 - a (ITK index order x, y, z).
+    # Rounded half up, not half to even (np.rint): an origin half a voxel off the lattice
+    # must round the same way before and after a crop; 1e-6 absorbs float error there.
     return tuple(  # type: ignore[return-value]
-        int(np.rint(float(origin @ d[:, 2 - a]) / spacing_mm[a])) for a in range(3)
+        int(np.floor(float(origin @ d[:, 2 - a]) / spacing_mm[a] + 0.5 + 1e-6))
+        for a in range(3)
     )
 
 
