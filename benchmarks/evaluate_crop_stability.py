@@ -1,17 +1,22 @@
 """How much do lungvol's volumes move when the same scan is cropped one voxel differently?
 
-A crop (or a field of view, or a reconstruction offset) changes nothing in the patient, so
-it should change nothing in the numbers. The lung and lesion stages do their heavy work on
-coarse block grids (2 mm and 1.5 mm) anchored to the array and to the lungs' bounding box,
-so shifting the array by one CT voxel moves the block boundaries by half a block. This
-script measures the result: the real chest CT of ../shared (normal, and with 15 % lesion
-inserted as in ``evaluate_accuracy.py``), cropped by 0-2 voxels per axis, segmented in full,
-and the ranges of lung, lesion and solid volume over the crops. It also times each run and
-reports the process's peak memory.
+A crop changes nothing in the patient, so it should change nothing in the numbers. The lung
+and lesion stages do their heavy work on coarse block grids (2 mm and 1.5 mm). Until session
+12 these were anchored to the array and to the lungs' bounding box, so a one-voxel crop
+moved every block boundary by half a block and the volumes with it; they are now anchored
+to patient coordinates (``lungvol.segmentation.grid.patient_index``). This script measures
+the result: the real chest CT of ../shared (normal, and with 15 % lesion inserted as in
+``evaluate_accuracy.py``), cropped by 0-2 voxels per axis with the origin moved as a real
+crop moves it, segmented in full, and the ranges of lung, lesion and solid volume over the
+crops (which should be nil); then the same crops with the origin held ("re-phased": the
+anatomy sits differently against the blocks, as from one visit to the next), whose ranges
+are the measurement noise of the block grids. The z crop (1, 0, 0) also removes the
+scan's first slice, which holds 0.5 mL of lung, so it is not a pure crop. It also times
+each run and reports the process's peak memory.
 
 Usage::
 
-    .venv/bin/python benchmarks/evaluate_crop_stability.py          # about 2 minutes
+    .venv/bin/python benchmarks/evaluate_crop_stability.py          # about 3 minutes
     .venv/bin/python benchmarks/evaluate_crop_stability.py --json   # also write results/
 
 Measured numbers are in docs/segmentation.md ("Grid phase").
@@ -45,13 +50,17 @@ CROPS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (0, 2, 2))
 INSERT = {"lesion_pct": 15.0, "solid_pct": 3.0, "seed": 12, "parenchyma_max_hu": -650.0}
 
 
-def cropped(chest: CTVolume, hu: np.ndarray, crop: tuple[int, int, int]) -> CTVolume:
+def cropped(
+    chest: CTVolume, hu: np.ndarray, crop: tuple[int, int, int], *, move_origin: bool = True
+) -> CTVolume:
     """``hu`` (on ``chest``'s grid) without its first ``crop`` (z, y, x) voxels, with the
-    origin moved as a real crop moves it (the voxels keep their patient coordinates)."""
+    origin moved as a real crop moves it (the voxels keep their patient coordinates), or
+    with ``move_origin=False`` left where it was: the anatomy then sits differently against
+    the block lattice, as it does from one visit to the next (the phase noise)."""
     shift_mm = np.asarray(chest.direction, float) @ np.array(
         [crop[2] * chest.spacing_mm[2], crop[1] * chest.spacing_mm[1],
          crop[0] * chest.spacing_mm[0]]
-    )
+    ) * float(move_origin)
     return CTVolume(
         hu=np.ascontiguousarray(hu[tuple(slice(c, None) for c in crop)]),
         spacing_mm=chest.spacing_mm,
@@ -60,12 +69,14 @@ def cropped(chest: CTVolume, hu: np.ndarray, crop: tuple[int, int, int]) -> CTVo
     )
 
 
-def measure(chest: CTVolume, hu: np.ndarray, config: LungvolConfig) -> list[dict[str, Any]]:
+def measure(
+    chest: CTVolume, hu: np.ndarray, config: LungvolConfig, *, move_origin: bool = True
+) -> list[dict[str, Any]]:
     """Lung, lesion and solid volume (mL) and wall time of each crop in ``CROPS``."""
     rows = []
     voxel_ml = chest.voxel_volume_ml
     for crop in CROPS:
-        volume = cropped(chest, hu, crop)
+        volume = cropped(chest, hu, crop, move_origin=move_origin)
         t0 = time.perf_counter()
         lungs = segment_lungs(volume, config.lungs)
         lesions = segment_lesions(volume, lungs, config.lesions).labels
@@ -106,15 +117,20 @@ def main() -> None:
         "machine": platform.platform(),
         "cases": {},
     }
-    for name, hu in (("real chest, normal", chest.hu), ("real chest + inserted 15 %", inserted)):
-        rows = measure(chest, hu, config)
+    cases = [
+        (f"{name}{suffix}", hu, move)
+        for move, suffix in ((True, ""), (False, ", re-phased"))
+        for name, hu in (("real chest, normal", chest.hu), ("real chest + inserted 15 %", inserted))
+    ]
+    for name, hu, move in cases:
+        rows = measure(chest, hu, config, move_origin=move)
         results["cases"][name] = {"crops": rows, **summary(rows)}
         for r in rows:
-            print(f"{name:28s} crop {tuple(r['crop_zyx'])}: lung {r['lung_ml']:7.1f}  "
+            print(f"{name:40s} crop {tuple(r['crop_zyx'])}: lung {r['lung_ml']:7.1f}  "
                   f"lesion {r['lesion_ml']:6.1f}  solid {r['solid_ml']:5.1f} mL  "
                   f"{r['seconds']:.1f} s", flush=True)
         s = results["cases"][name]
-        print(f"{name:28s} range over crops: lung {s['lung_ml_range']} mL "
+        print(f"{name:40s} range over crops: lung {s['lung_ml_range']} mL "
               f"({s['lung_ml_range_pct']} %), lesion {s['lesion_ml_range']} mL "
               f"({s['lesion_ml_range_pct']} %), solid {s['solid_ml_range']} mL "
               f"({s['solid_ml_range_pct']} %)", flush=True)
