@@ -41,6 +41,8 @@ def test_inverted_band_is_refused() -> None:
 @pytest.mark.parametrize(("key", "value"), [("pleural_medial_angle_deg", 120.0),
                                             ("pleural_medial_angle_deg", -1.0),
                                             ("pleural_max_gap_mm", -5.0),
+                                            ("pleural_max_lung_pieces", 0),
+                                            ("pleural_piece_min_area_mm2", -1.0),
                                             ("cortical_min_fraction", 1.5)])
 def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):

@@ -162,6 +162,24 @@ def test_hull_keeps_a_midline_facing_notch_whose_chord_has_short_rib_gaps():
     assert added.sum() > 300
 
 
+def test_hull_does_not_bridge_two_pieces_of_lung():
+    """The crescent facing away from the midline (kept above) cut into an upper and a lower
+    piece by a 6 mm band of dense tissue across the slice, as the diaphragm dome's stomach and spleen cut a
+    basal slice of pyradiomics lung2: the deficit between the pieces touches both and is
+    not pleural. With more pieces allowed it is added again."""
+    from lungvol.segmentation.lungs import _pleural_hull
+
+    lung, other, free, bone = _crescent_hull_case([slice(0, 30), slice(51, 80)])
+    lung, free = lung.copy(), free.copy()
+    lung[0, 38:41] = False
+    free[0, 38:41, 41:] = False  # the band is dense organ (above pathology_max_hu)
+    notch = (slice(None), slice(18, 63), slice(19, 41))
+    cfg = LungSegmentationConfig()
+    assert not _pleural_hull(lung, other, free, bone, 79.0, (2.0, 2.0, 2.0), cfg)[notch].any()
+    loose = LungSegmentationConfig(pleural_max_lung_pieces=2)
+    assert _pleural_hull(lung, other, free, bone, 79.0, (2.0, 2.0, 2.0), loose)[notch].sum() > 300
+
+
 def test_hull_adds_no_skin_to_a_digitised_convex_lung_along_the_ribs():
     """A digitised disc is convex: the pleural hull must add nothing to it, even with ribs
     all round. skimage's default hull of pixel CORNERS took every staircase step of its
