@@ -164,7 +164,7 @@ def test_hull_keeps_a_midline_facing_notch_whose_chord_has_short_rib_gaps():
 
 def test_hull_does_not_bridge_two_pieces_of_lung():
     """The crescent facing away from the midline (kept above) cut into an upper and a lower
-    piece by a 6 mm band of dense tissue across the slice, as the diaphragm dome's stomach and spleen cut a
+    piece by a 6 mm band of dense tissue across the slice, as the dome's stomach and spleen cut a
     basal slice of pyradiomics lung2: the deficit between the pieces touches both and is
     not pleural. With more pieces allowed it is added again."""
     from lungvol.segmentation.lungs import _pleural_hull
