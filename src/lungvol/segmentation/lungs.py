@@ -425,16 +425,18 @@ def _lung_pieces_touched(
             continue
         big = np.bincount(pieces.ravel(), minlength=n_pieces + 1) >= min_px
         big[0] = False
-        # Pairs (deficit, piece) of 8-neighbouring pixels, from the nine shifts of the
-        # padded deficit labels against the piece labels; each pair is counted once.
-        padded = np.pad(lab[z], 1)
-        ny, nx = lab[z].shape
-        pairs = np.unique(np.concatenate([
-            np.stack([padded[1 + dy:1 + dy + ny, 1 + dx:1 + dx + nx].ravel(), pieces.ravel()])
+        # Pairs (deficit, piece) of 8-neighbouring pixels, gathered at the deficit pixels
+        # only (few) from the piece labels padded by one pixel; each pair counted once.
+        ys, xs = np.nonzero(lab[z])
+        ids = lab[z][ys, xs].astype(np.int64)
+        padded = np.pad(pieces, 1)
+        keys = np.concatenate([
+            ids * (n_pieces + 1) + padded[ys + 1 + dy, xs + 1 + dx]
             for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-        ], axis=1), axis=1)
-        pairs = pairs[:, (pairs[0] > 0) & big[pairs[1]]]
-        np.add.at(touched, pairs[0] - 1, 1)
+        ])
+        keys = np.unique(keys)
+        deficit_id, piece = keys // (n_pieces + 1), keys % (n_pieces + 1)
+        np.add.at(touched, deficit_id[big[piece]] - 1, 1)
     return touched
 
 
