@@ -135,11 +135,13 @@ class LungSegmentationConfig:
     # whose two ends lie near ribs.
     pleural_medial_angle_deg: float = 45.0
     pleural_max_gap_mm: float = 15.0
-    # ... nor when it touches more than pleural_max_lung_pieces separate pieces of the lung
-    # (each at least pleural_piece_min_area_mm2) in its slice: it then spans what separates
-    # them (at the base, the diaphragm dome's stomach and spleen), not the pleura.
+    # A deficit touching more than pleural_max_lung_pieces separate pieces of the lung (each
+    # at least pleural_piece_min_area_mm2) in its slice spans what separates them (at the
+    # base, the diaphragm dome's stomach and spleen): it needs pleural_bridge_min_bone_fraction
+    # of its chord along the ribs instead (> 1: never added).
     pleural_max_lung_pieces: int = 1
     pleural_piece_min_area_mm2: float = 100.0
+    pleural_bridge_min_bone_fraction: float = 0.75
     bone_min_hu: float = 200.0
     # Bone = 3-D components of blocks >= bone_min_hu in which at least cortical_min_fraction
     # of the blocks hold a CT voxel >= cortical_min_hu (cortex): contrast-enhanced blood
@@ -192,6 +194,11 @@ class LungSegmentationConfig:
         if not 0.0 <= self.cortical_min_fraction <= 1.0:
             raise ConfigError(
                 f"lungs.cortical_min_fraction must be in [0, 1] (got {self.cortical_min_fraction})"
+            )
+        if self.pleural_bridge_min_bone_fraction < 0:
+            raise ConfigError(
+                "lungs.pleural_bridge_min_bone_fraction must be >= 0 (> 1 never adds a deficit "
+                f"between lung pieces; got {self.pleural_bridge_min_bone_fraction})"
             )
         if self.pleural_max_lung_pieces < 1 or self.pleural_piece_min_area_mm2 < 0:
             raise ConfigError(

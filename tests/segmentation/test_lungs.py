@@ -162,22 +162,30 @@ def test_hull_keeps_a_midline_facing_notch_whose_chord_has_short_rib_gaps():
     assert added.sum() > 300
 
 
-def test_hull_does_not_bridge_two_pieces_of_lung():
-    """The crescent facing away from the midline (kept above) cut into an upper and a lower
-    piece by a 6 mm band of dense tissue across the slice, as the dome's stomach and spleen cut a
-    basal slice of pyradiomics lung2: the deficit between the pieces touches both and is
-    not pleural. With more pieces allowed it is added again."""
+def test_hull_bridges_two_pieces_of_lung_only_along_the_ribs():
+    """The crescent facing away from the midline (kept above: ribs along half its chord)
+    cut into an upper and a lower piece by a 6 mm band of dense tissue, as the dome's
+    stomach and spleen cut a basal slice of pyradiomics lung2: the deficit between the
+    pieces touches both and needs three quarters of its chord along the ribs. With ribs
+    along the whole chord (a tumour between pieces of a lung cut by the field of view) it
+    is added; so it is when the bridging rule is relaxed to the ordinary fraction."""
     from lungvol.segmentation.lungs import _pleural_hull
 
-    lung, other, free, bone = _crescent_hull_case([slice(0, 30), slice(51, 80)])
-    lung, free = lung.copy(), free.copy()
-    lung[0, 38:41] = False
-    free[0, 38:41, 41:] = False  # the band is dense organ (above pathology_max_hu)
+    def split(bone_rows):
+        lung, other, free, bone = _crescent_hull_case(bone_rows)
+        lung, free = lung.copy(), free.copy()
+        lung[0, 38:41] = False
+        free[0, 38:41, 41:] = False  # the band is dense organ (above pathology_max_hu)
+        return lung, other, free, bone
+
     notch = (slice(None), slice(18, 63), slice(19, 41))
-    cfg = LungSegmentationConfig()
-    assert not _pleural_hull(lung, other, free, bone, 79.0, (2.0, 2.0, 2.0), cfg)[notch].any()
-    loose = LungSegmentationConfig(pleural_max_lung_pieces=2)
-    assert _pleural_hull(lung, other, free, bone, 79.0, (2.0, 2.0, 2.0), loose)[notch].sum() > 300
+    sp = (2.0, 2.0, 2.0)
+    half = split([slice(0, 30), slice(51, 80)])
+    assert not _pleural_hull(*half, 79.0, sp, LungSegmentationConfig())[notch].any()
+    loose = LungSegmentationConfig(pleural_bridge_min_bone_fraction=0.5)
+    assert _pleural_hull(*half, 79.0, sp, loose)[notch].sum() > 300
+    along_ribs = split(slice(0, 80))
+    assert _pleural_hull(*along_ribs, 79.0, sp, LungSegmentationConfig())[notch].sum() > 300
 
 
 def test_hull_adds_no_skin_to_a_digitised_convex_lung_along_the_ribs():

@@ -365,13 +365,15 @@ def _pleural_hull(
     whose chord faces the midline (``midline_x``, an x index of these arrays; outward
     normal within ``pleural_medial_angle_deg`` of it) with a bone-free stretch longer than
     ``pleural_max_gap_mm``: a short chord across the heart whose two ends lie near ribs
-    (the left lung's cardiac notch on pyradiomics lung1) passes the fraction test. Nor is a
+    (the left lung's cardiac notch on pyradiomics lung1) passes the fraction test. A
     deficit that touches more than ``pleural_max_lung_pieces`` separate in-plane pieces of
-    the lung of at least ``pleural_piece_min_area_mm2``: it spans what separates them. In a
-    basal slice through the diaphragm dome that is the stomach and spleen between the
-    anterior and posterior lung (pyradiomics lung2, 5 mm slices: a 47 mL deficit whose chord
-    lies half along the ribs, 0.49-0.51 by the block grid's phase); a pleural lens touches
-    the one piece whose surface it continues.
+    the lung of at least ``pleural_piece_min_area_mm2`` spans what separates them, and needs
+    ``pleural_bridge_min_bone_fraction`` of its chord along the ribs instead. In a basal
+    slice through the diaphragm dome that is the stomach and spleen between the anterior
+    and posterior lung (pyradiomics lung2, 5 mm slices: a 47 mL deficit whose chord lies
+    half along the ribs, 0.49-0.51 by the block grid's phase); a pleural lens touches the one
+    piece whose surface it continues, and a tumour between pieces of a lung cut by the
+    field of view lies against the ribs (the IBSI NSCLC crop: chords 0.53-1.0 along them).
 
     The hulls are computed slice by slice; borders, depths and the per-deficit tests run on
     all slices at once with in-plane structuring elements.
@@ -396,15 +398,18 @@ def _pleural_hull(
     n_bone = ndimage.sum_labels(chord & bone_near, lab, ids)
     too_deep = np.zeros(n + 1, bool)
     too_deep[np.unique(lab[deficit & (depth > max_depth_px)])] = True
+    bridge = _lung_pieces_touched(lab, n, lung, spacing_mm, config) > config.pleural_max_lung_pieces
+    min_fraction = np.where(
+        bridge, config.pleural_bridge_min_bone_fraction, config.pleural_min_bone_fraction
+    )
     ok = (
         (n_chord > 0)  # fully enclosed deficits are left to hole filling
         & ~too_deep[1:]
-        & (n_bone >= config.pleural_min_bone_fraction * np.maximum(n_chord, 1))
+        & (n_bone >= min_fraction * np.maximum(n_chord, 1))
         & ~_faces_midline_across_soft_tissue(
             lab, n, chord, chord & ~bone_near, midline_x, spacing_mm, config
         )
     )
-    ok &= _lung_pieces_touched(lab, n, lung, spacing_mm, config) <= config.pleural_max_lung_pieces
     keep = np.zeros(n + 1, bool)
     keep[1:] = ok
     return keep[lab]
