@@ -394,11 +394,53 @@ class QuantificationConfig:
     surface_tissue_min_hu: float = -300.0
     surface_solid_flag_min_ml: float = 10.0
     surface_solid_flag_min_fraction: float = 0.15
+    # Block-phase check (opt-in; `lungvol segment --phase-check`): the scan is segmented
+    # again with the block lattice of both stages shifted by these CT-voxel offsets
+    # (z, y, x), as the anatomy shifts against it from one visit to the next, and the
+    # spread of the numbers is reported (metrics.json "phase_check"). The reported masks
+    # and volumes stay those of offset (0, 0, 0). Flags: phase_sensitive when the lesion
+    # proportion spans more than phase_flag_lesion_range_pp, or the solid volume more than
+    # phase_flag_solid_range_ml AND phase_flag_solid_range_fraction of its median;
+    # normal_ct_phase_unstable when the normal-CT call differs between phases. Real chest
+    # (2 mm slices), session 12: lesion 0.17 pp, solid 3.1 mL (of 11 mL); pyradiomics lung1
+    # (5 mm slices): lesion 0.94 pp, solid 11 mL (of 13 mL).
+    phase_check: bool = False
+    phase_check_offsets_voxels: tuple[tuple[int, int, int], ...] = (
+        (0, 0, 1), (0, 1, 0), (0, 1, 1),
+    )
+    phase_flag_lesion_range_pp: float = 0.5
+    phase_flag_solid_range_ml: float = 5.0
+    phase_flag_solid_range_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "lung_hu_percentiles", tuple(float(v) for v in self.lung_hu_percentiles)
         )
+        offsets = []
+        for off in self.phase_check_offsets_voxels:
+            values = tuple(off) if isinstance(off, (list, tuple)) else (off,)
+            if (
+                len(values) != 3
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+                or min(values) < 0
+                or not any(values)
+            ):
+                raise ConfigError(
+                    "quantification.phase_check_offsets_voxels must be a list of [z, y, x] "
+                    f"offsets of non-negative integers, not all 0; got {off!r}"
+                )
+            offsets.append(values)
+        if self.phase_check and not offsets:
+            raise ConfigError(
+                "quantification.phase_check needs at least one phase_check_offsets_voxels entry"
+            )
+        object.__setattr__(self, "phase_check_offsets_voxels", tuple(offsets))
+        for name in (
+            "phase_flag_lesion_range_pp", "phase_flag_solid_range_ml",
+            "phase_flag_solid_range_fraction",
+        ):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"quantification.{name} must be >= 0, got {getattr(self, name)}")
         object.__setattr__(
             self,
             "plausible_lung_volume_ml",

@@ -25,6 +25,7 @@ from lungvol import __version__
 from lungvol.config import LungvolConfig
 from lungvol.errors import InputError
 from lungvol.quantification import measure_scan
+from lungvol.quantification.phase_check import measure_phase_check
 from lungvol.quantification.provenance import json_safe, package_versions
 from lungvol.reporting.qc import render_qc_png
 from lungvol.types import CTVolume, LesionMask, LungMask, ScanMetrics
@@ -220,8 +221,16 @@ def segment_scan(
     timings["lesions"] = time.perf_counter() - t
     cpu_s["lesions"] = time.process_time() - c
     logger.info("lungs %.2f s, lesions %.2f s", timings["lungs"], timings["lesions"])
+    phase_check = None
+    if config.quantification.phase_check:
+        t, c = time.perf_counter(), time.process_time()
+        phase_check = measure_phase_check(volume, lungs, lesions, config)
+        timings["phase_check"] = time.perf_counter() - t
+        cpu_s["phase_check"] = time.process_time() - c
     c = time.process_time()
-    metrics = measure_scan(volume, lungs, lesions, config, timings_s=timings, device=device)
+    metrics = measure_scan(
+        volume, lungs, lesions, config, timings_s=timings, device=device, phase_check=phase_check
+    )
     timings["quantification"] = metrics.provenance["timings_s"]["quantification"]
     cpu_s["quantification"] = time.process_time() - c
 

@@ -140,6 +140,9 @@ class ScanMetrics:
     qc_flags: list[str]
     provenance: dict[str, Any]
     status: str = "ok"  # "ok" | "failed"
+    # Spread of the numbers over shifted block lattices (quantification.phase_check), or
+    # None when the check was not run (see lungvol.quantification.phase_check).
+    phase_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

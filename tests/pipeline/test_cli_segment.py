@@ -78,6 +78,36 @@ def test_config_file_is_used_and_recorded(fake_input: Path, tmp_path: Path) -> N
     assert run["config"]["quantification"]["normal_ct_max_lesion_pct"] == 0.0001
 
 
+def test_phase_check_flag_runs_the_check_and_records_it_in_the_config(
+    fake_input: Path, tmp_path: Path
+) -> None:
+    from lungvol.config import load_config
+
+    plain = tmp_path / "plain"
+    result = runner.invoke(app, ["segment", str(fake_input), "-o", str(plain), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["phase_check"] is None
+    out = tmp_path / "o"
+    result = runner.invoke(
+        app, ["segment", str(fake_input), "-o", str(out), "--phase-check", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    check = metrics["phase_check"]
+    # The faked stages return the same masks at every phase: no spread, no flag.
+    assert [r["offset_voxels"] for r in check["phases"]] == [
+        [0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1]
+    ]
+    assert check["lesion_proportion_range_pp"] == 0.0
+    assert check["normal_ct_agrees"] is True
+    assert "phase_check" in metrics["provenance"]["timings_s"]
+    assert "block-phase check (4 phases)" in result.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["quantification"]["phase_check"] is True
+    default_hash = load_config(None).hash
+    assert metrics["provenance"]["config_hash"] == run["config_hash"] != default_hash
+
+
 def test_bad_config_and_bad_device_fail_with_one_line(fake_input: Path, tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("quantification:\n  no_such_key: 1\n")

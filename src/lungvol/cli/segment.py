@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import sys
@@ -92,6 +93,16 @@ def _print_summary(metrics: ScanMetrics, out_dir: Path, elapsed_s: float) -> Non
     table.add_row("    against soft tissue", f"{m.solid_at_surface_ml:.1f}", "")
     console.print(table)
     console.print(f"normal CT: {'[green]yes[/]' if m.normal_ct else '[yellow]no[/]'}")
+    if m.phase_check:
+        span = m.phase_check["range"]
+        console.print(
+            f"block-phase check ({len(m.phase_check['phases'])} phases): lesion "
+            f"{span['lesion_volume_ml'][0]:.1f}-{span['lesion_volume_ml'][1]:.1f} mL, solid "
+            f"{span['solid_volume_ml'][0]:.1f}-{span['solid_volume_ml'][1]:.1f} mL, lesion "
+            f"proportion {span['lesion_proportion_pct'][0]:.2f}-"
+            f"{span['lesion_proportion_pct'][1]:.2f} %",
+            highlight=False, soft_wrap=True,
+        )
     if m.qc_flags:
         console.print(f"[yellow]QC flags ({len(m.qc_flags)}):[/]")
         for flag in m.qc_flags:
@@ -132,6 +143,14 @@ def register(app: typer.Typer) -> None:
         device: Annotated[
             str, typer.Option("--device", help="auto | cpu | cuda.")
         ] = "auto",
+        phase_check: Annotated[
+            bool,
+            typer.Option(
+                "--phase-check",
+                help="Segment again on shifted block lattices and report how much the "
+                "numbers move (metrics.json phase_check; about 4x the time).",
+            ),
+        ] = False,
         verbose: Annotated[
             bool, typer.Option("-v", "--verbose", help="Log each stage (stderr).")
         ] = False,
@@ -144,6 +163,12 @@ def register(app: typer.Typer) -> None:
 
         t0 = time.perf_counter()
         config = load_config(config_file)
+        if phase_check and not config.quantification.phase_check:
+            # Recorded in the config (and its hash) like any other setting.
+            config = dataclasses.replace(
+                config,
+                quantification=dataclasses.replace(config.quantification, phase_check=True),
+            )
         resolved = resolve_device(device)
         out_dir = output if output is not None else default_output(path)
         with _sigterm_as_interrupt():

@@ -91,6 +91,11 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row[key] = value
     for name, value in sorted((metrics.get("lung_hu") or {}).items()):
         row[f"lung_hu_{name}"] = value
+    phase = metrics.get("phase_check")
+    if phase:  # quantification.phase_check: the spread over shifted block lattices
+        row["phase_lesion_proportion_range_pp"] = phase.get("lesion_proportion_range_pp")
+        row["phase_solid_volume_range_ml"] = phase.get("solid_volume_range_ml")
+        row["phase_normal_ct_agrees"] = phase.get("normal_ct_agrees")
     return row
 
 

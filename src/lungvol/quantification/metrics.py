@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from lungvol.config import LungvolConfig
 from lungvol.quantification.hu_stats import lung_hu_stats
@@ -13,6 +14,7 @@ from lungvol.quantification.qc_flags import (
     air_pocket_flags,
     edge_flags,
     passthrough_flags,
+    phase_flags,
     solid_at_surface_ml,
     spacing_flags,
     surface_solid_flags,
@@ -32,6 +34,7 @@ def measure_scan(
     *,
     timings_s: Mapping[str, float],
     device: str = "cpu",
+    phase_check: dict[str, Any] | None = None,
 ) -> ScanMetrics:
     """Volumes (mL), proportions (%), lung HU statistics, QC flags and provenance of one scan.
 
@@ -50,6 +53,9 @@ def measure_scan(
         added as ``"quantification"`` in the recorded provenance.
     device : str
         Device the stages ran on ("cpu" or "cuda"), recorded in the provenance.
+    phase_check : dict, optional
+        The block-phase check's result (``lungvol.quantification.phase_check``), kept in the
+        metrics and turned into QC flags; None when it was not run.
 
     Returns
     -------
@@ -85,6 +91,7 @@ def measure_scan(
         volume.hu, lungs.labels, lesions.labels, volume.spacing_mm, config=qcfg
     )
     flags += surface_solid_flags(surface_ml, vols.solid_volume_ml, config=qcfg)
+    flags += phase_flags(phase_check, config=qcfg)
     for flag in flags:
         logger.info("QC flag %s", flag)
 
@@ -113,4 +120,5 @@ def measure_scan(
         lung_hu=hu_stats,
         qc_flags=flags,
         provenance=provenance,
+        phase_check=phase_check,
     )

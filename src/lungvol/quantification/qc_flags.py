@@ -7,7 +7,8 @@ A flag never stops the pipeline; it tells the reader which numbers to distrust.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -226,6 +227,51 @@ def spacing_flags(
             f"{config.lesion_bias_slice_mm:g} mm); partial volume smears vessels into the "
             "lesion HU bands, so lesion proportions read high; compare only scans of the same "
             "thickness, or use a thin-slice reconstruction"
+        )
+    return flags
+
+
+def phase_flags(
+    phase_check: Mapping[str, Any] | None, *, config: QuantificationConfig
+) -> list[str]:
+    """Flags from the block-phase check (``quantification.phase_check``; None: not run):
+    ``phase_sensitive`` when the lesion proportion spans more than
+    ``phase_flag_lesion_range_pp`` over the lattice phases, or the solid volume more than
+    ``phase_flag_solid_range_ml`` and ``phase_flag_solid_range_fraction`` of its median;
+    ``normal_ct_phase_unstable`` when the normal-CT call differs between phases."""
+    if not phase_check:
+        return []
+    flags: list[str] = []
+    n = len(phase_check["phases"])
+    span = phase_check["range"]
+    lesion_pp = float(phase_check["lesion_proportion_range_pp"])
+    solid_ml = float(phase_check["solid_volume_range_ml"])
+    solid_median_ml = float(phase_check["solid_volume_median_ml"])
+    parts = []
+    if lesion_pp > config.phase_flag_lesion_range_pp:
+        lo, hi = span["lesion_proportion_pct"]
+        parts.append(
+            f"the lesion proportion over {lo:.2f}-{hi:.2f} % ({lesion_pp:.2f} pp > "
+            f"{config.phase_flag_lesion_range_pp:g} pp)"
+        )
+    if (
+        solid_ml > config.phase_flag_solid_range_ml
+        and solid_ml > config.phase_flag_solid_range_fraction * solid_median_ml
+    ):
+        lo, hi = span["solid_volume_ml"]
+        parts.append(f"the solid volume over {lo:.1f}-{hi:.1f} mL ({solid_ml:.1f} mL)")
+    if parts:
+        flags.append(
+            f"phase_sensitive: shifting the block lattice ({n} phases) moves "
+            f"{' and '.join(parts)}; changes between visits smaller than this are within "
+            "the method's noise; prefer thin slices"
+        )
+    if not phase_check["normal_ct_agrees"]:
+        lo, hi = span["lesion_proportion_pct"]
+        flags.append(
+            f"normal_ct_phase_unstable: the lesion proportion reads {lo:.2f}-{hi:.2f} % over "
+            f"{n} block-lattice phases, across the normal-CT limit; the normal-CT call of this "
+            "scan is not reliable: have it read by a radiologist"
         )
     return flags
 
