@@ -33,7 +33,8 @@ def make_cohort(
     for s in scans:
         folder = root / s["subject"] / s.get("scan", s.get("visit"))
         folder.mkdir(parents=True, exist_ok=True)
-        payload = {k: s[k] for k in ("lesion", "solid", "fail", "sleep_s", "qc_flags") if k in s}
+        keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check")
+        payload = {k: s[k] for k in keys if k in s}
         (folder / "fake.json").write_text(json.dumps(payload))
     rows = manifest_rows if manifest_rows is not None else scans
     with (root / "manifest.csv").open("w", newline="") as fh:
@@ -65,6 +66,7 @@ def fake_segment(path: Path, out_dir: Path, *, config, device: str, overwrite: b
         "qc_flags": list(spec.get("qc_flags", [])),
         "provenance": {"source": {"path": str(path)}},
         "status": "ok",
+        "phase_check": spec.get("phase_check"),
     }
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")

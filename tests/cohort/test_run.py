@@ -126,6 +126,23 @@ def test_results_table_has_ids_visits_days_and_metrics(tmp_path):
     assert "provenance" not in (out / "scans.csv").read_text().splitlines()[0]
 
 
+def test_results_table_carries_the_phase_check_spread_when_it_was_run(tmp_path):
+    check = {"lesion_proportion_range_pp": 0.15, "solid_volume_range_ml": 3.0,
+             "normal_ct_agrees": False}
+    scans = _scans(1)
+    scans[1] = dict(scans[1], phase_check=check)
+    root = make_cohort(tmp_path / "c", scans)
+    out = tmp_path / "out"
+    _run(root, out)
+    rows = {r["visit"]: r for r in collect_results(out)}
+    assert rows["day10"]["phase_lesion_proportion_range_pp"] == 0.15
+    assert rows["day10"]["phase_solid_volume_range_ml"] == 3.0
+    assert rows["day10"]["phase_normal_ct_agrees"] is False
+    assert "phase_lesion_proportion_range_pp" not in rows["baseline"]
+    header = (out / "scans.csv").read_text().splitlines()[0].split(",")
+    assert "phase_solid_volume_range_ml" in header
+
+
 def test_local_process_executor_runs_the_cohort_in_worker_processes(tmp_path):
     root = make_cohort(tmp_path / "c", _scans(2))
     out = tmp_path / "out"

@@ -54,7 +54,7 @@ def shifted_lattice(volume: CTVolume, offset_voxels: tuple[int, int, int]) -> CT
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float | None:
     n = np.count_nonzero(a) + np.count_nonzero(b)
-    return None if n == 0 else round(2.0 * np.count_nonzero(a & b) / n, 4)
+    return None if n == 0 else round(float(2.0 * np.count_nonzero(a & b) / n), 4)
 
 
 def _phase_row(
