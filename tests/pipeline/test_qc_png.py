@@ -11,8 +11,8 @@ from PIL import Image
 from lungvol.config import LungvolConfig
 from lungvol.errors import GeometryError, SegmentationError
 from lungvol.quantification import measure_scan
-from lungvol.reporting.qc import render_qc_png
-from lungvol.types import LungMask
+from lungvol.reporting.qc import most_lesion_slice, render_qc_png
+from lungvol.types import LesionMask, LungMask
 
 from ._synthetic import chest
 
@@ -23,11 +23,11 @@ def test_qc_png_is_written_with_the_configured_dpi(tmp_path: Path) -> None:
     out = render_qc_png(vol, lungs, lesions, m, tmp_path / "qc.png", dpi=50)
     with Image.open(out) as img:
         assert img.format == "PNG"
-        assert img.size == (800, 310)  # figsize (16, 6.2) inches x 50 dpi
+        assert img.size == (1000, 310)  # figsize (20, 6.2) inches x 50 dpi
         rgb = np.asarray(img.convert("RGB"))
     # Radiological convention: the right lung (cyan, low x index) is drawn left of the left
-    # lung (magenta) in the first axial panel (the left quarter of the image).
-    panel = rgb[:, : rgb.shape[1] // 4].astype(int)
+    # lung (magenta) in the first axial panel (the left fifth of the image).
+    panel = rgb[:, : rgb.shape[1] // 5].astype(int)
     cyan = (panel[..., 0] < 90) & (panel[..., 1] > 170) & (panel[..., 2] > 170)
     magenta = (panel[..., 0] > 170) & (panel[..., 1] < 120) & (panel[..., 2] > 170)
     assert cyan.sum() > 20
@@ -43,3 +43,40 @@ def test_qc_png_refuses_an_empty_lung_mask_and_a_mask_off_grid(tmp_path: Path) -
     with pytest.raises(GeometryError):
         render_qc_png(vol, LungMask(lungs.labels[:, 1:]), lesions, m, tmp_path / "b.png")
     assert not list(tmp_path.iterdir())
+
+
+def _yellow_or_red(rgb: np.ndarray) -> np.ndarray:
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    yellow = (r > 150) & (g > 130) & (b < 90)
+    red = (r > 150) & (g < 80) & (b < 80)
+    return yellow | red
+
+
+def test_most_lesion_slice_is_the_slice_with_the_most_lesion_voxels() -> None:
+    labels = np.zeros((6, 5, 5), np.uint8)
+    assert most_lesion_slice(labels) is None
+    labels[1, :2, :2] = 1  # 4 voxels
+    labels[4, :3, :3] = 2  # 9 voxels
+    labels[5, :3, :3] = 1  # 9 voxels: a tie goes to the lower slice
+    assert most_lesion_slice(labels) == 4
+
+
+def test_a_lesion_away_from_the_fixed_slices_is_shown_in_the_most_lesion_panel(
+    tmp_path: Path,
+) -> None:
+    vol, lungs, _ = chest(spacing_mm=(3.0, 0.8, 0.8))
+    # One ground-glass lesion on slice 5 only: the 30/50/70 % slices (13, 20, 27) miss it.
+    labels = np.zeros(vol.shape, np.uint8)
+    labels[5, 20:34, 8:20] = 1
+    lesions = LesionMask(labels, {})
+    m = measure_scan(vol, lungs, lesions, LungvolConfig(), timings_s={})
+    out = render_qc_png(vol, lungs, lesions, m, tmp_path / "qc.png", dpi=50)
+    with Image.open(out) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    panels = rgb[int(rgb.shape[0] * 0.08) : int(rgb.shape[0] * 0.75)]  # below the legend
+    width = rgb.shape[1] / 5
+    fill = [
+        _yellow_or_red(panels[:, int(i * width) : int((i + 1) * width)]).sum() for i in range(5)
+    ]
+    assert fill[3] > 30, fill  # the most-lesion panel shows it
+    assert max(fill[:3]) == 0, fill  # the fixed axial slices do not

@@ -1,8 +1,10 @@
 """One-page QC figure of a segmented scan (qc.png): masks over the CT, numbers and flags.
 
-Three axial slices (30/50/70 % of the lungs' z extent) and one coronal slice through the lung
-centre, in a lung window, drawn in radiological convention (the patient's right on the image's
-left, marked R/L) with the true aspect ratio from the voxel spacing. Right/left lung contours
+Three axial slices (30/50/70 % of the lungs' z extent, the same anatomy at every visit), the
+axial slice with the most lesion (so that what was measured is in view wherever it lies) and
+one coronal slice through the lung centre, in a lung window, drawn in radiological
+convention (the patient's right on the image's left, marked R/L) with the true aspect ratio
+from the voxel spacing. Right/left lung contours
 and ground-glass/solid fills use distinct colours; a text band gives the volumes, proportions
 and QC flags. Uses matplotlib's object API with the Agg canvas (no pyplot global state).
 """
@@ -97,6 +99,15 @@ def _draw_panel(
     ax.text(0.98, 0.98, "L", transform=ax.transAxes, ha="right", **style)
 
 
+def most_lesion_slice(lesion_labels: np.ndarray) -> int | None:
+    """Index of the axial slice with the most lesion voxels (the lowest on ties), or None
+    when there is no lesion."""
+    per_slice = np.count_nonzero(lesion_labels.reshape(lesion_labels.shape[0], -1), axis=1)
+    if not per_slice.any():
+        return None
+    return int(np.argmax(per_slice))
+
+
 def _summary_text(metrics: ScanMetrics) -> str:
     m = metrics
     lines = [
@@ -175,10 +186,10 @@ def render_qc_png(
 
     nz, ny, nx = volume.shape
     sz, sy, sx = volume.spacing_mm
-    fig = Figure(figsize=(16, 6.2), dpi=dpi, facecolor="black")
+    fig = Figure(figsize=(20, 6.2), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(
-        2, 4, height_ratios=(5.0, 1.2), left=0.01, right=0.99, top=0.95, bottom=0.01,
+        2, 5, height_ratios=(5.0, 1.2), left=0.01, right=0.99, top=0.95, bottom=0.01,
         wspace=0.04, hspace=0.06,
     )
     axial_extent = (0.0, nx * sx, ny * sy, 0.0)  # rows = y (anterior at the top)
@@ -195,6 +206,28 @@ def render_qc_png(
             title=f"axial {int(fraction * 100)}% (slice {z + 1}/{nz})",
         )
     ax = fig.add_subplot(grid[0, 3])
+    z_most = most_lesion_slice(lesions.labels)
+    if z_most is None:
+        ax.set_facecolor("black")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no lesion voxels", transform=ax.transAxes, ha="center",
+                va="center", color="white", fontsize=11)
+        ax.set_title("axial, most lesion", fontsize=9)
+    else:
+        in_slice_ml = (
+            np.count_nonzero(lesions.labels[z_most]) * float(np.prod(volume.spacing_mm)) / 1000.0
+        )
+        _draw_panel(
+            ax,
+            volume.hu[z_most],
+            labels[z_most],
+            lesions.labels[z_most],
+            extent=axial_extent,
+            origin="upper",
+            title=f"axial, most lesion (slice {z_most + 1}/{nz}: {in_slice_ml:.1f} mL)",
+        )
+    ax = fig.add_subplot(grid[0, 4])
     _draw_panel(
         ax,
         volume.hu[:, y_centre, :],
