@@ -80,3 +80,19 @@ def test_a_lesion_away_from_the_fixed_slices_is_shown_in_the_most_lesion_panel(
     ]
     assert fill[3] > 30, fill  # the most-lesion panel shows it
     assert max(fill[:3]) == 0, fill  # the fixed axial slices do not
+
+
+def test_a_scan_without_lesion_says_so_in_the_most_lesion_panel(tmp_path: Path) -> None:
+    vol, lungs, _ = chest()
+    lesions = LesionMask(np.zeros(vol.shape, np.uint8), {})
+    m = measure_scan(vol, lungs, lesions, LungvolConfig(), timings_s={})
+    out = render_qc_png(vol, lungs, lesions, m, tmp_path / "qc.png", dpi=50)
+    with Image.open(out) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    panels = rgb[int(rgb.shape[0] * 0.08) : int(rgb.shape[0] * 0.75)]
+    width = rgb.shape[1] / 5
+    fourth = panels[:, int(3 * width) : int(4 * width)].astype(int)
+    assert _yellow_or_red(fourth).sum() == 0
+    # Black panel with white text: no CT drawn (the CT panels are mostly grey).
+    grey = (np.abs(fourth[..., 0] - fourth[..., 1]) < 8) & (fourth[..., 0] > 60)
+    assert grey.mean() < 0.05

@@ -193,39 +193,34 @@ def render_qc_png(
         wspace=0.04, hspace=0.06,
     )
     axial_extent = (0.0, nx * sx, ny * sy, 0.0)  # rows = y (anterior at the top)
-    for i, fraction in enumerate(AXIAL_POSITIONS_FRACTION):
+    axial: list[tuple[int, str] | None] = []
+    for fraction in AXIAL_POSITIONS_FRACTION:
         z = int(round(z_lo + fraction * (z_hi - z_lo)))
-        ax = fig.add_subplot(grid[0, i])
-        _draw_panel(
-            ax,
-            volume.hu[z],
-            labels[z],
-            lesions.labels[z],
-            extent=axial_extent,
-            origin="upper",
-            title=f"axial {int(fraction * 100)}% (slice {z + 1}/{nz})",
-        )
-    ax = fig.add_subplot(grid[0, 3])
+        axial.append((z, f"axial {int(fraction * 100)}% (slice {z + 1}/{nz})"))
     z_most = most_lesion_slice(lesions.labels)
     if z_most is None:
-        ax.set_facecolor("black")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.text(0.5, 0.5, "no lesion voxels", transform=ax.transAxes, ha="center",
-                va="center", color="white", fontsize=11)
-        ax.set_title("axial, most lesion", fontsize=9)
+        axial.append(None)
     else:
         in_slice_ml = (
             np.count_nonzero(lesions.labels[z_most]) * float(np.prod(volume.spacing_mm)) / 1000.0
         )
+        axial.append(
+            (z_most, f"axial, most lesion (slice {z_most + 1}/{nz}: {in_slice_ml:.1f} mL)")
+        )
+    for i, panel in enumerate(axial):
+        ax = fig.add_subplot(grid[0, i])
+        if panel is None:
+            ax.set_facecolor("black")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no lesion voxels", transform=ax.transAxes, ha="center",
+                    va="center", color="white", fontsize=11)
+            ax.set_title("axial, most lesion", fontsize=9)
+            continue
+        z, title = panel
         _draw_panel(
-            ax,
-            volume.hu[z_most],
-            labels[z_most],
-            lesions.labels[z_most],
-            extent=axial_extent,
-            origin="upper",
-            title=f"axial, most lesion (slice {z_most + 1}/{nz}: {in_slice_ml:.1f} mL)",
+            ax, volume.hu[z], labels[z], lesions.labels[z], extent=axial_extent,
+            origin="upper", title=title,
         )
     ax = fig.add_subplot(grid[0, 4])
     _draw_panel(
