@@ -400,7 +400,8 @@ class QuantificationConfig:
     # spread of the numbers is reported (metrics.json "phase_check"). The reported masks
     # and volumes stay those of offset (0, 0, 0). Flags: phase_sensitive when the lesion
     # proportion spans more than phase_flag_lesion_range_pp, or the solid volume more than
-    # phase_flag_solid_range_ml AND phase_flag_solid_range_fraction of its median;
+    # phase_flag_solid_range_ml AND phase_flag_solid_range_fraction of its median, or the
+    # lung volume more than phase_flag_lung_range_fraction of its median;
     # normal_ct_phase_unstable when the normal-CT call differs between phases. Real chest
     # (2 mm slices), session 12: lesion 0.17 pp, solid 3.1 mL (of 11 mL); pyradiomics lung1
     # (5 mm slices): lesion 0.94 pp, solid 11 mL (of 13 mL).
@@ -411,6 +412,7 @@ class QuantificationConfig:
     phase_flag_lesion_range_pp: float = 0.5
     phase_flag_solid_range_ml: float = 5.0
     phase_flag_solid_range_fraction: float = 0.25
+    phase_flag_lung_range_fraction: float = 0.02
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -437,7 +439,7 @@ class QuantificationConfig:
         object.__setattr__(self, "phase_check_offsets_voxels", tuple(offsets))
         for name in (
             "phase_flag_lesion_range_pp", "phase_flag_solid_range_ml",
-            "phase_flag_solid_range_fraction",
+            "phase_flag_solid_range_fraction", "phase_flag_lung_range_fraction",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"quantification.{name} must be >= 0, got {getattr(self, name)}")

@@ -91,16 +91,21 @@ def test_a_shifted_phase_is_the_segmentation_of_the_shifted_volume(chest_phases)
     assert row["lung_volume_ml"] == pytest.approx(vols.lung_volume_ml, abs=1e-3)
 
 
-def _check(lesion_pct: tuple[float, ...], solid_ml: tuple[float, ...]) -> dict:
+def _check(
+    lesion_pct: tuple[float, ...], solid_ml: tuple[float, ...],
+    lung_ml: tuple[float, ...] = (5000.0, 5006.0, 5008.0, 5001.0),
+) -> dict:
     rows = [
-        {"lesion_proportion_pct": p, "solid_volume_ml": s, "normal_ct": p < 1.0}
-        for p, s in zip(lesion_pct, solid_ml, strict=True)
+        {"lesion_proportion_pct": p, "solid_volume_ml": s, "normal_ct": p < 1.0,
+         "lung_volume_ml": v}
+        for p, s, v in zip(lesion_pct, solid_ml, lung_ml, strict=True)
     ]
     return {
         "phases": rows,
         "range": {
             "lesion_proportion_pct": [min(lesion_pct), max(lesion_pct)],
             "solid_volume_ml": [min(solid_ml), max(solid_ml)],
+            "lung_volume_ml": [min(lung_ml), max(lung_ml)],
         },
         "lesion_proportion_range_pp": max(lesion_pct) - min(lesion_pct),
         "solid_volume_range_ml": max(solid_ml) - min(solid_ml),
@@ -125,6 +130,14 @@ def test_phase_flags_follow_the_configured_limits():
     # The normal-CT call differs between phases.
     flags = phase_flags(_check((0.9, 1.1, 1.0, 0.95), (5.0, 5.5, 5.2, 5.1)), config=cfg)
     assert [flag_code(f) for f in flags] == ["normal_ct_phase_unstable"]
+    # The lung mask itself moves (the IBSI NSCLC crop: 1090-1261 mL): flagged.
+    flags = phase_flags(
+        _check((12.0, 12.1, 12.2, 12.0), (80.0, 81.0, 82.0, 80.5),
+               (1090.0, 1261.0, 1200.0, 1150.0)),
+        config=cfg,
+    )
+    assert [flag_code(f) for f in flags] == ["phase_sensitive"]
+    assert "1090-1261 mL" in flags[0]
     strict = dataclasses.replace(cfg, phase_flag_lesion_range_pp=0.1)
     flags = phase_flags(_check((0.32, 0.34, 0.47, 0.44), (9.6, 11.9, 12.7, 11.8)), config=strict)
     assert [flag_code(f) for f in flags] == ["phase_sensitive"]

@@ -237,7 +237,8 @@ def phase_flags(
     """Flags from the block-phase check (``quantification.phase_check``; None: not run):
     ``phase_sensitive`` when the lesion proportion spans more than
     ``phase_flag_lesion_range_pp`` over the lattice phases, or the solid volume more than
-    ``phase_flag_solid_range_ml`` and ``phase_flag_solid_range_fraction`` of its median;
+    ``phase_flag_solid_range_ml`` and ``phase_flag_solid_range_fraction`` of its median,
+    or the lung volume more than ``phase_flag_lung_range_fraction`` of its median;
     ``normal_ct_phase_unstable`` when the normal-CT call differs between phases."""
     if not phase_check:
         return []
@@ -260,6 +261,13 @@ def phase_flags(
     ):
         lo, hi = span["solid_volume_ml"]
         parts.append(f"the solid volume over {lo:.1f}-{hi:.1f} mL ({solid_ml:.1f} mL)")
+    lung_lo, lung_hi = span["lung_volume_ml"]
+    lung_median_ml = float(np.median([r["lung_volume_ml"] for r in phase_check["phases"]]))
+    if lung_hi - lung_lo > config.phase_flag_lung_range_fraction * lung_median_ml:
+        parts.append(
+            f"the lung volume over {lung_lo:.0f}-{lung_hi:.0f} mL (more than "
+            f"{100 * config.phase_flag_lung_range_fraction:g} %)"
+        )
     if parts:
         flags.append(
             f"phase_sensitive: shifting the block lattice ({n} phases) moves "
