@@ -582,6 +582,16 @@ def read_yaml(path: Path) -> Any:
         ) from err
 
 
+def with_phase_check(config: LungvolConfig) -> LungvolConfig:
+    """``config`` with ``quantification.phase_check`` on (the CLIs' ``--phase-check``); the
+    change is part of the config and of its hash, like any other setting."""
+    if config.quantification.phase_check:
+        return config
+    return dataclasses.replace(
+        config, quantification=dataclasses.replace(config.quantification, phase_check=True)
+    )
+
+
 def load_config(path: str | Path | None = None) -> LungvolConfig:
     """Load a YAML config; ``None`` loads the packaged default (same as configs/default.yaml)."""
     p = Path(path) if path is not None else PACKAGED_DEFAULT

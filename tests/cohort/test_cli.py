@@ -58,3 +58,28 @@ def test_simulate_trial_rejects_bad_subject_counts(tmp_path):
     result = runner.invoke(app, ["simulate-trial", str(tmp_path / "n"), "--subjects-per-arm",
                                  "many"])
     assert "--subjects-per-arm must be N or N1,N2" in _one_line_error(result)
+
+
+def test_cohort_run_phase_check_flag_reaches_every_scan_and_the_run_record(tmp_path, monkeypatch):
+    import json
+
+    import lungvol.cohort.run as run_mod
+
+    seen = []
+    real_run = run_mod.run_cohort
+
+    def recording_run(found, out, config, **kw):
+        seen.append(config.quantification.phase_check)
+        return real_run(found, out, config, **{**kw, "executor": SerialExecutor(),
+                                               "scan_fn": fake_scan})
+
+    monkeypatch.setattr(run_mod, "run_cohort", recording_run)
+    root = make_cohort(tmp_path / "c", [{"subject": "S1", "arm": "MSC", "visit": "baseline",
+                                         "lesion": 1, "solid": 0}])
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["cohort", "run", str(root), "-o", str(out), "--phase-check",
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert seen == [True]
+    run = json.loads((out / "run.json").read_text())
+    assert run["config_hash"] != LungvolConfig().hash

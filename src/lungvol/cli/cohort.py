@@ -72,6 +72,14 @@ def run_command(
         ),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda")] = "auto",
+    phase_check: Annotated[
+        bool,
+        typer.Option(
+            "--phase-check",
+            help="Also measure each scan's block-phase spread (about 4x the time; "
+            "quantification.phase_check).",
+        ),
+    ] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
@@ -81,12 +89,14 @@ def run_command(
     from lungvol.cohort.discover import discover_cohort
     from lungvol.cohort.run import run_cohort
     from lungvol.cohort.trial import load_trial
-    from lungvol.config import load_config
+    from lungvol.config import load_config, with_phase_check
     from lungvol.device import resolve_device
 
     _setup_logging(verbose)
     trial_cfg = load_trial(trial)
     cfg = load_config(config)
+    if phase_check:
+        cfg = with_phase_check(cfg)
     resolved = resolve_device(device)
     found = discover_cohort(cohort, trial_cfg, manifest=manifest)
     for issue in found.issues:

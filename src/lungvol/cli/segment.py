@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import signal
 import sys
@@ -157,18 +156,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment lungs and lesions in one CT scan and measure them."""
         _setup_logging(verbose)
-        from lungvol.config import load_config
+        from lungvol.config import load_config, with_phase_check
         from lungvol.device import resolve_device
         from lungvol.pipeline import metrics_json, segment_scan
 
         t0 = time.perf_counter()
         config = load_config(config_file)
-        if phase_check and not config.quantification.phase_check:
-            # Recorded in the config (and its hash) like any other setting.
-            config = dataclasses.replace(
-                config,
-                quantification=dataclasses.replace(config.quantification, phase_check=True),
-            )
+        if phase_check:
+            config = with_phase_check(config)
         resolved = resolve_device(device)
         out_dir = output if output is not None else default_output(path)
         with _sigterm_as_interrupt():
