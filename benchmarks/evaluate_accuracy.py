@@ -19,6 +19,10 @@ Cases (each reported with its timings):
    solid cores at -20 +/- 40 HU, 1.5 mm soft edges; truth = the blob region (occupancy
    >= 0.5, vessels inside included). lungvol was tuned against ``insert_lesions``; this
    model says how much of its accuracy is specific to that insertion.
+8. A third insertion model (``lungvol.phantom.insert_subpleural_band``, session 13): ground
+   glass along the posterior costal pleura of the lower lungs (the typical COVID-19
+   pattern), with and without a layer of consolidation against the pleura: a lesion with no
+   border to normal lung on its pleural side.
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
    adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
@@ -43,7 +47,13 @@ import numpy as np
 from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
-from lungvol.phantom import insert_blobs, insert_lesions, make_phantom, resolve_size
+from lungvol.phantom import (
+    insert_blobs,
+    insert_lesions,
+    insert_subpleural_band,
+    make_phantom,
+    resolve_size,
+)
 from lungvol.quantification.qc_flags import solid_at_surface_ml
 from lungvol.segmentation import segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
@@ -293,6 +303,31 @@ def blob_cases(shared: Path) -> list[dict[str, Any]]:
     return out
 
 
+def band_cases(shared: Path) -> list[dict[str, Any]]:
+    """The real chest with a subpleural band (``insert_subpleural_band``): ground glass
+    8 / 15 / 25 mm deep, the last two also with an outer consolidation layer of 4 / 6 mm."""
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs = segment_lungs(chest, CFG.lungs)
+    vml = chest.voxel_volume_ml
+    out = []
+    for depth_mm, solid_mm in ((8.0, 0.0), (15.0, 0.0), (15.0, 4.0), (25.0, 6.0)):
+        hu, truth, _ = insert_subpleural_band(chest.hu, lungs.labels,
+                                              spacing_mm=chest.spacing_mm, seed=5,
+                                              depth_mm=depth_mm, solid_depth_mm=solid_mm)
+        l2, e2, times = _segment(_volume(hu, chest.spacing_mm, "chest+band"))
+        row = {
+            "case": f"real chest + subpleural band {depth_mm:g} mm"
+            + (f", consolidation {solid_mm:g} mm" if solid_mm else ""),
+            **_lesion_metrics(l2.labels, e2.labels, lungs.labels, truth, vml),
+            "solid_outside_lung_mask_ml": round(np.count_nonzero(
+                (truth == 2) & (l2.labels == 0)) * vml, 1),
+            **times,
+        }
+        out.append(row)
+        print(_fmt(row), flush=True)
+    return out
+
+
 def _add_noise(hu: np.ndarray, kind: str, sd_hu: float, seed: int = 1) -> np.ndarray:
     """``hu`` plus noise of SD ``sd_hu``: ``white`` (independent per voxel) or ``corr``
     (smoothed in-plane by a 0.8-pixel Gaussian, then scaled back to ``sd_hu``), int16."""
@@ -367,6 +402,7 @@ def main() -> None:
     parser.add_argument("--skip-phantoms", action="store_true")
     parser.add_argument("--skip-noise", action="store_true")
     parser.add_argument("--skip-blobs", action="store_true")
+    parser.add_argument("--skip-bands", action="store_true")
     parser.add_argument("--config", type=Path, default=None,
                         help="config YAML (default: configs/default.yaml); for sweeps")
     args = parser.parse_args()
@@ -387,6 +423,8 @@ def main() -> None:
         results["real"] = real_cases(args.shared, args.quick)
     if not args.skip_blobs and not args.quick and args.shared.is_dir():
         results["blobs"] = blob_cases(args.shared)
+    if not args.skip_bands and not args.quick and args.shared.is_dir():
+        results["bands"] = band_cases(args.shared)
     if not args.skip_noise and not args.quick and args.shared.is_dir():
         results["noise"] = noise_cases(args.shared)
     results["total_s"] = round(time.perf_counter() - t0, 1)

@@ -1313,6 +1313,98 @@ def insert_blobs(
     return np.rint(out).astype(np.int16), labels, truth
 
 
+def insert_subpleural_band(
+    hu: np.ndarray,
+    lungs: np.ndarray,
+    *,
+    spacing_mm: tuple[float, float, float],
+    seed: int,
+    depth_mm: float = 15.0,
+    solid_depth_mm: float = 0.0,
+    posterior_fraction: float = 0.55,
+    inferior_fraction: float = 0.7,
+    ggo_hu: float = -620.0,
+    solid_hu: float = -40.0,
+    edge_mm: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Insert the typical COVID-19 pattern into a real CT: a band of ground glass along the
+    costal pleura of the dependent (posterior) lower lungs, optionally with a layer of
+    consolidation against the pleura: a third insertion model, whose lesion has no border
+    with normal lung on its pleural side.
+
+    The band is the lung within ``depth_mm`` of the lung mask's surface, in the posterior
+    ``posterior_fraction`` of the lungs' anterior-posterior extent and the inferior
+    ``inferior_fraction`` of their z extent. Inside, voxels are raised to ``ggo_hu`` plus a
+    2 mm texture of SD ``BLOB_TEXTURE_HU`` (denser voxels keep their value); the outer
+    ``solid_depth_mm`` (0: none) is raised to ``solid_hu`` plus texture. The inner border
+    blends over ``edge_mm``.
+
+    Returns
+    -------
+    hu_with_lesions : ndarray of int16
+    lesion_labels : ndarray of uint8
+        1 ground-glass, 2 solid (occupancy >= 0.5 inside the lung): the lesion region, vessels
+        inside included (as :func:`insert_blobs`).
+    truth : dict
+        Volumes (mL) and proportions (%) relative to the lung mask.
+    """
+    if hu.shape != lungs.shape or hu.ndim != 3:
+        raise GeometryError(
+            f"hu has shape {hu.shape} but lungs has {lungs.shape}; pass a 3-D lung mask on "
+            "the CT grid"
+        )
+    if not 0 <= solid_depth_mm < depth_mm or not 0 < posterior_fraction <= 1 or not (
+        0 < inferior_fraction <= 1
+    ):
+        raise InputError(
+            "need 0 <= solid_depth_mm < depth_mm and fractions in (0, 1]; got "
+            f"solid_depth_mm={solid_depth_mm}, depth_mm={depth_mm}, "
+            f"posterior_fraction={posterior_fraction}, inferior_fraction={inferior_fraction}"
+        )
+    lung = np.asarray(lungs) > 0
+    if not lung.any():
+        raise InputError("the lung mask is empty; segment the lungs before inserting lesions")
+    rng = np.random.default_rng(seed)
+    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm).astype(np.float32)
+    ys = np.flatnonzero(lung.any(axis=(0, 2)))
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    # Axis 1 runs anterior -> posterior, axis 0 inferior -> superior.
+    y_from = ys[-1] - posterior_fraction * (ys[-1] - ys[0])
+    z_to = zs[0] + inferior_fraction * (zs[-1] - zs[0])
+    zone = (
+        (np.arange(lung.shape[1])[None, :, None] >= y_from)
+        & (np.arange(lung.shape[0])[:, None, None] <= z_to)
+        & lung
+    )
+    occ = np.clip((depth_mm - depth) / edge_mm + 0.5, 0.0, 1.0) * zone
+    core = (
+        np.clip((solid_depth_mm - depth) / edge_mm + 0.5, 0.0, 1.0) * zone
+        if solid_depth_mm > 0 else np.zeros_like(occ)
+    )
+    texture = _smooth_noise(rng, hu.shape, tuple(2.0 / s for s in spacing_mm))
+    texture *= np.float32(BLOB_TEXTURE_HU)
+    base = hu.astype(np.float32)
+    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
+    out += core * np.maximum(solid_hu + texture - out, 0.0)
+    np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(occ >= 0.5) & lung] = LESION_GGO
+    labels[(core >= 0.5) & lung] = LESION_SOLID
+    lung_labels = np.where(lung, LUNG_RIGHT, 0).astype(np.uint8)
+    vols = _volumes(lung_labels, labels, float(np.prod(spacing_mm)) / MM3_PER_ML)
+    for key in ("lung_volume_right_ml", "lung_volume_left_ml"):
+        vols.pop(key)
+    truth: dict[str, Any] = {
+        "generator": "lungvol.phantom.insert_subpleural_band",
+        "seed": int(seed),
+        "depth_mm": float(depth_mm),
+        "solid_depth_mm": float(solid_depth_mm),
+        "spacing_mm": list(spacing_mm),
+        **vols,
+    }
+    return np.rint(out).astype(np.int16), labels, truth
+
+
 # =========================================================================================
 # Writing
 # =========================================================================================

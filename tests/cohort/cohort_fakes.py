@@ -33,7 +33,7 @@ def make_cohort(
     for s in scans:
         folder = root / s["subject"] / s.get("scan", s.get("visit"))
         folder.mkdir(parents=True, exist_ok=True)
-        keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check")
+        keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check", "lung_ml")
         payload = {k: s[k] for k in keys if k in s}
         (folder / "fake.json").write_text(json.dumps(payload))
     rows = manifest_rows if manifest_rows is not None else scans
@@ -52,7 +52,7 @@ def fake_segment(path: Path, out_dir: Path, *, config, device: str, overwrite: b
         raise InputError(spec["fail"])
     lesion, solid = float(spec["lesion"]), float(spec["solid"])
     metrics = {
-        "lung_volume_ml": 5000.0,
+        "lung_volume_ml": float(spec.get("lung_ml", 5000.0)),
         "lung_volume_right_ml": 2700.0,
         "lung_volume_left_ml": 2300.0,
         "lesion_volume_ml": 50.0 * lesion,

@@ -48,6 +48,28 @@ def test_cohort_analyze_prints_table2_and_paths(tmp_path):
     assert (out / "analysis" / "report.html").is_file()
 
 
+def test_cohort_analyze_lists_scans_whose_lung_volume_moved_from_baseline(tmp_path):
+    scans = [{"subject": f"S{i}", "arm": "MSC" if i < 2 else "placebo", "visit": v,
+              "lesion": 20.0 - 4 * k - i, "solid": 2.0 - 0.3 * k}
+             for i in range(4) for k, v in enumerate(("baseline", "day10", "month1"))]
+    scans[4]["lung_ml"] = 4300.0  # S1 day 10: -14 % against its baseline's 5000 mL
+    root = make_cohort(tmp_path / "c", scans)
+    out = tmp_path / "o"
+    run_cohort(discover_cohort(root, load_trial()), out, LungvolConfig(),
+               executor=SerialExecutor(), scan_fn=fake_scan)
+    result = runner.invoke(app, ["cohort", "analyze", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "1 scans' lung volume differs from the subject's baseline by more than 10 %" in (
+        result.output
+    )
+    page = (out / "analysis" / "report.html").read_text()
+    assert "Lung volume against baseline: 1 scans differ by more than 10 %" in page
+    assert "<td>S1</td>" in page
+    assert "-14.0" in page
+    visits = (out / "analysis" / "subject_visits.csv").read_text().splitlines()
+    assert "lung_volume_flag" in visits[0]
+
+
 def test_simulate_trial_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "x.txt").write_text("keep me")
     result = runner.invoke(app, ["simulate-trial", str(tmp_path), "--subjects-per-arm", "1"])

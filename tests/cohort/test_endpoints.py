@@ -10,7 +10,7 @@ import pytest
 
 from lungvol.cohort.endpoints import endpoint_rows, read_reads, subject_visit_table
 from lungvol.cohort.trial import load_trial
-from lungvol.errors import CohortError
+from lungvol.errors import CohortError, ConfigError
 from lungvol.stats import hodges_lehmann, wilcoxon_rank_sum
 
 TRIAL = load_trial()
@@ -54,6 +54,33 @@ def test_missing_and_failed_visits_take_the_last_observation_and_are_flagged():
         assert r["total_lesion_pct"] == 10.0
         assert r["total_lesion_change_rel_pct"] == pytest.approx(-50.0)
     assert row(table, "S1", "month3")["scan_status"] == "failed"
+
+
+def test_lung_volume_change_against_baseline_is_measured_and_flagged_never_imputed():
+    scans = [
+        dict(scan("S1", "baseline", 20.0, 4.0), lung_volume_ml=5000.0),
+        dict(scan("S1", "day10", 15.0, 3.0), lung_volume_ml=4400.0),  # -12 %: flagged
+        dict(scan("S1", "month1", 10.0, 2.0), lung_volume_ml="5200.0"),  # +4 % (CSV text)
+        dict(scan("S2", "day10", 10.0, 2.0), lung_volume_ml=3000.0),  # no baseline scan
+    ]
+    table = subject_visit_table(scans, {"S1": "MSC", "S2": "MSC"}, TRIAL)
+    assert row(table, "S1", "baseline")["lung_volume_change_pct"] == 0.0
+    r = row(table, "S1", "day10")
+    assert r["lung_volume_change_pct"] == pytest.approx(-12.0)
+    assert r["lung_volume_flag"] is True
+    r = row(table, "S1", "month1")
+    assert r["lung_volume_change_pct"] == pytest.approx(4.0)
+    assert r["lung_volume_flag"] is False
+    imputed = row(table, "S1", "month3")  # LOCF carries the endpoints, not the lung volume
+    assert imputed["is_imputed"]
+    assert math.isnan(imputed["lung_volume_ml"])
+    assert imputed["lung_volume_flag"] is False
+    assert math.isnan(row(table, "S2", "day10")["lung_volume_change_pct"])
+    strict = dataclasses.replace(TRIAL, lung_volume_change_flag_pct=3.0)
+    table = subject_visit_table(scans, {"S1": "MSC", "S2": "MSC"}, strict)
+    assert row(table, "S1", "month1")["lung_volume_flag"] is True
+    with pytest.raises(ConfigError, match="lung_volume_change_flag_pct"):
+        dataclasses.replace(TRIAL, lung_volume_change_flag_pct=0.0)
 
 
 def test_no_imputation_leaves_missing_visits_empty():

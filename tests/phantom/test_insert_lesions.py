@@ -214,3 +214,41 @@ def test_insert_blobs_draws_the_requested_sizes():
         largest = ndimage.distance_transform_edt(labels > 0).max()
         assert largest <= axes[1] + 1.0  # no component is thicker than the largest semi-axis
     assert counts[(3.0, 5.0)] >= 5 * counts[(8.0, 25.0)]
+
+
+def test_insert_subpleural_band_lies_along_the_posterior_inferior_pleura():
+    from lungvol.phantom import insert_subpleural_band
+
+    hu = np.full((40, 60, 60), 40, np.int16)  # soft tissue around a box of lung
+    lungs = np.zeros(hu.shape, np.uint8)
+    lungs[2:38, 5:55, 5:55] = 1
+    hu[lungs > 0] = -850
+    hu[2:38, 28:31, 28:31] = 40  # a vessel along z
+    out, labels, truth = insert_subpleural_band(
+        hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=2, depth_mm=8.0, solid_depth_mm=3.0,
+        posterior_fraction=0.5, inferior_fraction=0.5,
+    )
+    depth = ndimage.distance_transform_edt(lungs > 0)
+    band = labels > 0
+    assert band.any()
+    assert depth[band].max() <= 8.5  # no deeper than the band
+    assert depth[labels == LESION_SOLID].max() <= 3.5  # the solid layer is the outer part
+    z, y, _ = np.nonzero(band)
+    assert z.max() <= 2 + 0.5 * 35 + 1  # inferior half of the lung's z extent
+    assert y.min() >= 54 - 0.5 * 49 - 1  # posterior half (axis 1 runs anterior -> posterior)
+    assert np.count_nonzero(band & (lungs == 0)) == 0
+    ggo = (labels == LESION_GGO) & (hu == -850)
+    assert abs(float(np.median(out[ggo])) + 620) <= 30
+    solid = (labels == LESION_SOLID) & (hu == -850)
+    assert abs(float(np.median(out[solid])) + 40) <= 40
+    vessel = hu == 40
+    np.testing.assert_array_equal(out[vessel], 40)
+    assert truth["solid_proportion_pct"] > 0
+    assert truth["lesion_proportion_pct"] == pytest.approx(
+        100 * np.count_nonzero(band) / np.count_nonzero(lungs), rel=1e-6
+    )
+    with pytest.raises(InputError, match="solid_depth_mm"):
+        insert_subpleural_band(hu, lungs, spacing_mm=(1.0, 1.0, 1.0), seed=2, depth_mm=3.0,
+                               solid_depth_mm=3.0)
+    with pytest.raises(InputError, match="empty"):
+        insert_subpleural_band(hu, np.zeros_like(lungs), spacing_mm=(1.0, 1.0, 1.0), seed=2)

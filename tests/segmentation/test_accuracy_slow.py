@@ -324,6 +324,51 @@ def test_real_chest_inserted_blobs_15pct(chest):
     assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
 
 
+def _band(chest, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from lungvol.phantom import insert_subpleural_band
+
+    vol, lungs = chest
+    hu, truth, _ = insert_subpleural_band(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
+                                          seed=5, **kw)
+    with_band = _as_volume(hu, vol.spacing_mm)
+    new_lungs = segment_lungs(with_band, CFG.lungs)
+    return truth, new_lungs.labels, segment_lesions(with_band, new_lungs, CFG.lesions).labels, (
+        lungs.labels
+    )
+
+
+def test_real_chest_subpleural_ground_glass_band(chest):
+    """A third insertion model (session 13): ground glass along the posterior costal pleura
+    of the lower two thirds, 8 mm deep (20 % of the lung). Measured +1.2 %, +0.25 pp."""
+    truth, lungs, lesions, lungs0 = _band(chest, depth_mm=8.0)
+    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
+    proportion_pp = 100.0 * n_les / np.count_nonzero(lungs) - 100.0 * t_les / np.count_nonzero(
+        lungs0
+    )
+    assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
+    assert _dice(lungs > 0, lungs0 > 0) >= 0.99
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-06 session 13): a subpleural band 15 mm deep whose outer 4 mm "
+    "is consolidation, along the whole posterior lower lung (the typical COVID-19 pattern at "
+    "its most uniform): the consolidation layer is left out of the lung mask (lung 4745 "
+    "instead of 5301 mL), so the solid reads -93 % and the lesion -25.5 % (-5.7 pp). With no "
+    "aerated lung between it and the chest wall and no indentation of the lung surface, "
+    "neither the closing, the pleural hull nor the lesion rim (whose envelope follows the "
+    "mask) can tell the layer from the wall; the cohort analysis lists such a visit by its "
+    "lung volume against baseline (docs/segmentation.md, 'A subpleural consolidation layer')",
+)
+def test_real_chest_subpleural_consolidation_layer(chest):
+    truth, lungs, lesions, _lungs0 = _band(chest, depth_mm=15.0, solid_depth_mm=4.0)
+    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+    n_sol, t_sol = np.count_nonzero(lesions == 2), np.count_nonzero(truth == 2)
+    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
+    assert abs(n_sol - t_sol) <= 0.15 * t_sol, f"solid {100 * (n_sol - t_sol) / t_sol:+.1f} %"
+
+
 def _label(path) -> np.ndarray:
     return np.asarray(read_ct(path, config=IOConfig(air_hu_max=1e9, min_value_hu_max=1e9)).hu)
 

@@ -168,8 +168,17 @@ def analyze_command(
     from lungvol.reporting.cohort_report import analyze_cohort
 
     _setup_logging(verbose)
-    result = analyze_cohort(out, load_trial(trial), reads_path=reads)
+    trial_cfg = load_trial(trial)
+    result = analyze_cohort(out, trial_cfg, reads_path=reads)
     typer.echo(result.files["table2_md"].read_text())
+    n_lung = sum(1 for r in result.subject_visits if r.get("lung_volume_flag"))
+    if n_lung:
+        typer.echo(
+            f"{n_lung} scans' lung volume differs from the subject's baseline by more than "
+            f"{trial_cfg.lung_volume_change_flag_pct:g} % (inspiration, or consolidation left "
+            "out of the lung mask): see report.html, column lung_volume_flag of "
+            "subject_visits.csv"
+        )
     for name in ("endpoints_csv", "table2_md", "report_html"):
         typer.echo(f"{name}: {result.files[name]}")
 

@@ -121,6 +121,7 @@ def subject_visit_table(
             e.name: _float(base_scan.get(e.metric)) if has_baseline else NAN
             for e in trial.endpoints
         }
+        base_lung_ml = _float(base_scan.get("lung_volume_ml")) if has_baseline else NAN
         for visit in trial.visits:
             scan = by_key.get((subject, visit.name))
             status = scan.get("status", "pending") if scan else "missing"
@@ -150,6 +151,19 @@ def subject_visit_table(
                 row[f"{e.name}_change_rel_pct"] = (
                     100.0 * (value - base) / base if base and not math.isnan(base) else NAN
                 )
+            # Lung volume of this visit's own scan (never imputed) against the baseline scan's:
+            # the endpoints' denominator; a large change is inspiration level or a lung mask
+            # that leaves out consolidation at one of the two visits.
+            lung_ml = _float(scan.get("lung_volume_ml")) if status == "ok" else NAN
+            change = (
+                100.0 * (lung_ml - base_lung_ml) / base_lung_ml
+                if base_lung_ml > 0 and not math.isnan(lung_ml) else NAN
+            )
+            row["lung_volume_ml"] = lung_ml
+            row["lung_volume_change_pct"] = change
+            row["lung_volume_flag"] = (
+                not math.isnan(change) and abs(change) > trial.lung_volume_change_flag_pct
+            )
             normal = _bool_or_none(scan.get("normal_ct")) if status == "ok" else None
             row["normal_ct_source"] = "lungvol" if normal is not None else ""
             if (subject, visit.name) in read_of:

@@ -98,6 +98,10 @@ class TrialConfig:
     imputation: str = "locf"
     hl_ci: str = "sas"
     quantile_definition: str = "sas5"
+    # QC: a measured scan whose lung volume differs from the subject's baseline scan by more
+    # than this (%) is listed in the report (inspiration level, or a lung mask that leaves
+    # out consolidation at one visit); the endpoints are not changed.
+    lung_volume_change_flag_pct: float = 10.0
     title: str = ""
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
@@ -148,6 +152,11 @@ class TrialConfig:
             raise ConfigError(
                 f"{self.source}: quantile_definition must be one of {QUANTILE_DEFINITIONS}, "
                 f"got {self.quantile_definition!r}"
+            )
+        if not self.lung_volume_change_flag_pct > 0:
+            raise ConfigError(
+                f"{self.source}: lung_volume_change_flag_pct must be > 0, got "
+                f"{self.lung_volume_change_flag_pct!r}"
             )
         if self.hl_ci not in HL_CI_METHODS:
             raise ConfigError(

@@ -163,6 +163,7 @@ def _report_page(
             else "<p>None.</p>",
         )
     )
+    sections.append(lung_volume_section(table, trial))
     failed = [
         [s["subject"], s["visit"], s["scan"], s["error"]] for s in scans if s["status"] != "ok"
     ]
@@ -186,6 +187,36 @@ def _report_page(
     sections.append(("Per-scan QC", thumbnails_html(scans, out)))
     title = f"lungvol cohort report — {html.unescape(trial.title or trial.name)}"
     return build_report_html(title=title, intro=intro, sections=sections)
+
+
+def lung_volume_section(table: list[dict[str, Any]], trial: TrialConfig) -> tuple[str, str]:
+    """(heading, body): measured follow-up scans whose lung volume differs from the subject's
+    baseline scan by more than ``trial.lung_volume_change_flag_pct``."""
+    limit = trial.lung_volume_change_flag_pct
+    flagged = [r for r in table if r.get("lung_volume_flag")]
+    heading = f"Lung volume against baseline: {len(flagged)} scans differ by more than {limit:g} %"
+    if not flagged:
+        return heading, "<p>None.</p>"
+    base_of = {
+        r["subject"]: r["lung_volume_ml"] for r in table if r["visit"] == trial.baseline_visit
+    }
+    listing = [
+        [r["subject"], trial.arm_label(r["arm"]), r["visit"], f"{base_of[r['subject']]:.0f}",
+         f"{r['lung_volume_ml']:.0f}", f"{r['lung_volume_change_pct']:+.1f}"]
+        for r in flagged
+    ]
+    body = (
+        "<p class='note'>The lung volume is every endpoint's denominator. A large change between "
+        "visits of one subject is a different inspiration level, or a lung mask that leaves "
+        "out consolidation against the chest wall at one visit (then the lesion proportion of "
+        "that visit is under-read): check both visits' QC pictures. The endpoints are not "
+        "changed.</p>"
+        + html_table(
+            ["Subject", "Arm", "Visit", "Baseline lung (mL)", "Visit lung (mL)", "Change (%)"],
+            listing,
+        )
+    )
+    return heading, body
 
 
 def qc_flags_section(scans: list[dict[str, Any]]) -> tuple[str, str]:
