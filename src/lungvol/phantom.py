@@ -1212,6 +1212,31 @@ BLOB_CORE_FRACTION = 0.45  # insert_blobs: solid core radii as a fraction of the
 BLOB_TEXTURE_HU = 40.0  # insert_blobs: SD of the 2 mm texture added to the set levels
 
 
+def _raise_to_lesion_levels(
+    hu: np.ndarray, lung: np.ndarray, occ: np.ndarray, core: np.ndarray,
+    rng: np.random.Generator, spacing_mm: tuple[float, float, float], *, ggo_hu: float,
+    solid_hu: float,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Shared by :func:`insert_blobs` and :func:`insert_subpleural_band`: raise the CT to
+    ``ggo_hu`` where ``occ`` (occupancy 0-1) and to ``solid_hu`` where ``core``, each plus a
+    2 mm texture of SD ``BLOB_TEXTURE_HU`` (denser voxels keep their value). Returns the
+    int16 CT, the truth labels (occupancy >= 0.5 in the lung) and their volumes (mL, %)."""
+    texture = _smooth_noise(rng, hu.shape, tuple(2.0 / s for s in spacing_mm))
+    texture *= np.float32(BLOB_TEXTURE_HU)  # unit SD -> HU
+    base = hu.astype(np.float32)
+    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
+    out += core * np.maximum(solid_hu + texture - out, 0.0)
+    np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[(occ >= 0.5) & lung] = LESION_GGO
+    labels[(core >= 0.5) & lung] = LESION_SOLID
+    lung_labels = np.where(lung, LUNG_RIGHT, 0).astype(np.uint8)
+    vols = _volumes(lung_labels, labels, float(np.prod(spacing_mm)) / MM3_PER_ML)
+    for key in ("lung_volume_right_ml", "lung_volume_left_ml"):
+        vols.pop(key)
+    return np.rint(out).astype(np.int16), labels, vols
+
+
 def insert_blobs(
     hu: np.ndarray,
     lungs: np.ndarray,
@@ -1263,16 +1288,15 @@ def insert_blobs(
         raise InputError("the lung mask is empty; segment the lungs before inserting lesions")
     rng = np.random.default_rng(seed)
     sp = np.asarray(spacing_mm, float)
-    base = hu.astype(np.float32)
-    occ = np.zeros(base.shape, np.float32)
-    core = np.zeros(base.shape, np.float32)
+    occ = np.zeros(hu.shape, np.float32)
+    core = np.zeros(hu.shape, np.float32)
     target = lesion_pct / 100.0 * len(points)
     while np.count_nonzero((occ >= 0.5) & lung) < target:
         centre = points[rng.integers(len(points))]
         radii = rng.uniform(*semi_axes_mm, 3)
         box = tuple(
             slice(max(0, int(c - r / s) - 3), min(n, int(c + r / s) + 4))
-            for c, r, s, n in zip(centre, radii, sp, base.shape, strict=True)
+            for c, r, s, n in zip(centre, radii, sp, hu.shape, strict=True)
         )
         axes = [
             (np.arange(b.start, b.stop) - c) * s / r
@@ -1290,18 +1314,9 @@ def insert_blobs(
             )
     occ *= lung
     core = np.minimum(core, occ)
-    texture = _smooth_noise(rng, base.shape, tuple(2.0 / s for s in spacing_mm))
-    texture *= np.float32(BLOB_TEXTURE_HU)  # unit SD -> HU
-    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
-    out += core * np.maximum(solid_hu + texture - out, 0.0)
-    np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
-    labels = np.zeros(hu.shape, np.uint8)
-    labels[(occ >= 0.5) & lung] = LESION_GGO
-    labels[(core >= 0.5) & lung] = LESION_SOLID
-    lung_labels = np.where(lung, LUNG_RIGHT, 0).astype(np.uint8)
-    vols = _volumes(lung_labels, labels, float(np.prod(spacing_mm)) / MM3_PER_ML)
-    for key in ("lung_volume_right_ml", "lung_volume_left_ml"):
-        vols.pop(key)
+    out, labels, vols = _raise_to_lesion_levels(
+        hu, lung, occ, core, rng, spacing_mm, ggo_hu=ggo_hu, solid_hu=solid_hu
+    )
     truth: dict[str, Any] = {
         "generator": "lungvol.phantom.insert_blobs",
         "seed": int(seed),
@@ -1310,7 +1325,7 @@ def insert_blobs(
         "spacing_mm": list(spacing_mm),
         **vols,
     }
-    return np.rint(out).astype(np.int16), labels, truth
+    return out, labels, truth
 
 
 def insert_subpleural_band(
@@ -1381,19 +1396,9 @@ def insert_subpleural_band(
         np.clip((solid_depth_mm - depth) / edge_mm + 0.5, 0.0, 1.0) * zone
         if solid_depth_mm > 0 else np.zeros_like(occ)
     )
-    texture = _smooth_noise(rng, hu.shape, tuple(2.0 / s for s in spacing_mm))
-    texture *= np.float32(BLOB_TEXTURE_HU)
-    base = hu.astype(np.float32)
-    out = base + occ * np.maximum(ggo_hu + texture - base, 0.0)
-    out += core * np.maximum(solid_hu + texture - out, 0.0)
-    np.clip(out, MIN_STORED_HU, MAX_STORED_HU, out=out)
-    labels = np.zeros(hu.shape, np.uint8)
-    labels[(occ >= 0.5) & lung] = LESION_GGO
-    labels[(core >= 0.5) & lung] = LESION_SOLID
-    lung_labels = np.where(lung, LUNG_RIGHT, 0).astype(np.uint8)
-    vols = _volumes(lung_labels, labels, float(np.prod(spacing_mm)) / MM3_PER_ML)
-    for key in ("lung_volume_right_ml", "lung_volume_left_ml"):
-        vols.pop(key)
+    out, labels, vols = _raise_to_lesion_levels(
+        hu, lung, occ, core, rng, spacing_mm, ggo_hu=ggo_hu, solid_hu=solid_hu
+    )
     truth: dict[str, Any] = {
         "generator": "lungvol.phantom.insert_subpleural_band",
         "seed": int(seed),
@@ -1402,7 +1407,7 @@ def insert_subpleural_band(
         "spacing_mm": list(spacing_mm),
         **vols,
     }
-    return np.rint(out).astype(np.int16), labels, truth
+    return out, labels, truth
 
 
 # =========================================================================================

@@ -34,31 +34,32 @@ def test_cohort_analyze_of_a_non_cohort_folder_says_what_to_run(tmp_path):
     assert "lungvol cohort run" in _one_line_error(result)
 
 
-def test_cohort_analyze_prints_table2_and_paths(tmp_path):
+def _analyzed_four_subjects(tmp_path, **scan4_extra):
+    """Four fake subjects (2 per arm) x 3 visits, run and analyzed; ``scan4_extra`` goes
+    into subject S1's day-10 scan. Returns (out folder, analyze result)."""
     scans = [{"subject": f"S{i}", "arm": "MSC" if i < 2 else "placebo", "visit": v,
               "lesion": 20.0 - 4 * k - i, "solid": 2.0 - 0.3 * k}
              for i in range(4) for k, v in enumerate(("baseline", "day10", "month1"))]
+    scans[4].update(scan4_extra)
     root = make_cohort(tmp_path / "c", scans)
     out = tmp_path / "o"
     run_cohort(discover_cohort(root, load_trial()), out, LungvolConfig(),
                executor=SerialExecutor(), scan_fn=fake_scan)
     result = runner.invoke(app, ["cohort", "analyze", str(out)])
     assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_cohort_analyze_prints_table2_and_paths(tmp_path):
+    out, result = _analyzed_four_subjects(tmp_path)
     assert "| Total lesion proportion | Day 10 | 2 |" in result.output
+    assert "lung volume differs" not in result.output
     assert (out / "analysis" / "report.html").is_file()
 
 
 def test_cohort_analyze_lists_scans_whose_lung_volume_moved_from_baseline(tmp_path):
-    scans = [{"subject": f"S{i}", "arm": "MSC" if i < 2 else "placebo", "visit": v,
-              "lesion": 20.0 - 4 * k - i, "solid": 2.0 - 0.3 * k}
-             for i in range(4) for k, v in enumerate(("baseline", "day10", "month1"))]
-    scans[4]["lung_ml"] = 4300.0  # S1 day 10: -14 % against its baseline's 5000 mL
-    root = make_cohort(tmp_path / "c", scans)
-    out = tmp_path / "o"
-    run_cohort(discover_cohort(root, load_trial()), out, LungvolConfig(),
-               executor=SerialExecutor(), scan_fn=fake_scan)
-    result = runner.invoke(app, ["cohort", "analyze", str(out)])
-    assert result.exit_code == 0, result.output
+    # S1 day 10: -14 % against its baseline's 5000 mL.
+    out, result = _analyzed_four_subjects(tmp_path, lung_ml=4300.0)
     assert "1 scans' lung volume differs from the subject's baseline by more than 10 %" in (
         result.output
     )
