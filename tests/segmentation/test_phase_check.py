@@ -160,3 +160,29 @@ def test_phase_check_needs_an_offset_and_nonnegative_limits():
         config_from_dict({"quantification": {"phase_flag_solid_range_ml": -1}})
     cfg = config_from_dict({"quantification": {"phase_check_offsets_voxels": [[1, 0, 0]]}})
     assert cfg.quantification.phase_check_offsets_voxels == ((1, 0, 0),)
+
+
+def test_a_lattice_at_which_the_scan_is_refused_is_recorded_and_flagged(chest_phases, monkeypatch):
+    import lungvol.segmentation as lseg
+    from lungvol.errors import SegmentationError
+
+    vol, lungs, lesions, _check = chest_phases
+    refused_origin = shifted_lattice(vol, (0, 1, 0)).origin_lps_mm
+
+    def fake_lungs(volume, config):
+        if volume.origin_lps_mm == refused_origin:
+            raise SegmentationError("no lungs in view: the largest lung-like region is 150 mL")
+        return lungs
+
+    monkeypatch.setattr(lseg, "segment_lungs", fake_lungs)
+    monkeypatch.setattr(lseg, "segment_lesions", lambda volume, lm, config: lesions)
+    check = measure_phase_check(vol, lungs, lesions, LungvolConfig())
+    assert [r["offset_voxels"] for r in check["phases"]] == [[0, 0, 0], [0, 0, 1], [0, 1, 1]]
+    assert check["failed_phases"] == [
+        {"offset_voxels": [0, 1, 0],
+         "error": "no lungs in view: the largest lung-like region is 150 mL"}
+    ]
+    assert check["lesion_proportion_range_pp"] == 0.0
+    flags = phase_flags(check, config=QuantificationConfig())
+    assert [flag_code(f) for f in flags] == ["phase_sensitive"]
+    assert "refused at 1 of 4 lattices" in flags[0]

@@ -21,6 +21,7 @@ import numpy as np
 
 import lungvol.segmentation as lseg
 from lungvol.config import LungvolConfig
+from lungvol.errors import SegmentationError
 from lungvol.quantification.volumes import measure_volumes
 from lungvol.types import CTVolume, LesionMask, LungMask
 
@@ -91,15 +92,24 @@ def measure_phase_check(
         ``phases`` (one row per lattice offset, the reported one first: volumes, proportions,
         normal-CT call, Dice of the lung and lesion masks against the reported ones),
         ``range`` ([min, max] of each measure), ``lesion_proportion_range_pp``,
-        ``solid_volume_range_ml``, ``solid_volume_median_ml``, ``normal_ct_agrees`` and
-        ``seconds``.
+        ``solid_volume_range_ml``, ``solid_volume_median_ml``, ``normal_ct_agrees``,
+        ``failed_phases`` (rows ``{"offset_voxels", "error"}`` of lattices at which the
+        segmentation refused the scan, e.g. no lungs found; the spread is over the others)
+        and ``seconds``.
     """
     t0 = time.perf_counter()
     rows = [_phase_row((0, 0, 0), lungs, lesions, volume, (lungs, lesions), config)]
+    failed: list[dict[str, Any]] = []
     for offset in config.quantification.phase_check_offsets_voxels:
         shifted = shifted_lattice(volume, offset)
-        lungs_k = lseg.segment_lungs(shifted, config.lungs)
-        lesions_k = lseg.segment_lesions(shifted, lungs_k, config.lesions)
+        try:
+            lungs_k = lseg.segment_lungs(shifted, config.lungs)
+            lesions_k = lseg.segment_lesions(shifted, lungs_k, config.lesions)
+        except SegmentationError as err:
+            # The reported result stands; that it depends on the lattice is the finding.
+            failed.append({"offset_voxels": list(offset), "error": str(err)})
+            logger.warning("phase check %s: segmentation refused the scan: %s", offset, err)
+            continue
         rows.append(_phase_row(offset, lungs_k, lesions_k, volume, (lungs, lesions), config))
         logger.info(
             "phase check %s: lesion %.1f mL, solid %.1f mL", offset,
@@ -123,5 +133,6 @@ def measure_phase_check(
         ),
         "solid_volume_median_ml": round(float(np.median(solids)), 4),
         "normal_ct_agrees": len({r["normal_ct"] for r in rows}) == 1,
+        "failed_phases": failed,
         "seconds": round(time.perf_counter() - t0, 3),
     }

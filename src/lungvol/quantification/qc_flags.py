@@ -268,9 +268,15 @@ def phase_flags(
             f"the lung volume over {lung_lo:.0f}-{lung_hi:.0f} mL (more than "
             f"{100 * config.phase_flag_lung_range_fraction:g} %)"
         )
+    failed = phase_check.get("failed_phases") or []
+    if failed:
+        parts.append(
+            f"whether lungs are found at all (refused at {len(failed)} of {n + len(failed)} "
+            "lattices)"
+        )
     if parts:
         flags.append(
-            f"phase_sensitive: shifting the block lattice ({n} phases) moves "
+            f"phase_sensitive: shifting the block lattice ({n + len(failed)} phases) moves "
             f"{' and '.join(parts)}; changes between visits smaller than this are within "
             "the method's noise; prefer thin slices"
         )
