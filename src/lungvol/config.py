@@ -402,9 +402,10 @@ class QuantificationConfig:
     # proportion spans more than phase_flag_lesion_range_pp, or the solid volume more than
     # phase_flag_solid_range_ml AND phase_flag_solid_range_fraction of its median, or the
     # lung volume more than phase_flag_lung_range_fraction of its median;
-    # normal_ct_phase_unstable when the normal-CT call differs between phases. Real chest
-    # (2 mm slices), session 12: lesion 0.17 pp, solid 3.1 mL (of 11 mL); pyradiomics lung1
-    # (5 mm slices): lesion 0.94 pp, solid 11 mL (of 13 mL).
+    # normal_ct_phase_unstable when the normal-CT call differs between phases. Set on the
+    # default four phases (session 13): real chest (2 mm slices) lesion 0.15 pp, solid 3.0 mL
+    # of 12 mL, lung 0.15 %: no flag; pyradiomics lung1 (5 mm) lesion 0.51 pp, solid 7.6 mL
+    # of 12 mL: flagged; the IBSI NSCLC crop, lung 1090-1261 mL: flagged.
     phase_check: bool = False
     phase_check_offsets_voxels: tuple[tuple[int, int, int], ...] = (
         (0, 0, 1), (0, 1, 0), (0, 1, 1),

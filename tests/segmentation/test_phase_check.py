@@ -110,6 +110,7 @@ def _check(
         "lesion_proportion_range_pp": max(lesion_pct) - min(lesion_pct),
         "solid_volume_range_ml": max(solid_ml) - min(solid_ml),
         "solid_volume_median_ml": float(np.median(solid_ml)),
+        "lung_volume_median_ml": float(np.median(lung_ml)),
         "normal_ct_agrees": len({r["normal_ct"] for r in rows}) == 1,
     }
 

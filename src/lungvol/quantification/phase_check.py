@@ -92,7 +92,8 @@ def measure_phase_check(
         ``phases`` (one row per lattice offset, the reported one first: volumes, proportions,
         normal-CT call, Dice of the lung and lesion masks against the reported ones),
         ``range`` ([min, max] of each measure), ``lesion_proportion_range_pp``,
-        ``solid_volume_range_ml``, ``solid_volume_median_ml``, ``normal_ct_agrees``,
+        ``solid_volume_range_ml``, ``solid_volume_median_ml``, ``lung_volume_median_ml``,
+        ``normal_ct_agrees``,
         ``failed_phases`` (rows ``{"offset_voxels", "error"}`` of lattices at which the
         segmentation refused the scan, e.g. no lungs found; the spread is over the others)
         and ``seconds``.
@@ -118,7 +119,6 @@ def measure_phase_check(
     spans = {
         name: [min(r[name] for r in rows), max(r[name] for r in rows)] for name in PHASE_MEASURES
     }
-    solids = [r["solid_volume_ml"] for r in rows]
     return {
         "method": "the scan segmented again with the block lattice of both stages shifted by "
         "whole CT voxels (origin moved; voxels unchanged); the reported result is offset "
@@ -131,7 +131,8 @@ def measure_phase_check(
         "solid_volume_range_ml": round(
             spans["solid_volume_ml"][1] - spans["solid_volume_ml"][0], 4
         ),
-        "solid_volume_median_ml": round(float(np.median(solids)), 4),
+        "solid_volume_median_ml": round(float(np.median([r["solid_volume_ml"] for r in rows])), 4),
+        "lung_volume_median_ml": round(float(np.median([r["lung_volume_ml"] for r in rows])), 4),
         "normal_ct_agrees": len({r["normal_ct"] for r in rows}) == 1,
         "failed_phases": failed,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -262,7 +262,7 @@ def phase_flags(
         lo, hi = span["solid_volume_ml"]
         parts.append(f"the solid volume over {lo:.1f}-{hi:.1f} mL ({solid_ml:.1f} mL)")
     lung_lo, lung_hi = span["lung_volume_ml"]
-    lung_median_ml = float(np.median([r["lung_volume_ml"] for r in phase_check["phases"]]))
+    lung_median_ml = float(phase_check["lung_volume_median_ml"])
     if lung_hi - lung_lo > config.phase_flag_lung_range_fraction * lung_median_ml:
         parts.append(
             f"the lung volume over {lung_lo:.0f}-{lung_hi:.0f} mL (more than "
