@@ -55,7 +55,7 @@ from lungvol.phantom import (
     resolve_size,
 )
 from lungvol.quantification.qc_flags import solid_at_surface_ml
-from lungvol.segmentation import segment_lesions, segment_lungs
+from lungvol.segmentation import recover_subpleural_layer, segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,7 +79,14 @@ def _segment(volume: CTVolume) -> tuple[LungMask, Any, dict[str, float]]:
     t1 = time.perf_counter()
     lesions = segment_lesions(volume, lungs, CFG.lesions)
     t2 = time.perf_counter()
-    return lungs, lesions, {"lungs_s": round(t1 - t0, 2), "lesions_s": round(t2 - t1, 2)}
+    lungs, lesions = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    t3 = time.perf_counter()
+    sub = lungs.info.get("subpleural", {})
+    return lungs, lesions, {
+        "lungs_s": round(t1 - t0, 2), "lesions_s": round(t2 - t1, 2),
+        "subpleural_s": round(t3 - t2, 2), "subpleural_excess_mm": sub.get("excess_mm"),
+        "subpleural_recovered_ml": sub.get("recovered_ml"),
+    }
 
 
 def _lesion_metrics(
@@ -362,6 +369,7 @@ def noise_cases(shared: Path) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"case": f"noise {kind} {sd:g} HU, {name}"}
             for label, cfg in (("", CFG.lesions), ("no_adaptation_", off)):
                 e2 = segment_lesions(vol, l2, cfg)
+                l2, e2 = recover_subpleural_layer(vol, l2, e2, replace(CFG, lesions=cfg))
                 les_ml = np.count_nonzero(e2.labels) * vml
                 sol_ml = np.count_nonzero(e2.labels == 2) * vml
                 if label == "":

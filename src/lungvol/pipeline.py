@@ -220,6 +220,10 @@ def segment_scan(
     lesions = lseg.segment_lesions(volume, lungs, config.lesions)
     timings["lesions"] = time.perf_counter() - t
     cpu_s["lesions"] = time.process_time() - c
+    t, c = time.perf_counter(), time.process_time()
+    lungs, lesions = lseg.recover_subpleural_layer(volume, lungs, lesions, config)
+    timings["subpleural"] = time.perf_counter() - t
+    cpu_s["subpleural"] = time.process_time() - c
     logger.info("lungs %.2f s, lesions %.2f s", timings["lungs"], timings["lesions"])
     phase_check = None
     if config.quantification.phase_check:

@@ -366,11 +366,11 @@ def test_block_max_equals_the_reshape_max_with_partial_blocks(dtype):
     assert np.array_equal(grid.downsample_max(full), blocks.max(axis=(1, 3, 5)))
 
 
-def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():
+def testbone_map_keeps_cortical_bone_and_drops_enhanced_blood():
     """A rib-like rod (cortex 900 HU around 300 HU marrow) is bone; a blood pool of 300 HU
     (contrast-enhanced heart) is not, though its block mean passes ``bone_min_hu``; a
     calcified spot inside the pool does not make the pool bone."""
-    from lungvol.segmentation.lungs import _bone_map
+    from lungvol.segmentation.lungs import bone_map
 
     grid = CoarseGrid.for_volume((12, 30, 60), (1.0, 1.0, 1.0), working_spacing_mm=2.0)
     hu = np.full((12, 30, 60), 40.0, np.float32)
@@ -379,12 +379,12 @@ def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():
     hu[:, 5:25, 30:55] = 300.0  # enhanced blood
     hu[6, 15, 40] = 800.0  # one calcified voxel in it
     cfg = LungSegmentationConfig()
-    bone, blood_voxels = _bone_map(grid.downsample_mean(hu), grid.downsample_max(hu), cfg)
+    bone, blood_voxels = bone_map(grid.downsample_mean(hu), grid.downsample_max(hu), cfg)
     assert bone[:, 3:6, 3:6].all()
     assert 500 <= blood_voxels <= 800  # the pool: 12 x 20 x 25 mm, ~750 blocks of 2 mm
     assert not bone[:, 3:12, 16:27].any()
     # Without the cortex requirement the pool would be bone.
-    loose, _ = _bone_map(grid.downsample_mean(hu), grid.downsample_max(hu),
+    loose, _ = bone_map(grid.downsample_mean(hu), grid.downsample_max(hu),
                          LungSegmentationConfig(cortical_min_fraction=0.0))
     assert loose[:, 3:12, 16:27].all()
 

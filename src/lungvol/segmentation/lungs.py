@@ -143,7 +143,7 @@ def _internal_air(
     return internal, added_ml
 
 
-def _bone_map(
+def bone_map(
     hu: np.ndarray, block_max_hu: np.ndarray, config: LungSegmentationConfig
 ) -> tuple[np.ndarray, float]:
     """Bone on the working grid: 3-D components of block means at or above ``bone_min_hu``
@@ -358,7 +358,7 @@ def _pleural_hull(
 
     A hull deficit (hull minus lung) in an axial slice is added only when its outer chord
     (the part of it on the hull border) runs along the rib cage: at least
-    ``pleural_min_bone_fraction`` of the chord pixels have bone (:func:`_bone_map`) within
+    ``pleural_min_bone_fraction`` of the chord pixels have bone (:func:`bone_map`) within
     ``bone_search_mm`` in the slice (``bone_near``). Deficits that face the mediastinum,
     heart, hilum or the diaphragm dome have chords across soft tissue and are left out.
     Deficits deeper than ``pleural_max_depth_mm`` are left out as well, and so are those
@@ -496,7 +496,7 @@ def _bone_near(
     bone: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
     exclude_x: tuple[float, float] | None = None,
 ) -> np.ndarray:
-    """Voxels with bone (:func:`_bone_map`) within ``bone_search_mm`` in their axial slice.
+    """Voxels with bone (:func:`bone_map`) within ``bone_search_mm`` in their axial slice.
 
     ``exclude_x`` = (low, high) x indices: bone in that column (spine, sternum) is ignored,
     so that only the ribs count.
@@ -911,7 +911,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     )
     sp = grid.spacing_mm
     hu = coarse_mean(volume.hu, grid)
-    bone, blood_voxels = _bone_map(hu, grid.downsample_max(volume.hu), config)
+    bone, blood_voxels = bone_map(hu, grid.downsample_max(volume.hu), config)
     blood_ml = blood_voxels * grid.voxel_volume_ml
     warnings = []
     if blood_ml >= config.contrast_blood_min_ml:

@@ -1,0 +1,249 @@
+"""Subpleural consolidation layer: lesion left between the lung mask and the ribs.
+
+A layer of consolidation along the costal pleura, with no aerated lung between it and the
+chest wall, has the wall's HU and leaves no indentation in the lung surface, so the lung
+stage stops at its inner edge (docs/segmentation.md, "A subpleural consolidation layer").
+It shows in the geometry instead: where the lung mask's surface faces lesion it lies
+further from the ribs than where it faces aerated lung, because the parietal pleura does
+not move. This step measures that, per scan, and where the excess is large grows the lung
+mask back towards the ribs by the local excess.
+
+Steps (coarse grid of ``lungs.working_spacing_mm``, anchored to patient coordinates):
+
+1. Bone as in the lung stage (components with cortex); its distance map.
+2. Costal surface: lung-mask voxels next to tissue (>= ``tissue_min_hu``) within
+   ``costal_bone_distance_mm`` of bone. Lesion-facing: within one coarse voxel of lesion.
+3. Gap: per surface voxel, the smallest distance to bone over the surface voxels of the
+   same kind within ``window_mm`` (the nearest rib passing; between ribs the intercostal
+   muscle lies at the ribs' depth, so the raw distance there says nothing).
+4. Excess: median gap of the lesion-facing surface minus that of the aerated surface (the
+   patient's own wall thickness; ``reference_gap_mm`` when too little is aerated). At or
+   above ``min_excess_mm``, with at least ``min_lesion_fraction`` of the costal surface
+   lesion-facing, the scan is flagged.
+5. With ``recover``: on the CT grid, tissue outside the mask (smoothed HU within
+   ``layer_hu``, not bone) within the local excess of a lesion-facing surface voxel, and
+   connected to the mask, joins the lung of its nearest lung voxel; its lesion label comes
+   from the lesion bands (tissue in the lung's place is lesion).
+
+The step covers only the costal pleura: a layer along the diaphragm or the mediastinum has
+no rib to measure against.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from lungvol.config import LungvolConfig
+from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
+from lungvol.segmentation.lungs import bone_map
+from lungvol.types import (
+    LESION_GGO, LESION_SOLID, LUNG_LEFT, LUNG_RIGHT, CTVolume, LesionMask, LungMask,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _window_size(window_mm: float, spacing_mm: tuple[float, ...]) -> tuple[int, ...]:
+    return tuple(2 * max(1, int(round(window_mm / 2.0 / s))) + 1 for s in spacing_mm)
+
+
+def _local_min_gap(
+    surface: np.ndarray, d_bone_mm: np.ndarray, size: tuple[int, ...]
+) -> np.ndarray:
+    """Per voxel, the smallest bone distance (mm) over ``surface`` voxels in the window."""
+    big = np.where(surface, d_bone_mm, np.float32(1e6)).astype(np.float32)
+    return ndimage.minimum_filter(big, size=size, mode="nearest")
+
+
+def measure_costal_gap(
+    volume: CTVolume, lungs: LungMask, lesions: LesionMask, config: LungvolConfig
+) -> tuple[dict, dict[str, np.ndarray] | None]:
+    """Lung-surface-to-rib gap where the costal surface faces lesion and where it is aerated.
+
+    Returns the summary (mm, fractions, ``flagged``) and, for the recovery, the coarse grid
+    arrays (``None`` when there is no costal surface).
+    """
+    sc, lc = config.subpleural, config.lungs
+    lung = lungs.labels > 0
+    box = bounding_box(lung, tuple(
+        int(np.ceil(sc.costal_bone_distance_mm / s)) + 2 for s in volume.spacing_mm
+    ))
+    start = tuple(b.start for b in box)
+    first = tuple(
+        i + s for i, s in zip(
+            patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm), start,
+            strict=True,
+        )
+    )
+    hu_box = volume.hu[box]
+    grid = CoarseGrid.for_volume(
+        hu_box.shape, volume.spacing_mm, working_spacing_mm=lc.working_spacing_mm,
+        first_index=first,
+    )
+    sp = grid.spacing_mm
+    hu_c = coarse_mean(hu_box, grid)
+    bone_c, _ = bone_map(hu_c, grid.downsample_max(hu_box), lc)
+    lung_c = grid.downsample_fraction(lung[box]) >= 0.5
+    summary: dict = {
+        "flagged": False, "costal_surface_ml": 0.0, "lesion_facing_fraction": 0.0,
+        "gap_aerated_mm": None, "gap_lesion_mm": None, "reference_gap_mm": None,
+        "excess_mm": None,
+    }
+    if not bone_c.any() or not lung_c.any():
+        return summary, None
+    d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
+    tissue = ~lung_c & (hu_c >= sc.tissue_min_hu)
+    surface = lung_c & ndimage.binary_dilation(tissue, structure=np.ones((3, 3, 3), bool))
+    costal = surface & (d_bone <= sc.costal_bone_distance_mm)
+    lesion_c = grid.downsample_max(lesions.labels[box] > 0) > 0
+    near_lesion = ndimage.binary_dilation(lesion_c, structure=np.ones((3, 3, 3), bool))
+    facing, aerated = costal & near_lesion, costal & ~near_lesion
+    n_costal = int(np.count_nonzero(costal))
+    if n_costal == 0:
+        return summary, None
+    size = _window_size(sc.window_mm, sp)
+    gap_facing = _local_min_gap(facing, d_bone, size)
+    gap_aerated = _local_min_gap(aerated, d_bone, size)
+    fraction = np.count_nonzero(facing) / n_costal
+    summary["costal_surface_ml"] = round(n_costal * grid.voxel_volume_ml, 1)
+    summary["lesion_facing_fraction"] = round(float(fraction), 3)
+    if aerated.any():
+        summary["gap_aerated_mm"] = round(float(np.median(gap_aerated[aerated])), 2)
+    if facing.any():
+        summary["gap_lesion_mm"] = round(float(np.median(gap_facing[facing])), 2)
+    reference = (
+        summary["gap_aerated_mm"] if 1.0 - fraction >= sc.min_aerated_fraction
+        else sc.reference_gap_mm
+    )
+    summary["reference_gap_mm"] = reference
+    if summary["gap_lesion_mm"] is None or reference is None:
+        return summary, None
+    excess = summary["gap_lesion_mm"] - reference
+    summary["excess_mm"] = round(float(excess), 2)
+    summary["flagged"] = bool(excess >= sc.min_excess_mm and fraction >= sc.min_lesion_fraction)
+    reach = np.where(facing, np.clip(gap_facing - reference, 0.0, sc.max_layer_mm), 0.0)
+    arrays = {"reach_mm": reach.astype(np.float32), "costal": costal, "box": box, "grid": grid}
+    return summary, arrays
+
+
+def _grow_layer(
+    volume: CTVolume, lungs: LungMask, lesions: LesionMask, arrays: dict,
+    config: LungvolConfig,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Add the layer on the CT grid; returns new lung and lesion labels, added mL (all,
+    solid)."""
+    sc, lesc = config.subpleural, config.lesions
+    box, grid = arrays["box"], arrays["grid"]
+    reach_c, costal = arrays["reach_mm"], arrays["costal"]
+    # Coarse voxels within one voxel of the costal surface take the reach of the nearest
+    # surface voxel (aerated ones have none): the CT-grid mask and the coarse one differ by
+    # up to a block at the surface. Elsewhere (diaphragm, mediastinum) there is none.
+    d_costal, near = ndimage.distance_transform_edt(~costal, return_indices=True)
+    reach_c = np.where(d_costal <= 1.5, reach_c[tuple(near)], 0.0)
+    active_c = reach_c > 0
+    if not active_c.any():
+        return lungs.labels, lesions.labels, 0.0, 0.0
+    # CT voxels of the active region, with a margin of the largest reach.
+    margin = tuple(int(np.ceil(sc.max_layer_mm / s)) + 1 for s in volume.spacing_mm)
+    sub_c = bounding_box(active_c)
+    sub = tuple(
+        slice(max(0, b.start * f - p - m), min(n, b.stop * f - p + m))
+        for b, f, p, m, n in zip(
+            sub_c, grid.factors, grid.phase, margin, grid.full_shape, strict=True
+        )
+    )
+    full = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True))
+    lung_labels = lungs.labels[full]
+    lung = lung_labels > 0
+    hu = volume.hu[full].astype(np.float32)
+    sigma = tuple(lesc.smoothing_sigma_mm / s for s in volume.spacing_mm)
+    smooth = ndimage.gaussian_filter(hu, sigma) if lesc.smoothing_sigma_mm > 0 else hu
+    dist, nearest = ndimage.distance_transform_edt(
+        ~lung, sampling=volume.spacing_mm, return_indices=True
+    )
+    # Reach at the nearest lung voxel's coarse block.
+    idx = tuple(n + s.start for n, s in zip(nearest, sub, strict=True))
+    reach = reach_c[grid.coarse_index(idx)]
+    low, high = sc.layer_hu
+    candidate = (
+        ~lung & (dist <= reach) & (smooth >= low) & (smooth <= high)
+        & (hu < config.lungs.bone_min_hu)
+    )
+    grown = ndimage.binary_propagation(lung, mask=lung | candidate) & candidate
+    new_lungs = lungs.labels.copy()
+    new_lesions = lesions.labels.copy()
+    new_lungs[full][grown] = lung_labels[tuple(nearest)][grown]
+    ggo_low, ggo_high = lesc.ggo_band_hu
+    solid_low, solid_high = lesc.solid_band_hu
+    is_solid = grown & (smooth >= solid_low) & (smooth <= solid_high)
+    is_ggo = grown & (smooth >= ggo_low) & (smooth < ggo_high)
+    view = new_lesions[full]
+    view[is_ggo] = LESION_GGO
+    view[is_solid] = LESION_SOLID
+    voxel_ml = volume.voxel_volume_ml
+    return (
+        new_lungs, new_lesions, float(np.count_nonzero(grown) * voxel_ml),
+        float(np.count_nonzero(is_solid) * voxel_ml),
+    )
+
+
+def recover_subpleural_layer(
+    volume: CTVolume, lungs: LungMask, lesions: LesionMask, config: LungvolConfig
+) -> tuple[LungMask, LesionMask]:
+    """Measure the costal gap (module docstring) and, when flagged and
+    ``subpleural.recover``, add the layer to both masks.
+
+    The summary goes into both masks' ``info["subpleural"]``; a flagged scan gets a
+    ``subpleural_layer`` warning (a QC flag) either way, since the recovered layer is an
+    estimate.
+    """
+    sc = config.subpleural
+    if not sc.enabled:
+        return lungs, lesions
+    t0 = time.perf_counter()
+    summary, arrays = measure_costal_gap(volume, lungs, lesions, config)
+    summary["recovered_ml"] = 0.0
+    summary["recovered_solid_ml"] = 0.0
+    new_lung_labels, new_lesion_labels = lungs.labels, lesions.labels
+    warnings: list[str] = []
+    if summary["flagged"] and arrays is not None:
+        if sc.recover:
+            new_lung_labels, new_lesion_labels, added_ml, solid_ml = _grow_layer(
+                volume, lungs, lesions, arrays, config
+            )
+            summary["recovered_ml"] = round(added_ml, 1)
+            summary["recovered_solid_ml"] = round(solid_ml, 1)
+        action = (
+            f"{summary['recovered_ml']:.0f} mL between the mask and the ribs was added as "
+            "lung (an estimate from the gap)" if sc.recover else "nothing was added "
+            "(subpleural.recover is off)"
+        )
+        warnings.append(
+            f"subpleural_layer: where the lung surface faces lesion it lies "
+            f"{summary['excess_mm']:.1f} mm further from the ribs than where it is aerated "
+            f"({100 * summary['lesion_facing_fraction']:.0f} % of the costal surface): a "
+            f"layer of consolidation along the pleura was likely left out of the lung mask; "
+            f"{action}; check qc.png"
+        )
+    summary["timing_s"] = round(time.perf_counter() - t0, 3)
+    logger.info("subpleural: %s", summary)
+    lung_info = {**lungs.info, "subpleural": summary}
+    lesion_info = {**lesions.info, "subpleural": summary}
+    if warnings:
+        lung_info["warnings"] = [*lungs.info.get("warnings", []), *warnings]
+    if summary["recovered_ml"] > 0:
+        lung_info = _update_lung_volumes(lung_info, new_lung_labels, volume)
+    return LungMask(new_lung_labels, lung_info), LesionMask(new_lesion_labels, lesion_info)
+
+
+def _update_lung_volumes(info: dict, labels: np.ndarray, volume: CTVolume) -> dict:
+    voxel_ml = volume.voxel_volume_ml
+    return {
+        **info,
+        "right_ml": round(float(np.count_nonzero(labels == LUNG_RIGHT) * voxel_ml), 2),
+        "left_ml": round(float(np.count_nonzero(labels == LUNG_LEFT) * voxel_ml), 2),
+    }
