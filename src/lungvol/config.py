@@ -372,7 +372,7 @@ class SubpleuralConfig:
 
     enabled: bool = True  # measure the costal gap (and flag)
     recover: bool = True  # when flagged, add the layer to the lung and lesion masks
-    tissue_min_hu: float = -300.0  # outside the mask at or above: tissue (surface = costal candidate)
+    tissue_min_hu: float = -300.0  # outside the mask at or above: tissue (the surface faces it)
     costal_bone_distance_mm: float = 20.0  # costal surface: this close to bone
     window_mm: float = 20.0  # nearest rib passing: smallest gap over this window
     # Flag (and recover) when the lesion-facing costal surface lies this much further from

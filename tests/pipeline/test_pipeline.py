@@ -69,7 +69,9 @@ def test_writes_every_output_and_no_temp_folder(fake_stages: Path, tmp_path: Pat
     assert run["device"]["device"] == "cpu"
     assert run["input"]["series_uid"] == "1.2.3"
     assert run["outputs"]["metrics"] == "metrics.json"
-    assert set(run["cpu_s"]) == {"read", "lungs", "lesions", "quantification", "write"}
+    assert set(run["cpu_s"]) == {
+        "read", "lungs", "lesions", "subpleural", "quantification", "write"
+    }
 
 
 def test_label_maps_keep_the_ct_geometry_and_labels(fake_stages: Path, tmp_path: Path) -> None:

@@ -13,7 +13,12 @@ from lungvol.config import IOConfig, LungvolConfig
 from lungvol.io import read_ct
 from lungvol.phantom import make_phantom
 from lungvol.quantification.qc_flags import solid_at_surface_ml, surface_solid_flags
-from lungvol.segmentation import segment_lesions, segment_lungs
+from lungvol.segmentation import (
+    recover_subpleural_layer,
+    segment_lesions,
+    segment_lungs,
+    segment_masks,
+)
 from lungvol.types import CTVolume, SourceInfo
 
 CFG = LungvolConfig()
@@ -87,6 +92,18 @@ def test_real_normal_chest_lesion_proportion(chest, chest_lesions):
     assert lesions.info["vessel_segments_removed_ml"] > 10.0
 
 
+def test_real_normal_chest_has_no_subpleural_layer(chest, chest_lesions):
+    """The subpleural step leaves a normal scan alone: its few lesion voxels at the costal
+    pleura lie closer to the ribs than the aerated surface (excess -1.15 mm, session 14)."""
+    vol, lungs = chest
+    new_lungs, new_lesions = recover_subpleural_layer(vol, lungs, chest_lesions, CFG)
+    info = new_lungs.info["subpleural"]
+    assert not info["flagged"], info
+    assert info["excess_mm"] < 1.0, info
+    assert new_lungs.labels is lungs.labels
+    assert new_lesions.labels is chest_lesions.labels
+
+
 def test_real_normal_chest_has_no_solid_at_the_lung_surface(chest, chest_lesions):
     """The QC flag solid_at_lung_surface stays off on a normal scan (0.7 mL, session 9)."""
     vol, lungs = chest
@@ -130,8 +147,8 @@ def _inserted_errors(
     if noise_sd_hu > 0:
         hu = _with_noise(hu, noise_sd_hu)
     with_lesions = _as_volume(hu, vol.spacing_mm)
-    new_lungs = segment_lungs(with_lesions, CFG.lungs)
-    lesions = segment_lesions(with_lesions, new_lungs, CFG.lesions).labels
+    new_lungs, lesion_mask = segment_masks(with_lesions, CFG)
+    lesions = lesion_mask.labels
     n_les, n_sol = np.count_nonzero(lesions), np.count_nonzero(lesions == 2)
     t_les, t_sol = np.count_nonzero(truth), np.count_nonzero(truth == 2)
     surface_ml = solid_at_surface_ml(hu, new_lungs.labels, lesions, vol.spacing_mm,
@@ -147,6 +164,7 @@ def _inserted_errors(
         "proportion_pp": 100.0 * n_les / np.count_nonzero(new_lungs.labels)
         - 100.0 * t_les / np.count_nonzero(lungs.labels),
         "overlap": np.count_nonzero((lesions > 0) & (truth > 0)) / t_les,
+        "subpleural_flagged": new_lungs.info["subpleural"]["flagged"],
     }
 
 
@@ -155,6 +173,9 @@ def test_real_chest_inserted_lesions_15pct(chest):
     session 12; session 11 -0.6 %, 0.00 pp at another block phase). The solid target is the
     strict xfail below."""
     err = _inserted(chest, 15.0, 3.0, seed=12)
+    # Lesions at the pleura that the mask follows do not look like a layer left out
+    # (subpleural excess -0.1 mm, session 14).
+    assert not err["subpleural_flagged"]
     assert abs(err["total_pct"]) <= 10.0, err
     assert abs(err["proportion_pp"]) <= 1.0, err
     assert err["overlap"] >= 0.75, err
@@ -315,8 +336,8 @@ def test_real_chest_inserted_blobs_15pct(chest):
     hu, truth, _ = insert_blobs(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=22,
                                 lesion_pct=15.0)
     with_blobs = _as_volume(hu, vol.spacing_mm)
-    new_lungs = segment_lungs(with_blobs, CFG.lungs)
-    lesions = segment_lesions(with_blobs, new_lungs, CFG.lesions).labels
+    new_lungs, lesion_mask = segment_masks(with_blobs, CFG)
+    lesions = lesion_mask.labels
     n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
     assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
     proportion_pp = (100.0 * n_les / np.count_nonzero(new_lungs.labels)
@@ -324,23 +345,31 @@ def test_real_chest_inserted_blobs_15pct(chest):
     assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
 
 
-def _band(chest, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+_BANDS: dict = {}
+
+
+def _band(chest, **kw) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Insert a subpleural band (phantom.insert_subpleural_band), segment as ``lungvol
+    segment`` does; truth, lungs, lesions, the truth lungs and the subpleural summary
+    (once per case for the module)."""
     from lungvol.phantom import insert_subpleural_band
 
-    vol, lungs = chest
-    hu, truth, _ = insert_subpleural_band(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
-                                          seed=5, **kw)
-    with_band = _as_volume(hu, vol.spacing_mm)
-    new_lungs = segment_lungs(with_band, CFG.lungs)
-    return truth, new_lungs.labels, segment_lesions(with_band, new_lungs, CFG.lesions).labels, (
-        lungs.labels
-    )
+    key = tuple(sorted(kw.items()))
+    if key not in _BANDS:
+        vol, lungs = chest
+        hu, truth, _ = insert_subpleural_band(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
+                                              seed=5, **kw)
+        new_lungs, lesions = segment_masks(_as_volume(hu, vol.spacing_mm), CFG)
+        _BANDS[key] = (truth, new_lungs.labels, lesions.labels, lungs.labels,
+                       new_lungs.info["subpleural"])
+    return _BANDS[key]
 
 
 def test_real_chest_subpleural_ground_glass_band(chest):
     """A third insertion model (session 13): ground glass along the posterior costal pleura
     of the lower two thirds, 8 mm deep (20 % of the lung). Measured +1.2 %, +0.25 pp."""
-    truth, lungs, lesions, lungs0 = _band(chest, depth_mm=8.0)
+    truth, lungs, lesions, lungs0, info = _band(chest, depth_mm=8.0)
+    assert not info["flagged"], info  # excess +0.5 mm (session 14)
     n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
     assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
     proportion_pp = 100.0 * n_les / np.count_nonzero(lungs) - 100.0 * t_les / np.count_nonzero(
@@ -350,22 +379,37 @@ def test_real_chest_subpleural_ground_glass_band(chest):
     assert _dice(lungs > 0, lungs0 > 0) >= 0.99
 
 
+def test_real_chest_subpleural_consolidation_layer_is_recovered(chest):
+    """A band 15 mm deep whose outer 4 mm is consolidation, along the posterior lower lung
+    (the typical COVID-19 pattern at its most uniform). The lung stage leaves the layer out
+    (lung 4746 instead of 5301 mL, lesion -25.5 %, -5.66 pp, solid -93 %: session 13); the
+    subpleural step finds the lung surface 4.4 mm further from the ribs where it faces
+    lesion and grows it back (session 14: lung 5131 mL, lesion -4.0 %, -0.26 pp). Targets:
+    lesion 10 %, proportion 1 pp; the solid target is the strict xfail below."""
+    truth, lungs, lesions, lungs0, info = _band(chest, depth_mm=15.0, solid_depth_mm=4.0)
+    assert info["flagged"], info
+    assert info["excess_mm"] > 3.5, info
+    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
+    proportion_pp = 100.0 * n_les / np.count_nonzero(lungs) - 100.0 * t_les / np.count_nonzero(
+        lungs0
+    )
+    assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
+    assert np.count_nonzero(lungs) >= 0.95 * np.count_nonzero(lungs0)
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-12-06 session 13): a subpleural band 15 mm deep whose outer 4 mm "
-    "is consolidation, along the whole posterior lower lung (the typical COVID-19 pattern at "
-    "its most uniform): the consolidation layer is left out of the lung mask (lung 4745 "
-    "instead of 5301 mL), so the solid reads -93 % and the lesion -25.5 % (-5.7 pp). With no "
-    "aerated lung between it and the chest wall and no indentation of the lung surface, "
-    "neither the closing, the pleural hull nor the lesion rim (whose envelope follows the "
-    "mask) can tell the layer from the wall; the cohort analysis lists such a visit by its "
-    "lung volume against baseline (docs/segmentation.md, 'A subpleural consolidation layer')",
+    reason="known gap (2026-12-06 session 14): the subpleural band's 4 mm consolidation layer "
+    "reads solid -28.3 % (target 15 %; -93 % before the subpleural step). The step grows the "
+    "mask back only along the costal pleura (the gap to the ribs); the layer along the "
+    "diaphragm and the paravertebral surface, 233 mL more than 20 mm from bone, has nothing "
+    "to measure against; 127 mL of chest wall comes in where the natural gap is wider than "
+    "the patient's median (docs/segmentation.md, 'A subpleural consolidation layer')",
 )
-def test_real_chest_subpleural_consolidation_layer(chest):
-    truth, lungs, lesions, _lungs0 = _band(chest, depth_mm=15.0, solid_depth_mm=4.0)
-    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+def test_real_chest_subpleural_consolidation_layer_solid(chest):
+    truth, _lungs, lesions, _lungs0, _info = _band(chest, depth_mm=15.0, solid_depth_mm=4.0)
     n_sol, t_sol = np.count_nonzero(lesions == 2), np.count_nonzero(truth == 2)
-    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
     assert abs(n_sol - t_sol) <= 0.15 * t_sol, f"solid {100 * (n_sol - t_sol) / t_sol:+.1f} %"
 
 

@@ -366,7 +366,7 @@ def test_block_max_equals_the_reshape_max_with_partial_blocks(dtype):
     assert np.array_equal(grid.downsample_max(full), blocks.max(axis=(1, 3, 5)))
 
 
-def testbone_map_keeps_cortical_bone_and_drops_enhanced_blood():
+def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():
     """A rib-like rod (cortex 900 HU around 300 HU marrow) is bone; a blood pool of 300 HU
     (contrast-enhanced heart) is not, though its block mean passes ``bone_min_hu``; a
     calcified spot inside the pool does not make the pool bone."""

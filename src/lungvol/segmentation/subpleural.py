@@ -41,7 +41,13 @@ from lungvol.config import LungvolConfig
 from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.segmentation.lungs import bone_map
 from lungvol.types import (
-    LESION_GGO, LESION_SOLID, LUNG_LEFT, LUNG_RIGHT, CTVolume, LesionMask, LungMask,
+    LESION_GGO,
+    LESION_SOLID,
+    LUNG_LEFT,
+    LUNG_RIGHT,
+    CTVolume,
+    LesionMask,
+    LungMask,
 )
 
 logger = logging.getLogger(__name__)
@@ -197,7 +203,7 @@ def recover_subpleural_layer(
     """Measure the costal gap (module docstring) and, when flagged and
     ``subpleural.recover``, add the layer to both masks.
 
-    The summary goes into both masks' ``info["subpleural"]``; a flagged scan gets a
+    The summary goes into the lung mask's ``info["subpleural"]``; a flagged scan gets a
     ``subpleural_layer`` warning (a QC flag) either way, since the recovered layer is an
     estimate.
     """
@@ -232,12 +238,11 @@ def recover_subpleural_layer(
     summary["timing_s"] = round(time.perf_counter() - t0, 3)
     logger.info("subpleural: %s", summary)
     lung_info = {**lungs.info, "subpleural": summary}
-    lesion_info = {**lesions.info, "subpleural": summary}
     if warnings:
         lung_info["warnings"] = [*lungs.info.get("warnings", []), *warnings]
     if summary["recovered_ml"] > 0:
         lung_info = _update_lung_volumes(lung_info, new_lung_labels, volume)
-    return LungMask(new_lung_labels, lung_info), LesionMask(new_lesion_labels, lesion_info)
+    return LungMask(new_lung_labels, lung_info), LesionMask(new_lesion_labels, lesions.info)
 
 
 def _update_lung_volumes(info: dict, labels: np.ndarray, volume: CTVolume) -> dict:
