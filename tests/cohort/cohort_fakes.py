@@ -33,7 +33,8 @@ def make_cohort(
     for s in scans:
         folder = root / s["subject"] / s.get("scan", s.get("visit"))
         folder.mkdir(parents=True, exist_ok=True)
-        keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check", "lung_ml")
+        keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check", "lung_ml",
+                "subpleural")
         payload = {k: s[k] for k in keys if k in s}
         (folder / "fake.json").write_text(json.dumps(payload))
     rows = manifest_rows if manifest_rows is not None else scans
@@ -64,7 +65,10 @@ def fake_segment(path: Path, out_dir: Path, *, config, device: str, overwrite: b
         "normal_ct": lesion < config.quantification.normal_ct_max_lesion_pct,
         "lung_hu": {"mean": -800.0, "p50": -820.0},
         "qc_flags": list(spec.get("qc_flags", [])),
-        "provenance": {"source": {"path": str(path)}},
+        "provenance": {
+            "source": {"path": str(path)},
+            "segmentation": {"lungs": {"subpleural": spec.get("subpleural")}},
+        },
         "status": "ok",
         "phase_check": spec.get("phase_check"),
     }

@@ -91,6 +91,12 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row[key] = value
     for name, value in sorted((metrics.get("lung_hu") or {}).items()):
         row[f"lung_hu_{name}"] = value
+    sub = (
+        ((metrics.get("provenance") or {}).get("segmentation") or {}).get("lungs") or {}
+    ).get("subpleural")
+    if sub:  # the subpleural-layer step: costal gap excess and what it added to the lungs
+        row["subpleural_excess_mm"] = sub.get("excess_mm")
+        row["subpleural_recovered_ml"] = sub.get("recovered_ml")
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices
         row["phase_lesion_proportion_range_pp"] = phase.get("lesion_proportion_range_pp")
