@@ -193,10 +193,11 @@ def bounding_box(mask: np.ndarray, margin: tuple[int, ...] | int = 0) -> tuple[s
     return tuple(out)
 
 
-# Coarse CTs computed by coarse_mean(), keyed by (id of the array, grid); entries hold a
-# weak reference so an id reused by a new array after garbage collection never hits.
-_COARSE_CACHE: dict[tuple[int, CoarseGrid], tuple[weakref.ref, np.ndarray]] = {}
-_COARSE_CACHE_MAX = 4
+# Coarse CTs computed by coarse_mean() / coarse_max(), keyed by (id of the array, grid,
+# kind); entries hold a weak reference so an id reused by a new array after garbage
+# collection never hits.
+_COARSE_CACHE: dict[tuple[int, CoarseGrid, str], tuple[weakref.ref, np.ndarray]] = {}
+_COARSE_CACHE_MAX = 6
 
 
 def coarse_mean(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
@@ -208,11 +209,21 @@ def coarse_mean(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
     between calls (CTVolume arrays are treated as immutable in lungvol). Arrays that do not
     support weak references are not cached.
     """
-    key = (id(array), grid)
+    return _cached(array, grid, "mean")
+
+
+def coarse_max(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
+    """``grid.downsample_max(array)``, cached like :func:`coarse_mean` (the lung stage's
+    bone map and the subpleural step share it)."""
+    return _cached(array, grid, "max")
+
+
+def _cached(array: np.ndarray, grid: CoarseGrid, kind: str) -> np.ndarray:
+    key = (id(array), grid, kind)
     hit = _COARSE_CACHE.get(key)
     if hit is not None and hit[0]() is array:
         return hit[1]
-    out = grid.downsample_mean(array)
+    out = grid.downsample_mean(array) if kind == "mean" else grid.downsample_max(array)
     out.flags.writeable = False
     try:
         ref = weakref.ref(array)

@@ -41,7 +41,13 @@ from skimage.segmentation import watershed
 from lungvol.config import LungSegmentationConfig
 from lungvol.errors import SegmentationError
 from lungvol.segmentation.airways import find_airways
-from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
+from lungvol.segmentation.grid import (
+    CoarseGrid,
+    bounding_box,
+    coarse_max,
+    coarse_mean,
+    patient_index,
+)
 from lungvol.types import LUNG_LEFT, LUNG_RIGHT, CTVolume, LungMask
 
 logger = logging.getLogger(__name__)
@@ -911,7 +917,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     )
     sp = grid.spacing_mm
     hu = coarse_mean(volume.hu, grid)
-    bone, blood_voxels = bone_map(hu, grid.downsample_max(volume.hu), config)
+    bone, blood_voxels = bone_map(hu, coarse_max(volume.hu, grid), config)
     blood_ml = blood_voxels * grid.voxel_volume_ml
     warnings = []
     if blood_ml >= config.contrast_blood_min_ml:

@@ -38,7 +38,13 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.config import LungvolConfig
-from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
+from lungvol.segmentation.grid import (
+    CoarseGrid,
+    bounding_box,
+    coarse_max,
+    coarse_mean,
+    patient_index,
+)
 from lungvol.segmentation.lungs import bone_map
 from lungvol.types import (
     LESION_GGO,
@@ -55,6 +61,11 @@ logger = logging.getLogger(__name__)
 
 def _window_size(window_mm: float, spacing_mm: tuple[float, ...]) -> tuple[int, ...]:
     return tuple(2 * max(1, int(round(window_mm / 2.0 / s))) + 1 for s in spacing_mm)
+
+
+def _dilate1(mask: np.ndarray) -> np.ndarray:
+    """One-voxel dilation over the 26-neighbourhood (separable maximum filter)."""
+    return ndimage.maximum_filter(mask.view(np.uint8), size=3) > 0
 
 
 def _local_min_gap(
@@ -74,26 +85,20 @@ def measure_costal_gap(
     arrays (``None`` when there is no costal surface).
     """
     sc, lc = config.subpleural, config.lungs
-    lung = lungs.labels > 0
-    box = bounding_box(lung, tuple(
-        int(np.ceil(sc.costal_bone_distance_mm / s)) + 2 for s in volume.spacing_mm
+    # The lung stage's grid: its coarse CT and block maxima come from the cache.
+    grid_full = CoarseGrid.for_volume(
+        volume.shape, volume.spacing_mm, working_spacing_mm=lc.working_spacing_mm,
+        first_index=patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm),
+    )
+    sp = grid_full.spacing_mm
+    lung_full = grid_full.downsample_fraction(lungs.labels > 0) >= 0.5
+    # Work in the lungs' coarse box with room for the ribs around them.
+    box_c = bounding_box(lung_full, tuple(
+        int(np.ceil(sc.costal_bone_distance_mm / s)) + 2 for s in sp
     ))
-    start = tuple(b.start for b in box)
-    first = tuple(
-        i + s for i, s in zip(
-            patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm), start,
-            strict=True,
-        )
-    )
-    hu_box = volume.hu[box]
-    grid = CoarseGrid.for_volume(
-        hu_box.shape, volume.spacing_mm, working_spacing_mm=lc.working_spacing_mm,
-        first_index=first,
-    )
-    sp = grid.spacing_mm
-    hu_c = coarse_mean(hu_box, grid)
-    bone_c, _ = bone_map(hu_c, grid.downsample_max(hu_box), lc)
-    lung_c = grid.downsample_fraction(lung[box]) >= 0.5
+    hu_c = coarse_mean(volume.hu, grid_full)[box_c]
+    bone_c, _ = bone_map(hu_c, coarse_max(volume.hu, grid_full)[box_c], lc)
+    lung_c = lung_full[box_c]
     summary: dict = {
         "flagged": False, "costal_surface_ml": 0.0, "lesion_facing_fraction": 0.0,
         "gap_aerated_mm": None, "gap_lesion_mm": None, "reference_gap_mm": None,
@@ -103,10 +108,9 @@ def measure_costal_gap(
         return summary, None
     d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
     tissue = ~lung_c & (hu_c >= sc.tissue_min_hu)
-    surface = lung_c & ndimage.binary_dilation(tissue, structure=np.ones((3, 3, 3), bool))
+    surface = lung_c & _dilate1(tissue)
     costal = surface & (d_bone <= sc.costal_bone_distance_mm)
-    lesion_c = grid.downsample_max(lesions.labels[box] > 0) > 0
-    near_lesion = ndimage.binary_dilation(lesion_c, structure=np.ones((3, 3, 3), bool))
+    near_lesion = _dilate1(grid_full.downsample_max(lesions.labels > 0)[box_c] > 0)
     facing, aerated = costal & near_lesion, costal & ~near_lesion
     n_costal = int(np.count_nonzero(costal))
     if n_costal == 0:
@@ -115,7 +119,7 @@ def measure_costal_gap(
     gap_facing = _local_min_gap(facing, d_bone, size)
     gap_aerated = _local_min_gap(aerated, d_bone, size)
     fraction = np.count_nonzero(facing) / n_costal
-    summary["costal_surface_ml"] = round(n_costal * grid.voxel_volume_ml, 1)
+    summary["costal_surface_ml"] = round(n_costal * grid_full.voxel_volume_ml, 1)
     summary["lesion_facing_fraction"] = round(float(fraction), 3)
     if aerated.any():
         summary["gap_aerated_mm"] = round(float(np.median(gap_aerated[aerated])), 2)
@@ -132,7 +136,8 @@ def measure_costal_gap(
     summary["excess_mm"] = round(float(excess), 2)
     summary["flagged"] = bool(excess >= sc.min_excess_mm and fraction >= sc.min_lesion_fraction)
     reach = np.where(facing, np.clip(gap_facing - reference, 0.0, sc.max_layer_mm), 0.0)
-    arrays = {"reach_mm": reach.astype(np.float32), "costal": costal, "box": box, "grid": grid}
+    arrays = {"reach_mm": reach.astype(np.float32), "costal": costal, "box_c": box_c,
+              "grid": grid_full}
     return summary, arrays
 
 
@@ -143,7 +148,7 @@ def _grow_layer(
     """Add the layer on the CT grid; returns new lung and lesion labels, added mL (all,
     solid)."""
     sc, lesc = config.subpleural, config.lesions
-    box, grid = arrays["box"], arrays["grid"]
+    box_c, grid = arrays["box_c"], arrays["grid"]
     reach_c, costal = arrays["reach_mm"], arrays["costal"]
     # Coarse voxels within one voxel of the costal surface take the reach of the nearest
     # surface voxel (aerated ones have none): the CT-grid mask and the coarse one differ by
@@ -155,14 +160,13 @@ def _grow_layer(
         return lungs.labels, lesions.labels, 0.0, 0.0
     # CT voxels of the active region, with a margin of the largest reach.
     margin = tuple(int(np.ceil(sc.max_layer_mm / s)) + 1 for s in volume.spacing_mm)
-    sub_c = bounding_box(active_c)
-    sub = tuple(
-        slice(max(0, b.start * f - p - m), min(n, b.stop * f - p + m))
-        for b, f, p, m, n in zip(
-            sub_c, grid.factors, grid.phase, margin, grid.full_shape, strict=True
+    full = tuple(
+        slice(max(0, (b.start + a.start) * f - p - m), min(n, (b.start + a.stop) * f - p + m))
+        for a, b, f, p, m, n in zip(
+            bounding_box(active_c), box_c, grid.factors, grid.phase, margin, grid.full_shape,
+            strict=True,
         )
     )
-    full = tuple(slice(b.start + s.start, b.start + s.stop) for b, s in zip(box, sub, strict=True))
     lung_labels = lungs.labels[full]
     lung = lung_labels > 0
     hu = volume.hu[full].astype(np.float32)
@@ -171,9 +175,11 @@ def _grow_layer(
     dist, nearest = ndimage.distance_transform_edt(
         ~lung, sampling=volume.spacing_mm, return_indices=True
     )
-    # Reach at the nearest lung voxel's coarse block.
-    idx = tuple(n + s.start for n, s in zip(nearest, sub, strict=True))
-    reach = reach_c[grid.coarse_index(idx)]
+    # Reach at the nearest lung voxel's coarse block (indices into the coarse box).
+    coarse = grid.coarse_index(tuple(n + s.start for n, s in zip(nearest, full, strict=True)))
+    reach = reach_c[tuple(
+        np.clip(c - b.start, 0, n - 1) for c, b, n in zip(coarse, box_c, reach_c.shape, strict=True)
+    )]
     low, high = sc.layer_hu
     candidate = (
         ~lung & (dist <= reach) & (smooth >= low) & (smooth <= high)
