@@ -106,6 +106,9 @@ class LungMask:
 
     labels: np.ndarray  # uint8 (z, y, x)
     info: dict[str, Any] = field(default_factory=dict)  # method details, timings, warnings
+    # bool (z, y, x), or None: voxels the subpleural step added (an estimate; qc.png outlines
+    # them so a reader can judge it).
+    recovered: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -96,3 +96,30 @@ def test_a_scan_without_lesion_says_so_in_the_most_lesion_panel(tmp_path: Path) 
     # Black panel with white text: no CT drawn (the CT panels are mostly grey).
     grey = (np.abs(fourth[..., 0] - fourth[..., 1]) < 8) & (fourth[..., 0] > 60)
     assert grey.mean() < 0.05
+
+
+def _panels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    return rgb[int(rgb.shape[0] * 0.08) : int(rgb.shape[0] * 0.75)]
+
+
+def test_the_subpleural_layer_the_step_added_is_outlined(tmp_path: Path) -> None:
+    """A reader must see the estimated layer: a dashed white outline and a legend entry."""
+    vol, lungs, lesions = chest(spacing_mm=(3.0, 0.8, 0.8))
+    m = measure_scan(vol, lungs, lesions, LungvolConfig(), timings_s={})
+    plain = render_qc_png(vol, lungs, lesions, m, tmp_path / "plain.png", dpi=50)
+    # The outer 3 voxels of the lung mask, as if the step had added them.
+    inner = np.zeros(vol.shape, bool)
+    inner[:, 3:-3, 3:-3] = True
+    recovered = (lungs.labels > 0) & ~(np.roll(lungs.labels > 0, 3, axis=2)
+                                       & np.roll(lungs.labels > 0, -3, axis=2)) & inner
+    assert recovered.any()
+    shown = LungMask(lungs.labels, lungs.info, recovered=recovered)
+    outlined = render_qc_png(vol, shown, lesions, m, tmp_path / "outlined.png", dpi=50)
+    # Pixels the outline whitens (all channels brighter): the dashed contour.
+    whiter = (_panels(outlined) - _panels(plain)).min(axis=-1) > 40
+    assert np.count_nonzero(whiter) > 20
+    with pytest.raises(GeometryError, match="recovered subpleural layer"):
+        render_qc_png(vol, LungMask(lungs.labels, {}, recovered=recovered[:, 1:]), lesions, m,
+                      tmp_path / "bad.png")

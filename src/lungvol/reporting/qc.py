@@ -44,11 +44,14 @@ RIGHT_LUNG_COLOUR = "#00e5ff"  # cyan contour
 LEFT_LUNG_COLOUR = "#ff40ff"  # magenta contour
 GGO_RGBA = (1.0, 0.9, 0.0, 0.5)  # yellow fill
 SOLID_RGBA = (1.0, 0.1, 0.1, 0.75)  # red fill
-_FLAG_WRAP_CHARS = 170
+RECOVERED_COLOUR = "#ffffff"  # dashed contour: the subpleural step's estimated layer
+# The text band (20 in wide, 9 pt monospace) holds about 260 characters a line and 7
+# lines: two summary lines and at most five of flags.
+_FLAG_WRAP_CHARS = 240
 _CENTRE_STEP = 4
 # zlib level 3 instead of PIL's default 6: ~3x faster encoding, ~10 % larger file.
 _PNG_COMPRESS_LEVEL = 3
-_MAX_FLAG_LINES = 6
+_MAX_FLAG_LINES = 5
 
 
 def _lesion_rgba(lesion_slice: np.ndarray) -> np.ndarray:
@@ -67,6 +70,7 @@ def _draw_panel(
     extent: tuple[float, float, float, float],
     origin: str,
     title: str,
+    recovered: np.ndarray | None = None,
 ) -> None:
     ax.imshow(
         hu,
@@ -90,6 +94,11 @@ def _draw_panel(
                 extent=extent,
                 origin=origin,
             )
+    if recovered is not None and recovered.any():
+        ax.contour(
+            recovered.astype(np.float32), levels=[0.5], colors=RECOVERED_COLOUR,
+            linewidths=0.8, linestyles="dashed", extent=extent, origin=origin,
+        )
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -171,6 +180,9 @@ def render_qc_png(
     check_same_grid(lungs.labels, volume, name="lung mask")
     check_same_grid(lesions.labels, volume, name="lesion mask")
     labels = lungs.labels
+    recovered = lungs.recovered
+    if recovered is not None:
+        check_same_grid(recovered, volume, name="recovered subpleural layer")
     # uint8 max is much faster than count_nonzero(axis=...) on 10^8 voxels.
     z_idx = np.flatnonzero(labels.max(axis=(1, 2)))
     if z_idx.size == 0:
@@ -220,7 +232,7 @@ def render_qc_png(
         z, title = panel
         _draw_panel(
             ax, volume.hu[z], labels[z], lesions.labels[z], extent=axial_extent,
-            origin="upper", title=title,
+            origin="upper", title=title, recovered=None if recovered is None else recovered[z],
         )
     ax = fig.add_subplot(grid[0, 4])
     _draw_panel(
@@ -231,6 +243,7 @@ def render_qc_png(
         extent=(0.0, nx * sx, 0.0, nz * sz),  # rows = z, superior at the top
         origin="lower",
         title=f"coronal (row {y_centre + 1}/{ny})",
+        recovered=None if recovered is None else recovered[:, y_centre, :],
     )
     for axis in fig.axes:
         axis.title.set_color("white")
@@ -240,8 +253,11 @@ def render_qc_png(
         Patch(color=GGO_RGBA[:3], label="ground-glass"),
         Patch(color=SOLID_RGBA[:3], label="solid"),
     ]
+    if recovered is not None and recovered.any():
+        legend.append(Line2D([0], [0], color=RECOVERED_COLOUR, lw=1.5, linestyle="dashed",
+                             label="subpleural layer added (estimate)"))
     fig.legend(
-        handles=legend, loc="upper center", ncol=4, fontsize=9, frameon=False,
+        handles=legend, loc="upper center", ncol=len(legend), fontsize=9, frameon=False,
         labelcolor="white", bbox_to_anchor=(0.5, 1.0),
     )
     text_ax = fig.add_subplot(grid[1, :])

@@ -144,9 +144,9 @@ def measure_costal_gap(
 def _grow_layer(
     volume: CTVolume, lungs: LungMask, lesions: LesionMask, arrays: dict,
     config: LungvolConfig,
-) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Add the layer on the CT grid; returns new lung and lesion labels, added mL (all,
-    solid)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float]:
+    """Add the layer on the CT grid; returns new lung and lesion labels, the added voxels
+    (bool, CT grid; None when none) and the added solid (mL)."""
     sc, lesc = config.subpleural, config.lesions
     box_c, grid = arrays["box_c"], arrays["grid"]
     reach_c, costal = arrays["reach_mm"], arrays["costal"]
@@ -157,7 +157,7 @@ def _grow_layer(
     reach_c = np.where(d_costal <= 1.5, reach_c[tuple(near)], 0.0)
     active_c = reach_c > 0
     if not active_c.any():
-        return lungs.labels, lesions.labels, 0.0, 0.0
+        return lungs.labels, lesions.labels, None, 0.0
     # CT voxels of the active region, with a margin of the largest reach.
     margin = tuple(int(np.ceil(sc.max_layer_mm / s)) + 1 for s in volume.spacing_mm)
     full = tuple(
@@ -196,11 +196,9 @@ def _grow_layer(
     view = new_lesions[full]
     view[is_ggo] = LESION_GGO
     view[is_solid] = LESION_SOLID
-    voxel_ml = volume.voxel_volume_ml
-    return (
-        new_lungs, new_lesions, float(np.count_nonzero(grown) * voxel_ml),
-        float(np.count_nonzero(is_solid) * voxel_ml),
-    )
+    added = np.zeros(lungs.labels.shape, bool)
+    added[full] = grown
+    return new_lungs, new_lesions, added, float(np.count_nonzero(is_solid) * volume.voxel_volume_ml)
 
 
 def recover_subpleural_layer(
@@ -221,25 +219,29 @@ def recover_subpleural_layer(
     summary["recovered_ml"] = 0.0
     summary["recovered_solid_ml"] = 0.0
     new_lung_labels, new_lesion_labels = lungs.labels, lesions.labels
+    recovered = None
     warnings: list[str] = []
     if summary["flagged"] and arrays is not None:
         if sc.recover:
-            new_lung_labels, new_lesion_labels, added_ml, solid_ml = _grow_layer(
+            new_lung_labels, new_lesion_labels, added, solid_ml = _grow_layer(
                 volume, lungs, lesions, arrays, config
             )
-            summary["recovered_ml"] = round(added_ml, 1)
+            if added is not None and added.any():
+                recovered = added
+                added_ml = float(np.count_nonzero(added) * volume.voxel_volume_ml)
+                summary["recovered_ml"] = round(added_ml, 1)
             summary["recovered_solid_ml"] = round(solid_ml, 1)
         action = (
             f"{summary['recovered_ml']:.0f} mL between the mask and the ribs was added as "
-            "lung (an estimate from the gap)" if sc.recover else "nothing was added "
-            "(subpleural.recover is off)"
+            "lung (an estimate from the gap, outlined in qc.png)" if sc.recover
+            else "nothing was added (subpleural.recover is off)"
         )
         warnings.append(
             f"subpleural_layer: where the lung surface faces lesion it lies "
             f"{summary['excess_mm']:.1f} mm further from the ribs than where it is aerated "
             f"({100 * summary['lesion_facing_fraction']:.0f} % of the costal surface): a "
             f"layer of consolidation along the pleura was likely left out of the lung mask; "
-            f"{action}; check qc.png"
+            f"{action}; check it"
         )
     summary["timing_s"] = round(time.perf_counter() - t0, 3)
     logger.info("subpleural: %s", summary)
@@ -248,7 +250,10 @@ def recover_subpleural_layer(
         lung_info["warnings"] = [*lungs.info.get("warnings", []), *warnings]
     if summary["recovered_ml"] > 0:
         lung_info = _update_lung_volumes(lung_info, new_lung_labels, volume)
-    return LungMask(new_lung_labels, lung_info), LesionMask(new_lesion_labels, lesions.info)
+    return (
+        LungMask(new_lung_labels, lung_info, recovered=recovered),
+        LesionMask(new_lesion_labels, lesions.info),
+    )
 
 
 def _update_lung_volumes(info: dict, labels: np.ndarray, volume: CTVolume) -> dict:
