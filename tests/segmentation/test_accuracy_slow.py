@@ -294,13 +294,33 @@ def test_pleural_effusion_is_neither_lung_nor_lesion(chest):
     atelectasis next to it (as dense as the fluid) is left out too."""
     vol, lungs = chest
     ct, fluid, atelectasis = _simulated_effusion(vol, lungs.labels)
-    new_lungs = segment_lungs(ct, CFG.lungs)
-    lesions = segment_lesions(ct, new_lungs, CFG.lesions)
+    new_lungs, lesions = segment_masks(ct, CFG)
+    assert not new_lungs.info["subpleural"]["flagged"]  # excess -1.15 mm (session 14)
     n_fluid = np.count_nonzero(fluid)
     assert np.count_nonzero(fluid & (new_lungs.labels > 0)) <= 0.05 * n_fluid
     assert np.count_nonzero(fluid & (lesions.labels > 0)) <= 0.02 * n_fluid
     truth_lung = np.count_nonzero((lungs.labels > 0) & ~fluid)
     assert abs(np.count_nonzero(new_lungs.labels) - truth_lung) <= 0.03 * truth_lung
+
+
+def test_an_effusion_beside_a_recovered_subpleural_layer_stays_out(chest):
+    """The subpleural step grows the lung towards the ribs by the local excess, up to 15 mm,
+    into tissue of -750..+100 HU: fluid qualifies. With the 15 mm band and its 4 mm
+    consolidation layer inserted and the right effusion simulated on top, the scan is
+    flagged and the layer added (312 mL), but only 9 mL of the 359 mL of fluid comes into
+    the lung mask (session 14): the surface against the effusion is not costal lesion-facing
+    surface."""
+    from lungvol.phantom import insert_subpleural_band
+
+    vol, lungs = chest
+    hu, _truth, _ = insert_subpleural_band(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
+                                           seed=5, depth_mm=15.0, solid_depth_mm=4.0)
+    ct, fluid, _ = _simulated_effusion(_as_volume(hu, vol.spacing_mm), lungs.labels)
+    new_lungs, _lesions = segment_masks(ct, CFG)
+    info = new_lungs.info["subpleural"]
+    assert info["flagged"], info
+    assert info["recovered_ml"] > 200.0, info
+    assert np.count_nonzero(fluid & (new_lungs.labels > 0)) <= 0.05 * np.count_nonzero(fluid)
 
 
 @pytest.mark.xfail(
