@@ -382,7 +382,8 @@ class SubpleuralConfig:
     # thick +4.3 / +5.9 mm.
     min_excess_mm: float = 2.5
     min_lesion_fraction: float = 0.05
-    min_aerated_fraction: float = 0.1  # less aerated costal surface: use reference_gap_mm
+    min_aerated_fraction: float = 0.1  # less aerated costal surface: use reference_gap_mm ...
+    # ... and flag without adding anything (a default wall thickness is no measurement)
     reference_gap_mm: float = 3.5  # the real normal chest's aerated costal gap (median)
     max_layer_mm: float = 15.0  # at most this much is grown outward
     layer_hu: tuple[float, float] = (-750.0, 100.0)  # smoothed HU the grown layer may have

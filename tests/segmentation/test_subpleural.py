@@ -20,11 +20,13 @@ LAYER_MM = 4.0
 GAP_MM = 3.0  # wall between the true lung surface and the ribs
 
 
-def _case(*, layer: bool, ggo_band: bool = True, seed: int = 0):
+def _case(*, layer: bool, ggo_band: bool = True, seed: int = 0, everywhere: bool = False,
+          layer_mm: float = LAYER_MM):
     """One lung (right, label 1) in a body; ribs GAP_MM outside its surface with intercostal
-    gaps; its posterior half's outer LAYER_MM is consolidation (``layer``) under a
-    ground-glass band. Returns the volume, the true lung, the layer, and the masks the lung
-    and lesion stages give for it: the lung without the layer, lesion = the band."""
+    gaps; its posterior half's (``everywhere``: the whole surface's) outer ``layer_mm`` is
+    consolidation (``layer``) under a ground-glass band. Returns the volume, the true lung,
+    the layer, and the masks the lung and lesion stages give for it: the lung without the
+    layer, lesion = the band."""
     rng = np.random.default_rng(seed)
     z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
                           indexing="ij", sparse=True)
@@ -40,9 +42,9 @@ def _case(*, layer: bool, ggo_band: bool = True, seed: int = 0):
     hu[body] = 40.0
     hu[ribs] = 700.0
     hu[lung] = -860.0
-    posterior = np.broadcast_to(y > 0, SHAPE) & lung
-    band = posterior & (depth_mm <= 12.0)
-    solid = band & (depth_mm <= LAYER_MM) if layer else np.zeros(SHAPE, bool)
+    region = lung if everywhere else np.broadcast_to(y > 0, SHAPE) & lung
+    band = region & (depth_mm <= 12.0)
+    solid = band & (depth_mm <= layer_mm) if layer else np.zeros(SHAPE, bool)
     if ggo_band:
         hu[band] = -600.0
     hu[solid] = -20.0
@@ -63,6 +65,7 @@ def test_a_consolidation_layer_left_out_of_the_mask_is_flagged_and_recovered():
     new_lungs, new_lesions = recover_subpleural_layer(volume, lungs, lesions, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["flagged"], summary
+    assert summary["reference_is_own"] is True
     assert summary["excess_mm"] == pytest.approx(LAYER_MM, abs=1.5), summary
     assert any(w.startswith("subpleural_layer:") for w in new_lungs.info["warnings"])
     layer_ml = np.count_nonzero(solid) * volume.voxel_volume_ml
@@ -104,6 +107,25 @@ def test_a_layer_under_aerated_lung_has_no_lesion_facing_surface():
     summary, _ = measure_costal_gap(volume, lungs, lesions, CFG)
     assert summary["lesion_facing_fraction"] == 0.0
     assert not summary["flagged"]
+
+
+def test_without_aerated_surface_the_default_reference_flags_but_adds_nothing():
+    """Diffuse disease: the whole costal surface faces lesion, so the patient's own wall
+    thickness cannot be measured. Against the default (3.5 mm) a 7 mm layer still shows,
+    but a wide natural gap would too: flag only."""
+    volume, _lung, _solid, lungs, lesions = _case(layer=True, everywhere=True, layer_mm=7.0)
+    new_lungs, new_lesions = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["lesion_facing_fraction"] > 0.9
+    assert summary["reference_is_own"] is False
+    assert summary["reference_gap_mm"] == CFG.subpleural.reference_gap_mm
+    assert summary["flagged"], summary
+    assert summary["recovered_ml"] == 0.0
+    assert "default wall thickness" in new_lungs.info["warnings"][-1]
+    assert "too little aerated costal surface" in new_lungs.info["warnings"][-1]
+    assert new_lungs.labels is lungs.labels
+    assert new_lesions.labels is lesions.labels
+    assert new_lungs.recovered is None
 
 
 def test_recover_off_flags_without_changing_the_masks():

@@ -20,10 +20,11 @@ Steps (coarse grid of ``lungs.working_spacing_mm``, anchored to patient coordina
    patient's own wall thickness; ``reference_gap_mm`` when too little is aerated). At or
    above ``min_excess_mm``, with at least ``min_lesion_fraction`` of the costal surface
    lesion-facing, the scan is flagged.
-5. With ``recover``: on the CT grid, tissue outside the mask (smoothed HU within
-   ``layer_hu``, not bone) within the local excess of a lesion-facing surface voxel, and
-   connected to the mask, joins the lung of its nearest lung voxel; its lesion label comes
-   from the lesion bands (tissue in the lung's place is lesion).
+5. With ``recover``, and only against the patient's own reference: on the CT grid, tissue
+   outside the mask (smoothed HU within ``layer_hu``, not bone) within the local excess of a
+   lesion-facing surface voxel, and connected to the mask, joins the lung of its nearest
+   lung voxel; its lesion label comes from the lesion bands (tissue in the lung's place is
+   lesion).
 
 The step covers only the costal pleura: a layer along the diaphragm or the mediastinum has
 no rib to measure against.
@@ -102,7 +103,7 @@ def measure_costal_gap(
     summary: dict = {
         "flagged": False, "costal_surface_ml": 0.0, "lesion_facing_fraction": 0.0,
         "gap_aerated_mm": None, "gap_lesion_mm": None, "reference_gap_mm": None,
-        "excess_mm": None,
+        "excess_mm": None, "reference_is_own": False,
     }
     if not bone_c.any() or not lung_c.any():
         return summary, None
@@ -125,11 +126,10 @@ def measure_costal_gap(
         summary["gap_aerated_mm"] = round(float(np.median(gap_aerated[aerated])), 2)
     if facing.any():
         summary["gap_lesion_mm"] = round(float(np.median(gap_facing[facing])), 2)
-    reference = (
-        summary["gap_aerated_mm"] if 1.0 - fraction >= sc.min_aerated_fraction
-        else sc.reference_gap_mm
-    )
+    own_reference = 1.0 - fraction >= sc.min_aerated_fraction
+    reference = summary["gap_aerated_mm"] if own_reference else sc.reference_gap_mm
     summary["reference_gap_mm"] = reference
+    summary["reference_is_own"] = bool(own_reference)
     if summary["gap_lesion_mm"] is None or reference is None:
         return summary, None
     excess = summary["gap_lesion_mm"] - reference
@@ -222,7 +222,10 @@ def recover_subpleural_layer(
     recovered = None
     warnings: list[str] = []
     if summary["flagged"] and arrays is not None:
-        if sc.recover:
+        # Against the default wall thickness (too little aerated costal surface to measure
+        # the patient's own) a wide natural gap, e.g. extrapleural fat, would read as a
+        # layer: flag, but add nothing.
+        if sc.recover and summary["reference_is_own"]:
             new_lung_labels, new_lesion_labels, added, solid_ml = _grow_layer(
                 volume, lungs, lesions, arrays, config
             )
@@ -231,14 +234,22 @@ def recover_subpleural_layer(
                 added_ml = float(np.count_nonzero(added) * volume.voxel_volume_ml)
                 summary["recovered_ml"] = round(added_ml, 1)
             summary["recovered_solid_ml"] = round(solid_ml, 1)
-        action = (
-            f"{summary['recovered_ml']:.0f} mL between the mask and the ribs was added as "
-            "lung (an estimate from the gap, outlined in qc.png)" if sc.recover
-            else "nothing was added (subpleural.recover is off)"
+        if not sc.recover:
+            action = "nothing was added (subpleural.recover is off)"
+        elif not summary["reference_is_own"]:
+            action = "nothing was added (too little aerated costal surface to measure the wall)"
+        else:
+            action = (
+                f"{summary['recovered_ml']:.0f} mL between the mask and the ribs was added as "
+                "lung (an estimate from the gap, outlined in qc.png)"
+            )
+        against = (
+            "than where it is aerated" if summary["reference_is_own"]
+            else f"than the default wall thickness ({reference_text(summary)})"
         )
         warnings.append(
             f"subpleural_layer: where the lung surface faces lesion it lies "
-            f"{summary['excess_mm']:.1f} mm further from the ribs than where it is aerated "
+            f"{summary['excess_mm']:.1f} mm further from the ribs {against} "
             f"({100 * summary['lesion_facing_fraction']:.0f} % of the costal surface): a "
             f"layer of consolidation along the pleura was likely left out of the lung mask; "
             f"{action}; check it"
@@ -254,6 +265,11 @@ def recover_subpleural_layer(
         LungMask(new_lung_labels, lung_info, recovered=recovered),
         LesionMask(new_lesion_labels, lesions.info),
     )
+
+
+def reference_text(summary: dict) -> str:
+    """The default reference, as the flag message names it."""
+    return f"subpleural.reference_gap_mm {summary['reference_gap_mm']:g} mm"
 
 
 def _update_lung_volumes(info: dict, labels: np.ndarray, volume: CTVolume) -> dict:
