@@ -312,12 +312,13 @@ def blob_cases(shared: Path) -> list[dict[str, Any]]:
 
 def band_cases(shared: Path) -> list[dict[str, Any]]:
     """The real chest with a subpleural band (``insert_subpleural_band``): ground glass
-    8 / 15 / 25 mm deep, the last two also with an outer consolidation layer of 4 / 6 mm."""
+    8 / 15 / 25 mm deep, the last two also with an outer consolidation layer of 4 / 6 mm;
+    and a 5 mm band that is consolidation but for its inner 1 mm."""
     chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
     lungs = segment_lungs(chest, CFG.lungs)
     vml = chest.voxel_volume_ml
     out = []
-    for depth_mm, solid_mm in ((8.0, 0.0), (15.0, 0.0), (15.0, 4.0), (25.0, 6.0)):
+    for depth_mm, solid_mm in ((8.0, 0.0), (15.0, 0.0), (15.0, 4.0), (25.0, 6.0), (5.0, 4.0)):
         hu, truth, _ = insert_subpleural_band(chest.hu, lungs.labels,
                                               spacing_mm=chest.spacing_mm, seed=5,
                                               depth_mm=depth_mm, solid_depth_mm=solid_mm)

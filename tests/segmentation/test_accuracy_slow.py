@@ -433,6 +433,25 @@ def test_real_chest_subpleural_consolidation_layer_solid(chest):
     assert abs(n_sol - t_sol) <= 0.15 * t_sol, f"solid {100 * (n_sol - t_sol) / t_sol:+.1f} %"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-06 session 14): a 5 mm band that is consolidation but for its "
+    "inner 1 mm, along the posterior lower lung: the lung stage stops at the consolidation "
+    "(lung 4751 instead of 5301 mL) and the lesion reads -97.5 % (-12.6 pp). The mask's "
+    "surface there is aerated lung, so the subpleural step has no lesion-facing surface to "
+    "measure (1.4 % of the costal surface) and the wider gap goes into its aerated reference "
+    "(5.6 instead of 3.4 mm); nothing is flagged (docs/segmentation.md, 'The gap to the ribs')",
+)
+def test_real_chest_subpleural_consolidation_without_ground_glass(chest):
+    truth, lungs, lesions, lungs0, _info = _band(chest, depth_mm=5.0, solid_depth_mm=4.0)
+    n_les, t_les = np.count_nonzero(lesions), np.count_nonzero(truth)
+    assert abs(n_les - t_les) <= 0.10 * t_les, f"{100 * (n_les - t_les) / t_les:+.1f} %"
+    proportion_pp = 100.0 * n_les / np.count_nonzero(lungs) - 100.0 * t_les / np.count_nonzero(
+        lungs0
+    )
+    assert abs(proportion_pp) <= 1.0, f"{proportion_pp:+.2f} pp"
+
+
 def _label(path) -> np.ndarray:
     return np.asarray(read_ct(path, config=IOConfig(air_hu_max=1e9, min_value_hu_max=1e9)).hu)
 
