@@ -386,6 +386,11 @@ class SubpleuralConfig:
     # ... and flag without adding anything (a default wall thickness is no measurement)
     reference_gap_mm: float = 3.5  # the real normal chest's aerated costal gap (median)
     max_layer_mm: float = 15.0  # at most this much is grown outward
+    # Flag only (session 14): the posterior costal surface this much further from the ribs
+    # than the anterior one: a dependent layer with aerated lung inside it, which the
+    # lesion-facing test cannot see. Measured: real normal chest +1.6 mm, NSCLC crop +2.4,
+    # lung1 / lung2 0.0 / -1.9, phantoms 0.0; 4 / 6 mm posterior layers +4.3 / +5.5 mm.
+    min_dependent_excess_mm: float = 3.5
     layer_hu: tuple[float, float] = (-750.0, 100.0)  # smoothed HU the grown layer may have
 
     def __post_init__(self) -> None:
@@ -393,7 +398,7 @@ class SubpleuralConfig:
         _check_band("subpleural.layer_hu", self.layer_hu)
         for key in (
             "costal_bone_distance_mm", "window_mm", "min_excess_mm", "reference_gap_mm",
-            "max_layer_mm",
+            "max_layer_mm", "min_dependent_excess_mm",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")

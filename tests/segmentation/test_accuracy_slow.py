@@ -100,6 +100,7 @@ def test_real_normal_chest_has_no_subpleural_layer(chest, chest_lesions):
     info = new_lungs.info["subpleural"]
     assert not info["flagged"], info
     assert info["excess_mm"] < 1.0, info
+    assert not info["dependent_flagged"], info  # +1.57 mm (session 14)
     assert new_lungs.labels is lungs.labels
     assert new_lesions.labels is chest_lesions.labels
 
@@ -433,6 +434,15 @@ def test_real_chest_subpleural_consolidation_layer_solid(chest):
     assert abs(n_sol - t_sol) <= 0.15 * t_sol, f"solid {100 * (n_sol - t_sol) / t_sol:+.1f} %"
 
 
+def test_real_chest_subpleural_consolidation_without_ground_glass_is_flagged(chest):
+    """The layer below is lost, but not silently: the posterior costal surface lies 4.2 mm
+    further from the ribs than the anterior one (the normal chest: 1.6 mm; session 14)."""
+    _truth, _lungs, _lesions, _lungs0, info = _band(chest, depth_mm=5.0, solid_depth_mm=4.0)
+    assert info["dependent_flagged"], info
+    assert not info["flagged"], info
+    assert info["recovered_ml"] == 0.0
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (2026-12-06 session 14): a 5 mm band that is consolidation but for its "
@@ -440,7 +450,8 @@ def test_real_chest_subpleural_consolidation_layer_solid(chest):
     "(lung 4751 instead of 5301 mL) and the lesion reads -97.5 % (-12.6 pp). The mask's "
     "surface there is aerated lung, so the subpleural step has no lesion-facing surface to "
     "measure (1.4 % of the costal surface) and the wider gap goes into its aerated reference "
-    "(5.6 instead of 3.4 mm); nothing is flagged (docs/segmentation.md, 'The gap to the ribs')",
+    "(5.6 instead of 3.4 mm). The dependent-gap test flags it (posterior costal surface +4.2 "
+    "mm against the anterior) but adds nothing (docs/segmentation.md, 'The gap to the ribs')",
 )
 def test_real_chest_subpleural_consolidation_without_ground_glass(chest):
     truth, lungs, lesions, lungs0, _info = _band(chest, depth_mm=5.0, solid_depth_mm=4.0)

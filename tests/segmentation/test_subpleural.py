@@ -95,18 +95,41 @@ def test_ground_glass_against_the_pleura_is_not_flagged():
     summary = new_lungs.info["subpleural"]
     assert not summary["flagged"], summary
     assert abs(summary["excess_mm"]) < 1.5, summary
+    assert summary["dependent_excess_mm"] == pytest.approx(0.0, abs=1.0)
+    assert not summary["dependent_flagged"]
     assert new_lungs.labels is lungs.labels
     assert new_lesions.labels is lesions.labels
     assert "warnings" not in new_lungs.info
 
 
 def test_a_layer_under_aerated_lung_has_no_lesion_facing_surface():
-    """Without lesion at the mask's surface nothing says the mask stops short (the stated
-    limit: the step looks only where the surface faces lesion)."""
+    """Without lesion at the mask's surface the lesion-facing test cannot see the layer
+    (the stated limit); a 4 mm layer stays under the dependent-gap flag's 3.5 mm too
+    (measured +2.9 mm here)."""
     volume, _lung, _solid, lungs, lesions = _case(layer=True, ggo_band=False)
     summary, _ = measure_costal_gap(volume, lungs, lesions, CFG)
     assert summary["lesion_facing_fraction"] == 0.0
     assert not summary["flagged"]
+    assert not summary["dependent_flagged"]
+
+
+def test_a_thicker_dependent_layer_under_aerated_lung_is_flagged_but_not_added():
+    """A 6 mm posterior layer with aerated lung inside it: the posterior costal surface lies
+    further from the ribs than the anterior one (measured +5.3 mm); flagged, nothing added
+    (the anatomy differs between the halves as well)."""
+    volume, _lung, _solid, lungs, lesions = _case(layer=True, ggo_band=False, layer_mm=6.0)
+    new_lungs, new_lesions = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["dependent_flagged"], summary
+    assert summary["dependent_excess_mm"] > CFG.subpleural.min_dependent_excess_mm
+    assert summary["gap_posterior_mm"] > summary["gap_anterior_mm"]
+    assert not summary["flagged"]
+    assert summary["recovered_ml"] == 0.0
+    assert new_lungs.labels is lungs.labels
+    assert new_lesions.labels is lesions.labels
+    (warning,) = new_lungs.info["warnings"]
+    assert warning.startswith("subpleural_layer: the posterior (dependent) costal lung surface")
+    assert "nothing was added" in warning
 
 
 def test_without_aerated_surface_the_default_reference_flags_but_adds_nothing():

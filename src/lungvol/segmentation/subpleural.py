@@ -77,6 +77,32 @@ def _local_min_gap(
     return ndimage.minimum_filter(big, size=size, mode="nearest")
 
 
+def _dependent_gap(
+    summary: dict, costal: np.ndarray, lung: np.ndarray, d_bone: np.ndarray,
+    size: tuple[int, ...], min_excess_mm: float,
+) -> None:
+    """Posterior (dependent, supine) against anterior costal gap, into ``summary``.
+
+    A layer of consolidation with aerated lung inside it leaves no lesion at the mask's
+    surface, so the lesion-facing comparison cannot see it; most such layers are dependent,
+    and then the posterior half of the costal surface lies further from the ribs than the
+    anterior half. The anatomy differs too (1.6 mm on the real normal chest), so this only
+    flags; it adds nothing. Array y increases towards posterior (LPS).
+    """
+    ys = np.flatnonzero(lung.any(axis=(0, 2)))
+    posterior = np.zeros(lung.shape, bool)
+    posterior[:, (ys[0] + ys[-1]) // 2 + 1 :, :] = True
+    halves = {"posterior": costal & posterior, "anterior": costal & ~posterior}
+    if not all(h.any() for h in halves.values()):
+        return
+    for name, half in halves.items():
+        gap = _local_min_gap(half, d_bone, size)
+        summary[f"gap_{name}_mm"] = round(float(np.median(gap[half])), 2)
+    excess = summary["gap_posterior_mm"] - summary["gap_anterior_mm"]
+    summary["dependent_excess_mm"] = round(float(excess), 2)
+    summary["dependent_flagged"] = bool(excess >= min_excess_mm)
+
+
 def measure_costal_gap(
     volume: CTVolume, lungs: LungMask, lesions: LesionMask, config: LungvolConfig
 ) -> tuple[dict, dict[str, np.ndarray] | None]:
@@ -104,6 +130,8 @@ def measure_costal_gap(
         "flagged": False, "costal_surface_ml": 0.0, "lesion_facing_fraction": 0.0,
         "gap_aerated_mm": None, "gap_lesion_mm": None, "reference_gap_mm": None,
         "excess_mm": None, "reference_is_own": False,
+        "gap_posterior_mm": None, "gap_anterior_mm": None, "dependent_excess_mm": None,
+        "dependent_flagged": False,
     }
     if not bone_c.any() or not lung_c.any():
         return summary, None
@@ -117,6 +145,7 @@ def measure_costal_gap(
     if n_costal == 0:
         return summary, None
     size = _window_size(sc.window_mm, sp)
+    _dependent_gap(summary, costal, lung_c, d_bone, size, sc.min_dependent_excess_mm)
     gap_facing = _local_min_gap(facing, d_bone, size)
     gap_aerated = _local_min_gap(aerated, d_bone, size)
     fraction = np.count_nonzero(facing) / n_costal
@@ -221,6 +250,14 @@ def recover_subpleural_layer(
     new_lung_labels, new_lesion_labels = lungs.labels, lesions.labels
     recovered = None
     warnings: list[str] = []
+    if summary["dependent_flagged"] and not summary["flagged"]:
+        warnings.append(
+            f"subpleural_layer: the posterior (dependent) costal lung surface lies "
+            f"{summary['dependent_excess_mm']:.1f} mm further from the ribs than the anterior "
+            "one, although little of it faces lesion: a layer of consolidation along the "
+            "posterior pleura, with aerated lung inside it, may have been left out of the lung "
+            "mask (the lesion would be under-read); nothing was added; check qc.png"
+        )
     if summary["flagged"] and arrays is not None:
         # Against the default wall thickness (too little aerated costal surface to measure
         # the patient's own) a wide natural gap, e.g. extrapleural fat, would read as a
