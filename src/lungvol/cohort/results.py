@@ -96,6 +96,7 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     ).get("subpleural")
     if sub:  # the subpleural-layer step: costal gap excess and what it added to the lungs
         row["subpleural_excess_mm"] = sub.get("excess_mm")
+        row["subpleural_dependent_excess_mm"] = sub.get("dependent_excess_mm")
         row["subpleural_recovered_ml"] = sub.get("recovered_ml")
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices
