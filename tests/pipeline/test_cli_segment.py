@@ -24,6 +24,8 @@ def fake_input(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setattr(lio, "read_ct", lambda p, **kw: vol, raising=False)
     monkeypatch.setattr(lseg, "segment_lungs", lambda v, c: lungs, raising=False)
     monkeypatch.setattr(lseg, "segment_lesions", lambda v, lm, c: lesions, raising=False)
+    # The phase check runs the whole chain at each shifted lattice.
+    monkeypatch.setattr(lseg, "segment_masks", lambda v, c: (lungs, lesions), raising=False)
     src = tmp_path / "ct.nii.gz"
     src.write_bytes(b"x")
     return src

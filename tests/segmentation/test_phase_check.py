@@ -170,13 +170,12 @@ def test_a_lattice_at_which_the_scan_is_refused_is_recorded_and_flagged(chest_ph
     vol, lungs, lesions, _check = chest_phases
     refused_origin = shifted_lattice(vol, (0, 1, 0)).origin_lps_mm
 
-    def fake_lungs(volume, config):
+    def fake_masks(volume, config):
         if volume.origin_lps_mm == refused_origin:
             raise SegmentationError("no lungs in view: the largest lung-like region is 150 mL")
-        return lungs
+        return lungs, lesions
 
-    monkeypatch.setattr(lseg, "segment_lungs", fake_lungs)
-    monkeypatch.setattr(lseg, "segment_lesions", lambda volume, lm, config: lesions)
+    monkeypatch.setattr(lseg, "segment_masks", fake_masks)
     check = measure_phase_check(vol, lungs, lesions, LungvolConfig())
     assert [r["offset_voxels"] for r in check["phases"]] == [[0, 0, 0], [0, 0, 1], [0, 1, 1]]
     assert check["failed_phases"] == [

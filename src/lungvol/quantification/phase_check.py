@@ -104,11 +104,7 @@ def measure_phase_check(
     for offset in config.quantification.phase_check_offsets_voxels:
         shifted = shifted_lattice(volume, offset)
         try:
-            lungs_k = lseg.segment_lungs(shifted, config.lungs)
-            lesions_k = lseg.segment_lesions(shifted, lungs_k, config.lesions)
-            lungs_k, lesions_k = lseg.recover_subpleural_layer(
-                shifted, lungs_k, lesions_k, config
-            )
+            lungs_k, lesions_k = lseg.segment_masks(shifted, config)
         except SegmentationError as err:
             # The reported result stands; that it depends on the lattice is the finding.
             failed.append({"offset_voxels": list(offset), "error": str(err)})

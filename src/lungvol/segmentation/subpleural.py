@@ -282,7 +282,8 @@ def recover_subpleural_layer(
             )
         against = (
             "than where it is aerated" if summary["reference_is_own"]
-            else f"than the default wall thickness ({reference_text(summary)})"
+            else "than the default wall thickness (subpleural.reference_gap_mm "
+            f"{summary['reference_gap_mm']:g} mm)"
         )
         warnings.append(
             f"subpleural_layer: where the lung surface faces lesion it lies "
@@ -302,11 +303,6 @@ def recover_subpleural_layer(
         LungMask(new_lung_labels, lung_info, recovered=recovered),
         LesionMask(new_lesion_labels, lesions.info),
     )
-
-
-def reference_text(summary: dict) -> str:
-    """The default reference, as the flag message names it."""
-    return f"subpleural.reference_gap_mm {summary['reference_gap_mm']:g} mm"
 
 
 def _update_lung_volumes(info: dict, labels: np.ndarray, volume: CTVolume) -> dict:
