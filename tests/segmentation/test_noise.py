@@ -8,7 +8,12 @@ import pytest
 from lungvol.config import LesionSegmentationConfig
 from lungvol.errors import ConfigError
 from lungvol.segmentation import segment_lesions
-from lungvol.segmentation.noise import adapt_to_noise, lung_noise_hu
+from lungvol.segmentation.noise import (
+    _BISECTION_STEPS,
+    _search_sigma,
+    adapt_to_noise,
+    lung_noise_hu,
+)
 from lungvol.types import CTVolume, LungMask, SourceInfo
 
 SHAPE = (40, 60, 60)
@@ -59,6 +64,44 @@ def test_noisy_scan_is_smoothed_just_down_to_the_target():
     disabled = adapt_to_noise(hu, np.ones(SHAPE, bool), SPACING_MM, target_hu=0.0,
                               max_sigma_mm=2.0, **KW)
     assert disabled.smoothing_sigma_mm == 0.0
+
+
+def _bisection(noise_at, target_hu, max_sigma_mm):
+    """The plain bisection the grid search replaces (the reference answer)."""
+    lo, hi = 0.0, max_sigma_mm
+    hi_noise = noise_at(hi)
+    if hi_noise > target_hu:
+        return hi, hi_noise
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        if noise_at(mid) <= target_hu:
+            hi, hi_noise = mid, noise_at(mid)
+        else:
+            lo = mid
+    return round(hi, 3), hi_noise
+
+
+@pytest.mark.parametrize("floor_hu", [0.0, 10.0, 15.0, 19.0])
+@pytest.mark.parametrize("noise_hu", [22.0, 30.0, 60.0, 120.0, 400.0])
+def test_sigma_search_gives_the_bisection_answer_in_fewer_evaluations(noise_hu, floor_hu):
+    """Texture floor + white noise falling with smoothing: log noise is far from linear in
+    sigma near the floor, the case the interpolation must not creep on."""
+    def noise_at(sigma_mm):
+        calls.append(sigma_mm)
+        return float(np.hypot(floor_hu, noise_hu / (1.0 + (sigma_mm / 0.3) ** 2) ** 0.75))
+
+    calls: list[float] = []
+    out = _search_sigma(noise_at, noise_hu, 21.0, 2.0)
+    used = len(calls)
+    calls.clear()
+    sigma, smoothed = _bisection(noise_at, 21.0, 2.0)
+    assert (out.smoothing_sigma_mm, out.smoothed_noise_hu) == (sigma, smoothed)
+    assert used <= 8, calls
+
+
+def test_sigma_search_without_enough_lung_after_smoothing_adapts_nothing():
+    out = _search_sigma(lambda sigma_mm: None, 50.0, 21.0, 2.0)
+    assert (out.smoothing_sigma_mm, out.smoothed_noise_hu) == (0.0, 50.0)
 
 
 def _faint_ground_glass_in_noise(seed: int = 1):

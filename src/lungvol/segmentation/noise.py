@@ -21,6 +21,7 @@ noise + fine texture, not a physical noise SD.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,10 +97,11 @@ def adapt_to_noise(
     """Measure the lung noise and find the Gaussian sigma (mm) that brings it to ``target_hu``.
 
     The smallest sigma in [0, ``max_sigma_mm``] whose smoothed noise index is at most
-    ``target_hu`` (bisection on a central z-slab, which keeps the search at a fraction of a
-    whole-scan filter). ``target_hu`` <= 0 disables the adaptation. The caller applies the
-    smoothing (``gaussian_filter`` with sigma / spacing per axis). ``first_index``: the
-    patient-lattice index of voxel [0, 0, 0], which anchors the noise blocks.
+    ``target_hu``, to ``max_sigma_mm / 2**_BISECTION_STEPS`` (:func:`_search_sigma`, on a
+    central z-slab, which keeps the search at a fraction of a whole-scan filter).
+    ``target_hu`` <= 0 disables the adaptation. The caller applies the smoothing
+    (``gaussian_filter`` with sigma / spacing per axis). ``first_index``: the patient-lattice
+    index of voxel [0, 0, 0], which anchors the noise blocks.
     """
     noise = lung_noise_hu(
         hu, lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu,
@@ -122,17 +124,82 @@ def adapt_to_noise(
             first_index=slab_first,  # type: ignore[arg-type]
         )
 
-    lo, hi = 0.0, max_sigma_mm
-    hi_noise = smoothed_noise(hi)
-    if hi_noise is None:
-        return NoiseAdaptation(noise, 0.0, noise)
-    if hi_noise > target_hu:
-        return NoiseAdaptation(noise, hi, hi_noise)
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        mid_noise = smoothed_noise(mid)
-        if mid_noise is not None and mid_noise <= target_hu:
-            hi, hi_noise = mid, mid_noise
+    return _search_sigma(smoothed_noise, noise, target_hu, max_sigma_mm)
+
+
+def _search_sigma(
+    smoothed_noise: Callable[[float], float | None], noise_hu: float, target_hu: float,
+    max_sigma_mm: float,
+) -> NoiseAdaptation:
+    """The smallest sigma on the grid ``k * max_sigma_mm / 2**_BISECTION_STEPS`` (k >= 1)
+    whose ``smoothed_noise`` is at most ``target_hu``, or ``max_sigma_mm`` when even that is
+    noisier (``noise_hu``: the unsmoothed index, the search's first anchor).
+
+    The answer is the one a bisection with ``_BISECTION_STEPS`` steps gives for a
+    noise index that falls with sigma, found in about half the evaluations (each a Gaussian
+    filter of the slab): the next grid point is interpolated in (sigma, log noise) between
+    the nearest evaluated points on either side of the target (the step doubled when
+    the same end moved twice), and the search stops when a passing grid point has a
+    failing neighbour below it. Written by hand because
+    ``scipy.optimize`` root finders work on a continuous variable, not on this grid.
+    """
+    n = 2**_BISECTION_STEPS
+    step = max_sigma_mm / n
+    values: dict[int, float | None] = {}
+
+    def value(k: int) -> float | None:
+        if k not in values:
+            values[k] = smoothed_noise(k * step)
+        return values[k]
+
+    lo, hi = 0, n + 1  # largest failing, smallest passing grid index (0 = no smoothing)
+    k, streak, k_side = n // 2, 0, None
+    while hi - lo > 1:
+        v = value(k)
+        moved_hi = v is not None and v <= target_hu
+        if moved_hi:
+            hi = k
         else:
-            lo = mid
-    return NoiseAdaptation(noise, round(hi, 3), hi_noise)
+            lo = k
+        if hi - lo <= 1:
+            break
+        estimate = _interpolated(values, noise_hu, target_hu, lo, hi, n)
+        # Log noise is not linear in sigma near the texture floor, so an interpolation can
+        # move the same end again and again: after two such steps the step from that end
+        # is doubled (the Illinois variant of regula falsi).
+        streak = streak + 1 if k_side == moved_hi else 1
+        k_side = moved_hi
+        if streak >= 2:
+            end = hi if moved_hi else lo
+            estimate = end + 2 * (estimate - end)
+        k = min(max(estimate, lo + 1), min(hi, n + 1) - 1)
+    if hi > n:  # even the largest smoothing is noisier than the target
+        top = value(n)
+        if top is None:
+            return NoiseAdaptation(noise_hu, 0.0, noise_hu)
+        return NoiseAdaptation(noise_hu, max_sigma_mm, top)
+    return NoiseAdaptation(noise_hu, round(hi * step, 3), values[hi])
+
+
+def _interpolated(
+    values: dict[int, float | None], noise_hu: float, target_hu: float, lo: int, hi: int,
+    n: int,
+) -> int:
+    """Grid index where log noise reaches ``target_hu``: linear in k between the failing
+    point ``lo`` and the passing point ``hi``, or, while nothing passes, extrapolated through
+    the two largest failing points (grid index 0 is the unsmoothed ``noise_hu``). The
+    midpoint of (lo, hi) where that is undefined."""
+    known = {0: noise_hu, **{k: v for k, v in values.items() if v is not None}}
+    midpoint = (lo + min(hi, n + 1)) // 2
+    if hi <= n and lo in known:
+        (k1, v1), (k2, v2) = (lo, known[lo]), (hi, known[hi])
+    else:
+        failing = sorted(k for k in known if k <= lo)
+        if len(failing) < 2:
+            return midpoint
+        k1, k2 = failing[-2], failing[-1]
+        v1, v2 = known[k1], known[k2]
+    if min(v1, v2) <= 0 or v1 == v2:
+        return midpoint
+    k = k1 + (np.log(target_hu) - np.log(v1)) * (k2 - k1) / (np.log(v2) - np.log(v1))
+    return int(np.ceil(k)) if np.isfinite(k) else midpoint
