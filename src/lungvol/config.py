@@ -107,6 +107,10 @@ class LungSegmentationConfig:
     gas_min_fraction: float = 0.1
     lung_max_air_fraction: float = 0.4
     gas_warning_min_ml: float = 600.0  # a rejected gas region this large gets a QC flag
+    # ... unless the bronchi enter it: this much of its surface against the proximal airway
+    # tree (with its wall) makes an airy component lung (severe emphysema; the real chest's
+    # lungs: about 150 / 270 mm2, session 15).
+    gas_airway_contact_min_mm2: float = 40.0
     # Trachea search: top fraction of the internal-air slices, lumen area [min, max] in mm2,
     # largest left-right offset from the body centre as a fraction of the half body width.
     trachea_search_fraction: float = 0.3
@@ -191,6 +195,11 @@ class LungSegmentationConfig:
         for key in ("gas_min_fraction", "lung_max_air_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"lungs.{key} must be in [0, 1] (got {getattr(self, key)})")
+        if self.gas_airway_contact_min_mm2 < 0:
+            raise ConfigError(
+                "lungs.gas_airway_contact_min_mm2 must be >= 0 (a huge value turns the airway "
+                f"exception off; got {self.gas_airway_contact_min_mm2})"
+            )
         if not 0.0 <= self.cortical_min_fraction <= 1.0:
             raise ConfigError(
                 f"lungs.cortical_min_fraction must be in [0, 1] (got {self.cortical_min_fraction})"

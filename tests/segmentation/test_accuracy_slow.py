@@ -522,6 +522,21 @@ def test_pneumothorax_is_flagged(chest):
     assert len(flags["pneumothorax"]) == 1
 
 
+def test_severely_emphysematous_lungs_are_kept(chest):
+    """The real chest with its aerated lung (voxels below -700 HU) lowered by 120 HU: median
+    lung -937 HU, 42 % of lung voxels below -950 HU. Before session 15 the gas rule took the
+    right lung for gas (flag lung_missing_right); the bronchi enter it, so it is lung."""
+    vol, lungs = chest
+    lung = lungs.labels > 0
+    hu = vol.hu.copy()
+    airy = lung & (hu < -700)
+    hu[airy] = np.maximum(-1024, hu[airy].astype(np.int32) - 120).astype(hu.dtype)
+    emphysema = segment_lungs(_as_volume(hu, vol.spacing_mm), CFG.lungs)
+    assert emphysema.info["airy_lung_kept_ml"] > 1000, emphysema.info["airy_lung_kept_ml"]
+    for label in (1, 2):
+        assert _dice(emphysema.labels == label, lungs.labels == label) >= 0.99
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

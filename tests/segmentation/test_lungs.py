@@ -313,9 +313,49 @@ def test_a_lung_sized_gas_region_beside_the_lungs_is_flagged():
     assert dice(flagged.labels == LUNG_RIGHT, c.right_lung) > 0.98
 
 
+def _emphysematous_chest():
+    """The synthetic chest with one lung's parenchyma at -1000 HU (a severely emphysematous
+    or bullous lung: its blocks read like gas) and the bronchi still entering it."""
+    c = make_chest()
+    hu = c.volume.hu.astype(np.float32).copy()
+    airy = c.right_lung & (hu < -700)
+    hu[airy] = AIR_HU + np.random.default_rng(3).normal(0.0, 8.0, np.count_nonzero(airy))
+    return c, make_volume(hu)
+
+
+def test_an_airy_lung_that_the_bronchi_enter_is_lung_not_gas():
+    """Session 15: the real chest with its aerated lung lowered by 120 HU (42 % of lung voxels
+    below -950 HU) lost its whole right lung to the gas rule (flagged lung_missing_right).
+    Gut and outside air never touch the bronchi; a lung does."""
+    c, vol = _emphysematous_chest()
+    mask = segment_lungs(vol, CFG)
+    assert dice(mask.labels == LUNG_RIGHT, c.right_lung) > 0.97
+    assert mask.info["airy_lung_kept_ml"] > 100
+    assert mask.info["gas_not_lung_ml"] == 0.0
+    assert dice(mask.labels == LUNG_LEFT, c.left_lung) > 0.97
+    # Control: without the airway exception the airy lung is gas, and with it the normal
+    # one (the airway growth leaks into the airy lung, so the two join through the
+    # trachea): the scan is refused.
+    with pytest.raises(SegmentationError, match="no lungs in view.*air that is not lung"):
+        segment_lungs(vol, LungSegmentationConfig(gas_airway_contact_min_mm2=1e9))
+
+
+def test_gas_apart_from_the_airways_stays_gas_with_the_exception():
+    """The bowel-gas pocket touches no bronchus: the airway exception leaves it gas."""
+    with pytest.raises(SegmentationError, match="no lungs in view"):
+        segment_lungs(make_volume(_abdomen_with_gas()), CFG)
+
+
 def test_the_synthetic_lungs_are_not_gas(chest):
     _, mask = chest
     assert mask.info["gas_not_lung_ml"] == 0.0
+
+
+def test_gas_airway_contact_is_validated():
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="gas_airway_contact_min_mm2"):
+        LungSegmentationConfig(gas_airway_contact_min_mm2=-1.0)
 
 
 @pytest.mark.parametrize("key", ["gas_min_fraction", "lung_max_air_fraction"])

@@ -216,33 +216,55 @@ def _split_pair(component: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndar
 
 
 def _gas_components(
-    lab: np.ndarray, n: int, hu: np.ndarray, config: LungSegmentationConfig
-) -> np.ndarray:
+    lab: np.ndarray, n: int, hu: np.ndarray, airways: np.ndarray,
+    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+) -> tuple[np.ndarray, np.ndarray]:
     """Per component 1..n of internal air: is it gas (bowel, stomach, outside the body)?
 
     Gas is mostly pure air: more than ``gas_min_fraction`` of its working-grid blocks read
     below ``gas_max_hu`` and more than ``lung_max_air_fraction`` below ``pure_air_max_hu``.
     Lung blocks average parenchyma, vessels and septa (-950..-700 HU; on the real scans
-    here at most 0.5 % below -990 and 3 % below -950).
+    here at most 0.5 % below -990 and 3 % below -950). A component that the bronchi enter
+    (at least ``gas_airway_contact_min_mm2`` of its surface against ``airways``, the
+    removed proximal tree with its wall) is lung however airy: severe emphysema, or a lung
+    joined to a pneumothorax or bulla (then flagged ``lung_air_pocket``). Gut and outside
+    air never touch the bronchi.
+
+    Returns ``(gas, airy_lung)``: gas components, and airy components kept for their
+    airway contact.
     """
     if n == 0:
-        return np.zeros(0, bool)
+        return np.zeros(0, bool), np.zeros(0, bool)
     flat = lab.ravel()
     size = np.bincount(flat, minlength=n + 1)[1:].astype(float)
     pure = np.bincount(flat, weights=(hu < config.gas_max_hu).ravel(), minlength=n + 1)[1:]
     airy = np.bincount(flat, weights=(hu < config.pure_air_max_hu).ravel(), minlength=n + 1)[1:]
     size = np.maximum(size, 1.0)
-    return (pure > config.gas_min_fraction * size) & (airy > config.lung_max_air_fraction * size)
+    gas_like = (pure > config.gas_min_fraction * size) & (
+        airy > config.lung_max_air_fraction * size
+    )
+    if not gas_like.any() or not airways.any():
+        return gas_like, np.zeros(n, bool)
+    # Contact area: component voxels face-adjacent to the airway region, times the mean
+    # face area of a working-grid voxel (an estimate; the threshold only needs its order).
+    shell = ndimage.binary_dilation(airways, structure=_CONN6) & ~airways
+    contact = np.bincount(lab[shell], minlength=n + 1)[1:]
+    face_mm2 = float(np.mean([
+        spacing_mm[1] * spacing_mm[2], spacing_mm[0] * spacing_mm[2],
+        spacing_mm[0] * spacing_mm[1],
+    ]))
+    bronchi_enter = contact * face_mm2 >= config.gas_airway_contact_min_mm2
+    return gas_like & ~bronchi_enter, gas_like & bronchi_enter
 
 
 def _pick_lungs(
     lung_air: np.ndarray, body: np.ndarray, hu: np.ndarray, bone: np.ndarray,
-    spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
+    airways: np.ndarray, spacing_mm: tuple[float, ...], config: LungSegmentationConfig,
 ) -> tuple[np.ndarray, dict]:
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     lab, n = ndimage.label(lung_air, structure=_CONN6)
     sizes_ml = np.bincount(lab.ravel())[1:] * voxel_ml if n else np.zeros(0)
-    gas = _gas_components(lab, n, hu, config)
+    gas, airy_lung = _gas_components(lab, n, hu, airways, spacing_mm, config)
     gas_sizes_ml = sizes_ml[gas]
     gas_ml = float(gas_sizes_ml.sum())
     sizes_ml = np.where(gas, 0.0, sizes_ml)
@@ -264,6 +286,7 @@ def _pick_lungs(
         "split_connected_pair": False,
         "gas_not_lung_ml": round(gas_ml, 2),
         "gas_largest_ml": round(float(gas_sizes_ml.max()) if gas.any() else 0.0, 2),
+        "airy_lung_kept_ml": round(float(sizes_ml[airy_lung].sum()), 2),
     }
     parts: list[np.ndarray] = []
     centre = _midline_x(bone, body)
@@ -933,12 +956,12 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     airways = find_airways(hu, internal, body, sp, config)
     blocked = _dilate_mm(airways.proximal, config.airway_wall_mm, sp)
     lung_air = internal & ~blocked
-    labels_c, pick_info = _pick_lungs(lung_air, body, hu, bone, sp, config)
+    labels_c, pick_info = _pick_lungs(lung_air, body, hu, bone, blocked, sp, config)
     if pick_info["gas_largest_ml"] >= config.gas_warning_min_ml:
         warnings.append(
             f"gas_not_lung: a {pick_info['gas_largest_ml']:.0f} mL region of internal air that "
-            "is mostly pure air was not taken as lung (bowel or stomach gas, air outside the "
-            "body; a large pneumothorax or bulla joined to a lung is rejected with it); check "
+            "is mostly pure air and that no bronchus enters was not taken as lung (bowel or "
+            "stomach gas, air outside the body, a pneumothorax apart from the lung); check "
             "qc.png"
         )
     t_pick = time.perf_counter()
