@@ -537,6 +537,20 @@ def test_severely_emphysematous_lungs_are_kept(chest):
         assert _dice(emphysema.labels == label, lungs.labels == label) >= 0.99
 
 
+def test_a_brighter_calibration_keeps_the_airways_out_and_the_scan_normal(chest):
+    """The real chest 24 HU brighter everywhere (calibration drift; its tracheal air then
+    reads about -936 HU in 2 mm blocks). Before session 15 the trachea seed (-950 HU) was
+    not found: trachea and bronchi joined the lungs (+194 mL) and their walls the lesion
+    (0.32 -> 1.52 %, no longer a normal CT). Measured now: Dice 0.996, 0.41 %."""
+    vol, lungs = chest
+    brighter = _as_volume((vol.hu.astype(np.int32) + 24).astype(np.int16), vol.spacing_mm)
+    new_lungs, lesions = segment_masks(brighter, CFG)
+    assert new_lungs.info["trachea_found"]
+    assert _dice(new_lungs.labels > 0, lungs.labels > 0) >= 0.99
+    proportion_pct = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(new_lungs.labels)
+    assert proportion_pct < 1.0, proportion_pct
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

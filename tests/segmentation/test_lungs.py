@@ -52,6 +52,34 @@ def test_trachea_and_main_bronchi_are_excluded(chest):
     assert inside <= 0.02 * np.count_nonzero(c.airway)
 
 
+@pytest.mark.parametrize("lumen_hu", [-935.0, -925.0])
+def test_a_trachea_brighter_than_the_seed_threshold_is_still_found(lumen_hu):
+    """Tracheal air reads above -1000 HU (beam hardening, kernel, calibration): -950..-970 HU
+    in 2 mm blocks on the real chest, whose trachea was lost with a 24 HU offset, taking
+    trachea and bronchi into the lung and its lesion proportion 0.32 -> 1.52 % (session 15).
+    The seed search ramps its threshold up to lungs.trachea_seed_max_hu."""
+    c = make_chest()
+    hu = c.volume.hu.astype(np.float32).copy()
+    hu[c.airway] = lumen_hu + np.random.default_rng(5).normal(0.0, 4.0, np.count_nonzero(c.airway))
+    mask = segment_lungs(make_volume(hu), CFG)
+    assert mask.info["trachea_found"]
+    assert mask.info["trachea_seed_threshold_hu"] > CFG.airway_max_hu
+    inside = np.count_nonzero(c.airway & (mask.labels > 0))
+    assert inside <= 0.02 * np.count_nonzero(c.airway)
+    # Control: seeded at airway_max_hu only, the trachea is not found and the airway joins
+    # the lungs.
+    fixed = segment_lungs(make_volume(hu), LungSegmentationConfig(trachea_seed_max_hu=-950.0))
+    assert not fixed.info["trachea_found"]
+    assert np.count_nonzero(c.airway & (fixed.labels > 0)) > 0.3 * np.count_nonzero(c.airway)
+
+
+def test_trachea_seed_cap_is_validated():
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trachea_seed_max_hu"):
+        LungSegmentationConfig(trachea_seed_max_hu=-800.0)
+
+
 def test_pleural_consolidation_is_inside_the_lung(chest):
     c, mask = chest
     covered = np.count_nonzero(c.consolidation & (mask.labels == LUNG_RIGHT))

@@ -41,8 +41,39 @@ class AirwayResult:
 def _find_trachea_seed(
     hu: np.ndarray, internal: np.ndarray, body: np.ndarray, spacing_mm: tuple[float, float, float],
     config: LungSegmentationConfig,
+) -> tuple[int, np.ndarray, float] | None:
+    """Return (slice index, 2-D mask, lumen threshold HU) of the trachea in the highest slice
+    where it is seen, at the lowest threshold of the airway ramp (``airway_max_hu`` up to
+    ``trachea_seed_max_hu``) that shows it.
+
+    Tracheal air reads above -1000 HU with beam hardening, sharp kernels and calibration
+    drift: on the real 141-slice chest here -950..-970 HU in 2 mm blocks, so a scan 20 HU
+    brighter lost its airway removal (trachea and main bronchi counted as lung, session 15).
+    The cap keeps bronchi in lung out: on the IBSI NSCLC crop (no trachea in view) a
+    bronchus passes every trachea test at -900 HU, and its tree took 305 mL of lung.
+    """
+    for threshold in _threshold_ramp(config):
+        if threshold > config.trachea_seed_max_hu:
+            break
+        found = _trachea_at(hu, internal, body, spacing_mm, config, threshold)
+        if found is not None:
+            return (*found, threshold)
+    return None
+
+
+def _threshold_ramp(config: LungSegmentationConfig) -> list[float]:
+    """Lumen thresholds (HU) from ``airway_max_hu`` up to ``airway_threshold_max_hu``."""
+    return [float(t) for t in np.arange(
+        config.airway_max_hu, config.airway_threshold_max_hu + 1e-6,
+        config.airway_threshold_step_hu,
+    )]
+
+
+def _trachea_at(
+    hu: np.ndarray, internal: np.ndarray, body: np.ndarray, spacing_mm: tuple[float, float, float],
+    config: LungSegmentationConfig, threshold_hu: float,
 ) -> tuple[int, np.ndarray] | None:
-    """Return (slice index, 2-D mask) of the trachea in the highest slice where it is seen."""
+    """(slice index, 2-D mask) of the trachea with lumen below ``threshold_hu``, or None."""
     z_with_air = np.flatnonzero(internal.any(axis=(1, 2)))
     if z_with_air.size == 0:
         return None
@@ -57,7 +88,7 @@ def _find_trachea_seed(
             continue
         centre_x = 0.5 * (body_x[0] + body_x[-1])
         half_width = 0.5 * (body_x[-1] - body_x[0] + 1)
-        dark = internal[z] & (hu[z] < config.airway_max_hu)
+        dark = internal[z] & (hu[z] < threshold_hu)
         lab, n = ndimage.label(dark)
         if n == 0:
             continue
@@ -118,14 +149,12 @@ def find_airways(
     if seed is None:
         logger.info("no trachea found in the top slices; airway removal skipped")
         return AirwayResult(empty, empty, {"trachea_found": False})
-    z_seed, seed_2d = seed
+    z_seed, seed_2d, seed_hu = seed
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
     # Grow from the seed with thresholds rising from the seed threshold towards
     # airway_threshold_max_hu (lumen HU varies with kernel, dose and partial volume); keep
     # the last tree before leakage into the lung (volume above airway_max_volume_ml).
-    thresholds = np.arange(
-        config.airway_max_hu, config.airway_threshold_max_hu + 1e-6, config.airway_threshold_step_hu
-    )
+    thresholds = [t for t in _threshold_ramp(config) if t >= seed_hu]
     # Work inside the bounding box of the internal air (labelling is the costly part).
     box = bounding_box(internal)
     internal_b, hu_b = internal[box], hu[box]
@@ -133,7 +162,7 @@ def find_airways(
     seed_b = seed_2d[box[1:]]
     tree_b = np.zeros(internal_b.shape, dtype=bool)
     tree_b[zs] = seed_b
-    threshold = float(config.airway_max_hu)
+    threshold = seed_hu
     leaked = False
     for t in thresholds:
         dark = internal_b & (hu_b < t)
@@ -166,6 +195,7 @@ def find_airways(
     info = {
         "trachea_found": True,
         "trachea_seed_slice": int(z_seed),
+        "trachea_seed_threshold_hu": seed_hu,
         "airway_threshold_hu": float(threshold),
         "airway_growth_stopped_by_leak": bool(leaked),
         "airway_tree_ml": round(float(tree.sum() * voxel_ml), 2),
