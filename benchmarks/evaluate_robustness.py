@@ -11,7 +11,9 @@ rotation or shift) and with its lesion proportion:
   and 200 HU (median lung -897 / -937 / -1004 HU);
 - the field of view padded with -3024 HU outside a 250-pixel circle (how many scanners
   store the area outside the reconstruction circle);
-- the patient prone (y flipped), rotated 15 degrees in-plane, moved 59 mm sideways.
+- the patient prone (y flipped), rotated 15 degrees in-plane, moved 59 mm sideways;
+- the field of view cut laterally through the chest wall only, and 13-14 mm into each lung
+  (which must be flagged ``lungs_cut_off_in_plane``; it was not before session 15).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -55,7 +57,7 @@ def _identity(a: np.ndarray) -> np.ndarray:
 
 
 def _with_hu(chest: CTVolume, hu: np.ndarray) -> CTVolume:
-    """``chest`` with another image on the same grid (geometry and source kept)."""
+    """``chest`` with another image of the same spacing (geometry and source kept)."""
     return CTVolume(
         hu=hu.astype(np.int16), spacing_mm=chest.spacing_mm, origin_lps_mm=chest.origin_lps_mm,
         direction=chest.direction, source=chest.source,
@@ -65,7 +67,8 @@ def _with_hu(chest: CTVolume, hu: np.ndarray) -> CTVolume:
 def perturbations(
     chest: CTVolume, lung: np.ndarray
 ) -> list[tuple[str, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
-    """(name, perturbed HU, reference lung mask, map of the result back to the reference)."""
+    """(name, perturbed HU, reference lung mask, map of the result back to the reference).
+    A cropped case's reference is the unperturbed mask cropped alike."""
     hu = chest.hu.astype(np.int32)
     out: list[tuple[str, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] = []
     for offset in (24, -24, 40, -40):
@@ -92,6 +95,12 @@ def perturbations(
     shifted_lung[:, :, SHIFT_PX:] = lung[:, :, :-SHIFT_PX]
     mm = SHIFT_PX * chest.spacing_mm[2]
     out.append((f"moved {mm:.0f} mm sideways", shifted, shifted_lung, _identity))
+    xs = np.flatnonzero(lung.any(axis=(0, 1)))
+    for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
+        inset = int(round(inset_mm / chest.spacing_mm[2]))
+        x = slice(xs[0] + inset, xs[-1] + 1 - inset)
+        out.append((f"field of view cut {name}", np.ascontiguousarray(hu[:, :, x]),
+                    np.ascontiguousarray(lung[:, :, x]), _identity))
     return out
 
 
@@ -100,6 +109,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
+    from lungvol.quantification import measure_scan
+
     t0 = time.perf_counter()
     lungs, lesions = segment_masks(chest, config)
     lung = lungs.labels > 0
@@ -114,8 +125,10 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
     for name, hu, reference, back in perturbations(chest, lung):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"case": name}
+        ct = _with_hu(chest, hu)
         try:
-            new_lungs, new_lesions = segment_masks(_with_hu(chest, hu), config)
+            new_lungs, new_lesions = segment_masks(ct, config)
+            flags = measure_scan(ct, new_lungs, new_lesions, config, timings_s={}).qc_flags
         except LungvolError as err:  # a refusal is a result too
             row["refused"] = str(err)
             rows.append(row)
@@ -133,7 +146,7 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
             "trachea_found": new_lungs.info.get("trachea_found"),
             "trachea_seed_threshold_hu": new_lungs.info.get("trachea_seed_threshold_hu"),
             "airy_lung_kept_ml": new_lungs.info.get("airy_lung_kept_ml"),
-            "warnings": [w.split(":", 1)[0] for w in new_lungs.info.get("warnings", [])],
+            "qc_flags": sorted({f.split(":", 1)[0] for f in flags}),
             "seconds": round(time.perf_counter() - t0, 1),
         })
         rows.append(row)
@@ -154,7 +167,7 @@ def main() -> None:
             continue
         print(f"{r['case']:42s} lung {r['lung_ml']:7.1f} mL  Dice {r['lung_dice']:.4f}  "
               f"lesion {r['lesion_pct']:5.2f} %  trachea {r['trachea_found']}  "
-              f"{' '.join(r.get('warnings', []))}  {r['seconds']:.1f} s", flush=True)
+              f"{' '.join(r.get('qc_flags', []))}  {r['seconds']:.1f} s", flush=True)
     if args.json:
         results = {
             "measured_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -440,6 +440,8 @@ class QuantificationConfig:
     lesion_bias_slice_mm: float = 2.5
     edge_margin_slices: int = 1  # lungs touching the first/last slices -> "lungs cut off"
     edge_touch_min_fraction: float = 0.002  # of lung voxels on an edge slice before flagging
+    # Lung contact with an in-plane image border (mm2) before lungs_cut_off_in_plane.
+    edge_touch_min_area_mm2: float = 100.0
     # QC flag when the larger lung exceeds the smaller by more than this ratio (normal ~1.1-1.3).
     max_right_left_volume_ratio: float = 2.0
     # QC flag when at least air_pocket_min_ml of the lung mask is air without lung tissue

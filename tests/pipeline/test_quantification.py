@@ -151,13 +151,33 @@ def test_lungs_on_the_last_slice_are_flagged_cut_off_superior_only() -> None:
 
 
 def test_lungs_touching_the_in_plane_border_are_flagged_with_the_side() -> None:
-    _, lungs, _ = chest()
+    vol, lungs, _ = chest()
     labels = lungs.labels.copy()
     labels[5:30, 10:50, 0:6] = 1  # right lung reaches x = 0 (patient right edge)
-    flags = edge_flags(labels, config=QuantificationConfig())
+    flags = edge_flags(labels, vol.spacing_mm, config=QuantificationConfig())
     assert _codes(flags) == {"lungs_cut_off_in_plane"}
     assert "right" in flags[0]
     assert "left" not in flags[0].split("(")[1]
+
+
+def test_in_plane_contact_is_judged_by_area_not_by_voxel_fraction() -> None:
+    """A one-voxel border column is thin: the fraction of lung voxels on it stays tiny even
+    where the field of view cuts a lung (session 15: 0.10 % for 125 mL of the real chest's
+    lungs cut off). The contact area is what tells."""
+    vol, lungs, _ = chest()
+    sz, sy, _sx = vol.spacing_mm
+    assert sz * sy == 2.0
+    labels = lungs.labels.copy()
+    labels[10:25, 20:25, -3:] = 2  # 15 x 5 border voxels of 2 mm2: 1.5 cm2 on the left
+    fraction = np.count_nonzero(labels[:, :, -1]) / np.count_nonzero(labels)
+    assert fraction < QuantificationConfig().edge_touch_min_fraction
+    flags = edge_flags(labels, vol.spacing_mm, config=QuantificationConfig())
+    assert _codes(flags) == {"lungs_cut_off_in_plane"}
+    assert "left 1.5 cm2" in flags[0]
+    # A touch below the area (a few partial-volume voxels) is not a cut.
+    labels = lungs.labels.copy()
+    labels[10:11, 20:22, -1:] = 2
+    assert edge_flags(labels, vol.spacing_mm, config=QuantificationConfig()) == []
 
 
 def test_clean_synthetic_chest_has_only_the_expected_flags() -> None:

@@ -551,6 +551,25 @@ def test_a_brighter_calibration_keeps_the_airways_out_and_the_scan_normal(chest)
     assert proportion_pct < 1.0, proportion_pct
 
 
+def test_a_field_of_view_that_cuts_the_lungs_is_flagged(chest):
+    """Columns cut from both sides of the real chest: through the chest wall only (lungs
+    whole: no flag), and 13-14 mm into each lung (125 mL of lung lost, 0.10 % of lung voxels
+    on the border: unflagged before session 15, whose flag judges the contact area)."""
+    from lungvol.quantification import measure_scan
+
+    vol, _lungs = chest
+    flags = {}
+    for name, (x0, x1) in {"wall": (70, 441), "lungs": (110, 400)}.items():
+        ct = _as_volume(np.ascontiguousarray(vol.hu[:, :, x0:x1]), vol.spacing_mm)
+        new_lungs, lesions = segment_masks(ct, CFG)
+        metrics = measure_scan(ct, new_lungs, lesions, CFG, timings_s={})
+        flags[name] = [f for f in metrics.qc_flags if f.startswith("lungs_cut_off_in_plane")]
+    assert flags["wall"] == []
+    assert len(flags["lungs"]) == 1
+    assert "right" in flags["lungs"][0]
+    assert "left" in flags["lungs"][0]
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

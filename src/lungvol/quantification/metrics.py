@@ -84,7 +84,7 @@ def measure_scan(
     flags += spacing_flags(
         volume.spacing_mm, config=qcfg, slice_thickness_mm=volume.source.slice_thickness_mm
     )
-    flags += edge_flags(lungs.labels, config=qcfg)
+    flags += edge_flags(lungs.labels, volume.spacing_mm, config=qcfg)
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     surface_ml = solid_at_surface_ml(

@@ -53,12 +53,21 @@ def flag_code(flag: str) -> str:
     return flag.split(":", 1)[0]
 
 
-def edge_flags(lung_labels: np.ndarray, *, config: QuantificationConfig) -> list[str]:
+def edge_flags(
+    lung_labels: np.ndarray, spacing_mm: tuple[float, float, float], *,
+    config: QuantificationConfig,
+) -> list[str]:
     """Flags for lungs cut off at the first/last slices or at the in-plane image border.
 
     Axis 0 runs inferior -> superior, axis 1 anterior -> posterior, axis 2 patient right -> left.
-    ``edge_margin_slices`` is the border width in voxels; a border is flagged when it holds at
-    least ``edge_touch_min_fraction`` of all lung voxels.
+    ``edge_margin_slices`` is the border width in voxels. A first/last slice is flagged when
+    it holds at least ``edge_touch_min_fraction`` of all lung voxels (a scan range that
+    just reaches the apex or the base touches it a little). An in-plane border is flagged
+    when the lung's contact with it is at least ``edge_touch_min_area_mm2``: the chest wall
+    lies between the lungs and a field of view that holds the whole chest, so any real
+    contact means the lung was cut. (A fraction of lung voxels does not work in-plane: a
+    one-voxel column is thin, and a field of view 13 mm inside the real chest's lungs on
+    each side, cutting 125 mL of lung, put only 0.10 % of the voxels on the border.)
     """
     n_lung = int(np.count_nonzero(lung_labels))
     if n_lung == 0:
@@ -78,22 +87,24 @@ def edge_flags(lung_labels: np.ndarray, *, config: QuantificationConfig) -> list
                 f"{side}-most {m} slice(s); the lung is probably not fully scanned, so its "
                 "volume is too low"
             )
+    sz, sy, sx = (float(s) for s in spacing_mm)
+    # Border plane, and the area of one voxel face in that plane (mm2).
     in_plane = {
-        "anterior": lung_labels[:, :m, :],
-        "posterior": lung_labels[:, -m:, :],
-        "right": lung_labels[:, :, :m],
-        "left": lung_labels[:, :, -m:],
+        "anterior": (lung_labels[:, 0, :], sz * sx),
+        "posterior": (lung_labels[:, -1, :], sz * sx),
+        "right": (lung_labels[:, :, 0], sz * sy),
+        "left": (lung_labels[:, :, -1], sz * sy),
     }
     touched = []
-    for side, block in in_plane.items():
-        fraction = np.count_nonzero(block) / n_lung
-        if fraction >= threshold and fraction > 0:
-            touched.append(f"{side} {100 * fraction:.2f}%")
+    for side, (plane, face_mm2) in in_plane.items():
+        area_mm2 = np.count_nonzero(plane) * face_mm2
+        if area_mm2 >= config.edge_touch_min_area_mm2 and area_mm2 > 0:
+            touched.append(f"{side} {area_mm2 / 100:.1f} cm2")
     if touched:
         flags.append(
-            "lungs_cut_off_in_plane: lung voxels touch the field-of-view edge ("
+            "lungs_cut_off_in_plane: the lungs touch the field-of-view edge ("
             + ", ".join(touched)
-            + "); reconstruct with a larger field of view"
+            + "), so their volume is too low; reconstruct with a larger field of view"
         )
     return flags
 
