@@ -256,6 +256,34 @@ def test_missing_slices_are_refused(tmp_path, chest):
         read_ct(tmp_path)
 
 
+def test_a_second_copy_of_an_image_is_read_once_with_a_warning(tmp_path, chest):
+    """Exports sometimes write a file twice (same SOPInstanceUID and position): the series is
+    read once, the same volume, with a warning that gives a count, not the file names (they
+    may carry patient identifiers). Session 15: such a series was refused as two
+    acquisitions."""
+    import shutil
+
+    files = write_dicom_series(chest, tmp_path, spacing_mm=SPACING)
+    plain = read_ct(tmp_path)
+    shutil.copy(files[5], tmp_path / "zz-copy-of-slice-5.dcm")
+    vol = read_ct(tmp_path)
+    np.testing.assert_array_equal(vol.hu, plain.hu)
+    assert vol.source.sha256 == plain.source.sha256
+    notes = [w for w in vol.source.warnings if w.startswith("duplicate_images_ignored: 1 file")]
+    assert len(notes) == 1
+    assert "zz-copy" not in notes[0]
+
+
+def test_two_images_at_one_position_are_still_refused(tmp_path, chest):
+    """Not copies (another SOPInstanceUID at the same position: a second acquisition)."""
+    files = write_dicom_series(chest, tmp_path, spacing_mm=SPACING)
+    ds = pydicom.dcmread(files[5])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "zz-other.dcm")
+    with pytest.raises(InputError, match="1 slice position"):
+        read_ct(tmp_path)
+
+
 def test_uneven_spacing_is_resampled_with_a_warning(tmp_path):
     hu = np.repeat(np.linspace(-1000, 200, 20)[:, None, None], 16, axis=1).repeat(16, axis=2)
     files = write_dicom_series(hu, tmp_path, spacing_mm=(2, 1, 1))

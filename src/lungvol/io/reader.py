@@ -297,6 +297,12 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
         if h.pixel_problem:
             raise InputError(f"{h.pixel_problem} ({h.path}); re-export or replace this file")
     warnings: list[str] = []
+    if chosen.duplicate_files:
+        # A count only: file names may carry patient identifiers.
+        warnings.append(
+            f"duplicate_images_ignored: {len(chosen.duplicate_files)} file(s) repeat an image "
+            "of the series (same SOPInstanceUID and position) and were read once"
+        )
     geometry = _SeriesGeometry(headers, cfg, warnings)
     # ITK would print its own "non uniform sampling" warning; lungvol records a clearer one.
     hu = _read_pixels(headers, quiet=geometry.is_uneven or geometry.is_tilted)

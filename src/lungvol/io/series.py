@@ -87,6 +87,7 @@ class SliceHeader:
     is_signed: bool
     pixel_problem: str | None  # e.g. truncated pixel data, found from the file size
     frame: int | None = None  # 0-based frame of a multi-frame (enhanced) file; None: classic
+    sop_instance_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class SeriesCandidate:
     reason: str
     files: tuple[str, ...] = field(default=(), repr=False)
     headers: tuple[SliceHeader, ...] = field(default=(), repr=False, compare=False)
+    # Files that repeat an image already in ``headers`` (same SOPInstanceUID, frame and
+    # position: a second copy in the export), left out.
+    duplicate_files: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def is_original(self) -> bool:
@@ -293,6 +297,7 @@ def read_headers(path: Path, *, strict: bool) -> list[SliceHeader]:
         bits_stored=int(ds.get("BitsStored", 16) or 16),
         is_signed=bool(int(ds.get("PixelRepresentation", 0) or 0)),
         pixel_problem=_pixel_problem(ds, pixel_offset, path.stat().st_size, path),
+        sop_instance_uid=str(ds.SOPInstanceUID) if "SOPInstanceUID" in ds else None,
     )
     if str(sop_class) in _ENHANCED_CT:
         return _frame_headers(ds, header)
@@ -382,7 +387,25 @@ def _sop_class_reason(sop_class: str) -> str | None:
     return f"not an image series lungvol can read ({name or sop_class})"
 
 
+def _without_copies(headers: list[SliceHeader]) -> tuple[list[SliceHeader], list[str]]:
+    """Headers with second copies of one image left out (same SOPInstanceUID, frame and
+    position: an export that wrote a file twice), and the paths left out. Images that share
+    only a position are not copies (two acquisitions): they are kept, and refused later."""
+    seen: set[tuple] = set()
+    kept: list[SliceHeader] = []
+    copies: list[str] = []
+    for h in headers:
+        key = (h.sop_instance_uid, h.frame, h.position)
+        if h.sop_instance_uid and key in seen:
+            copies.append(h.path)
+            continue
+        seen.add(key)
+        kept.append(h)
+    return kept, copies
+
+
 def _build_candidate(uid: str, headers: list[SliceHeader], config: IOConfig) -> SeriesCandidate:
+    headers, copies = _without_copies(headers)
     first = headers[0]
     reasons: list[str] = []
     modality = first.modality or "?"
@@ -453,6 +476,7 @@ def _build_candidate(uid: str, headers: list[SliceHeader], config: IOConfig) -> 
         reason="; ".join(reasons) if reasons else "usable",
         files=tuple(h.path for h in ordered),
         headers=tuple(ordered),
+        duplicate_files=tuple(copies),
     )
 
 
