@@ -9,7 +9,8 @@ Cases (each reported with its timings):
 2. The real 141-slice chest CT (../shared/data/real-ct/chest-ct-full-dicom) as is: lesion
    proportion of a normal scan (expected < 1 %).
 3. The same scan with lesions inserted by ``lungvol.phantom.insert_lesions`` (inside the
-   lung mask that lungvol segmented on the original scan) at 2-3 burdens: total / solid
+   lung mask that lungvol segmented on the original scan) at 5 / 15 / 30 / 50 % (1 with
+   ``--quick``): total / solid
    lesion volume error (%) and proportion error (pp).
 4. Tumour coverage: pyradiomics lung1/lung2 and the IBSI NSCLC crop; fraction of each
    tumour label inside the lung mask, labelled lesion (any) and labelled solid.
@@ -190,7 +191,9 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     }
     out.append(row)
     print(_fmt(row), flush=True)
-    burdens = [(10.0, 2.0, 11)] if quick else [(5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13)]
+    # 50 %: severe diffuse disease (the trial's worst baselines), added in session 15.
+    burdens = [(10.0, 2.0, 11)] if quick else [
+        (5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13), (50.0, 10.0, 14)]
     for les, sol, seed in burdens:
         hu_new, truth_les, _truth = insert_lesions(
             chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,

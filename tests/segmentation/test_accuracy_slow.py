@@ -341,6 +341,27 @@ def test_real_chest_inserted_lesions_30pct_solid(chest):
     assert abs(err["solid_pct"]) <= 15.0, err
 
 
+def test_real_chest_inserted_lesions_50pct_total(chest):
+    """Severe diffuse disease (50 % lesion, 10 % solid; session 15): total -> +1.5 %. The
+    proportion and the solid are the strict xfail below."""
+    err = _inserted(chest, 50.0, 10.0, seed=14)
+    assert abs(err["total_pct"]) <= 10.0, err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-06 session 15): at 50 % lesion / 10 % solid the proportion reads "
+    "+1.78 pp and the solid -16.8 %: the lung mask is 2.0 % short (5195 of 5301 mL; 85 mL of "
+    "inserted solid outside it, where lesion replaces the lung surface), so the proportion's "
+    "denominator is low while the lesion itself reads +1.5 % (docs/segmentation.md, "
+    "'Lesion at the lung surface')",
+)
+def test_real_chest_inserted_lesions_50pct_proportion_and_solid(chest):
+    err = _inserted(chest, 50.0, 10.0, seed=14)
+    assert abs(err["proportion_pp"]) <= 1.0, err
+    assert abs(err["solid_pct"]) <= 15.0, err
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (2026-12-05 session 7): with lesions inserted as plain blobs "
