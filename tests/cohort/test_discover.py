@@ -79,6 +79,36 @@ def test_unknown_arm_is_refused(tmp_path):
         discover_cohort(root, TRIAL)
 
 
+@pytest.mark.parametrize(("delimiter", "encoding", "newline"), [
+    (";", "utf-8-sig", "\r\n"),  # European Excel "CSV (semicolon)", with BOM and CRLF
+    ("\t", "utf-8", "\n"),      # a tab-separated export
+])
+def test_a_spreadsheet_manifest_reads_like_a_comma_separated_one(
+    tmp_path, delimiter, encoding, newline
+):
+    scans = [_scan("S1", "baseline"), _scan("S1", "month1"), _scan("S2", "baseline", "placebo")]
+    root = make_cohort(tmp_path, scans)
+    plain = discover_cohort(root, TRIAL)
+    lines = (root / "manifest.csv").read_text().splitlines()
+    (root / "manifest.csv").write_text(
+        newline.join(line.replace(",", delimiter) for line in lines) + newline,
+        encoding=encoding, newline="",
+    )
+    again = discover_cohort(root, TRIAL)
+    assert [(j.subject, j.visit, j.day) for j in again.jobs] == [
+        (j.subject, j.visit, j.day) for j in plain.jobs
+    ]
+    assert again.arms == plain.arms
+
+
+def test_a_manifest_without_the_needed_columns_names_what_it_read(tmp_path):
+    root = make_cohort(tmp_path, [_scan("S1", "baseline")])
+    (root / "manifest.csv").write_text("subject|arm|visit\nS1|MSC|baseline\n")
+    with pytest.raises(CohortError, match=r"missing column\(s\) \['subject', 'arm'\] in this "
+                       r"manifest; header is \['subject\|arm\|visit'\]"):
+        discover_cohort(root, TRIAL)
+
+
 def test_duplicate_manifest_rows_are_refused(tmp_path):
     scans = [_scan("S1", "baseline")]
     root = make_cohort(tmp_path, scans, manifest_rows=scans + scans)

@@ -191,3 +191,10 @@ def test_bad_reads_are_refused(tmp_path):
     bad.write_text("subject,visit,normal\nS7,month3,yes\n")
     with pytest.raises(CohortError, match="'S7' is not in the cohort manifest"):
         read_reads(bad, TRIAL, ["S1"])
+
+
+def test_semicolon_separated_reads_are_read(tmp_path):
+    reads_csv = tmp_path / "reads.csv"
+    reads_csv.write_text("\ufeffsubject;visit;normal\r\nS1;month3;yes\r\n", newline="")
+    (read,) = read_reads(reads_csv, TRIAL, ["S1"])
+    assert (read.subject, read.visit, read.is_normal) == ("S1", "month3", True)

@@ -30,6 +30,7 @@ import csv
 import datetime as dt
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,40 @@ def _date_or_none(text: str) -> dt.date | None:
         return None
 
 
+# Delimiters a spreadsheet writes for "CSV": comma, and semicolon where the comma is the
+# decimal separator (European Excel); tab for a pasted or "text" export.
+_DELIMITERS = (",", ";", "\t")
+
+
+def read_csv_table(
+    path: Path, required: Sequence[str], *, what: str
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows (keys and values stripped) of a small CSV table written by hand or by a
+    spreadsheet: UTF-8 with or without BOM, comma-, semicolon- or tab-separated (the
+    delimiter is the first of those in the header line; csv.Sniffer also guesses from the
+    data, which misreads tables of one column or of dates).
+
+    Raises
+    ------
+    CohortError
+        A required column is missing (the message shows the header as read).
+    """
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        first = fh.readline()
+        fh.seek(0)
+        delimiter = next((d for d in _DELIMITERS if d in first), ",")
+        reader = csv.DictReader(fh, delimiter=delimiter)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise CohortError(
+                f"{path}: missing column(s) {missing} in this {what}; header is {header} "
+                f"(comma-, semicolon- or tab-separated, with a header row)"
+            )
+        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    return header, rows
+
+
 def read_manifest(path: str | Path, trial: TrialConfig) -> list[_Row]:
     """Read and check the manifest CSV (columns, arms, duplicates, one arm per subject)."""
     p = Path(path)
@@ -126,19 +161,13 @@ def read_manifest(path: str | Path, trial: TrialConfig) -> list[_Row]:
         raise CohortError(
             f"manifest {p} not found; put manifest.csv in the cohort folder or pass --manifest"
         )
-    with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise CohortError(f"{p}: missing column(s) {missing}; header is {header}")
-        unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-        if unknown:
-            raise CohortError(
-                f"{p}: unknown column(s) {unknown}; valid columns: "
-                f"{list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
-            )
-        raw_rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    header, raw_rows = read_csv_table(p, REQUIRED_COLUMNS, what="manifest")
+    unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+    if unknown:
+        raise CohortError(
+            f"{p}: unknown column(s) {unknown}; valid columns: "
+            f"{list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
+        )
     rows: list[_Row] = []
     seen: dict[tuple[str, ...], int] = {}
     arm_of: dict[str, tuple[str, int]] = {}

@@ -15,7 +15,6 @@ Definitions (Shi et al. 2022, ../shared/reference/shi2022-endpoints.md):
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lungvol.cohort.discover import read_csv_table
 from lungvol.cohort.trial import TrialConfig
 from lungvol.errors import CohortError, StatsError
 
@@ -66,13 +66,7 @@ def read_reads(path: str | Path, trial: TrialConfig, subjects: Sequence[str]) ->
     p = Path(path)
     if not p.is_file():
         raise CohortError(f"reads file {p} not found; pass a CSV with subject, visit, normal")
-    with p.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in ("subject", "visit", "normal") if c not in header]
-        if missing:
-            raise CohortError(f"{p}: missing column(s) {missing}; header is {header}")
-        rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+    _header, rows = read_csv_table(p, ("subject", "visit", "normal"), what="reads file")
     known = set(subjects)
     reads: list[Read] = []
     seen: dict[tuple[str, str], int] = {}
