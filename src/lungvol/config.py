@@ -410,17 +410,29 @@ class SubpleuralConfig:
     # lung1 / lung2 0.0 / -1.9, phantoms 0.0; 4 / 6 mm posterior layers +4.3 / +5.5 mm.
     min_dependent_excess_mm: float = 3.5
     layer_hu: tuple[float, float] = (-750.0, 100.0)  # smoothed HU the grown layer may have
+    # Flag only (session 15): dependent opacity thicker than the costal test's reach. Per
+    # lung, the median over the mid-thorax slices (lung area >= posterior_gap_min_area_fraction
+    # of the largest) of the distance from the lung's most posterior voxel in each
+    # left-right column to the first bone behind it (nearest rib passing: smallest over
+    # window_mm in z). Measured: real normal chest 7.8 mm, lung1 / lung2 2.3 / 1.9, phantom
+    # 2.8, NSCLC crop 14.7; posterior half of both lungs consolidated 76 mm; dependent
+    # layers of 15 / 25 mm 23.4 / 33.2 mm.
+    max_posterior_gap_mm: float = 20.0
+    posterior_gap_min_area_fraction: float = 0.3
+    posterior_search_mm: float = 150.0  # ribs are looked for this far behind the lungs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_hu", tuple(float(v) for v in self.layer_hu))
         _check_band("subpleural.layer_hu", self.layer_hu)
         for key in (
             "costal_bone_distance_mm", "window_mm", "min_excess_mm", "reference_gap_mm",
-            "max_layer_mm", "min_dependent_excess_mm",
+            "max_layer_mm", "min_dependent_excess_mm", "max_posterior_gap_mm",
+            "posterior_search_mm",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")
-        for key in ("min_lesion_fraction", "min_aerated_fraction"):
+        for key in ("min_lesion_fraction", "min_aerated_fraction",
+                    "posterior_gap_min_area_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(
                     f"subpleural.{key} must be a fraction in [0, 1] (got {getattr(self, key)})"

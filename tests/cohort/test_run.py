@@ -146,7 +146,9 @@ def test_results_table_carries_the_phase_check_spread_when_it_was_run(tmp_path):
 def test_results_table_carries_what_the_subpleural_step_added(tmp_path):
     scans = _scans(1)
     scans[2] = dict(scans[2], subpleural={"flagged": True, "excess_mm": 4.4,
-                                          "dependent_excess_mm": 4.2, "recovered_ml": 385.0})
+                                          "dependent_excess_mm": 4.2, "recovered_ml": 385.0,
+                                          "posterior_gap_right_mm": 23.4,
+                                          "posterior_gap_left_mm": 5.9})
     scans[0] = dict(scans[0], subpleural={"flagged": False, "excess_mm": -1.2,
                                           "recovered_ml": 0.0})
     root = make_cohort(tmp_path / "c", scans)
@@ -156,6 +158,8 @@ def test_results_table_carries_what_the_subpleural_step_added(tmp_path):
     assert rows[scans[2]["visit"]]["subpleural_recovered_ml"] == 385.0
     assert rows[scans[2]["visit"]]["subpleural_excess_mm"] == 4.4
     assert rows[scans[2]["visit"]]["subpleural_dependent_excess_mm"] == 4.2
+    assert rows[scans[2]["visit"]]["posterior_gap_right_mm"] == 23.4
+    assert rows[scans[2]["visit"]]["posterior_gap_left_mm"] == 5.9
     assert rows["baseline"]["subpleural_recovered_ml"] == 0.0
     assert "subpleural_excess_mm" not in rows[scans[1]["visit"]]  # no step recorded
 

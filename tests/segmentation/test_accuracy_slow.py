@@ -591,6 +591,27 @@ def test_a_field_of_view_that_cuts_the_lungs_is_flagged(chest):
     assert "left" in flags["lungs"][0]
 
 
+def test_dependent_consolidation_left_out_of_the_lungs_is_flagged(chest):
+    """The posterior half of both lungs of the real chest raised to consolidation (-300 HU
+    and denser), as in severe COVID-19 or ARDS. The lung stage leaves it out: lung 1969 of
+    5301 mL, lesion 0.0 %, and before session 15 no flag ("normal CT"). Its posterior surface
+    now lies about 100 mm in front of the ribs (normal chest 7.8 / 5.9 mm): flagged."""
+    vol, lungs = chest
+    lung = lungs.labels > 0
+    ys = np.flatnonzero(lung.any(axis=(0, 2)))
+    posterior = lung & (np.arange(lung.shape[1])[None, :, None] >= (ys[0] + ys[-1]) / 2)
+    hu = vol.hu.astype(np.float32)
+    noise = np.random.default_rng(0).normal(0.0, 20.0, np.count_nonzero(posterior))
+    hu[posterior] = np.maximum(hu[posterior], -300.0 + noise)
+    new_lungs, _lesions = segment_masks(_as_volume(hu.astype(np.int16), vol.spacing_mm), CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["posterior_gap_flagged"], summary
+    assert min(summary["posterior_gap_right_mm"], summary["posterior_gap_left_mm"]) > 50.0
+    plain = segment_masks(vol, CFG)[0].info["subpleural"]
+    assert not plain["posterior_gap_flagged"], plain
+    assert max(plain["posterior_gap_right_mm"], plain["posterior_gap_left_mm"]) < 10.0
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

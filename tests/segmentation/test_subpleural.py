@@ -132,6 +132,41 @@ def test_a_thicker_dependent_layer_under_aerated_lung_is_flagged_but_not_added()
     assert "nothing was added" in warning
 
 
+@pytest.mark.parametrize("depth_mm", [25.0, 40.0])
+def test_dependent_consolidation_beyond_the_costal_reach_is_flagged(depth_mm):
+    """The posterior depth_mm of the lung is consolidation the lung mask left out (dependent
+    consolidation in severe pneumonia, or an effusion): the mask's posterior surface lies
+    depth_mm + GAP_MM in front of the ribs, beyond the costal test's 20 mm. Session 15: the
+    real chest with the posterior half of both lungs consolidated read lesion 0.0 % and a
+    1969 mL lung with no flag; its posterior gap is about 100 mm."""
+    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
+    _z, y, _x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+                            indexing="ij", sparse=True)
+    back_mm = np.where(lung, y, -1.0).max(axis=1, keepdims=True)  # per (z, x) column
+    consolidated = lung & (y >= back_mm - depth_mm)
+    hu = volume.hu.copy()
+    hu[consolidated] = 20
+    volume = dataclasses.replace(volume, hu=hu)
+    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["posterior_gap_flagged"], summary
+    assert summary["posterior_gap_right_mm"] == pytest.approx(depth_mm + GAP_MM, abs=3.0)
+    assert summary["posterior_gap_left_mm"] is None
+    (warning,) = [w for w in new_lungs.info["warnings"]
+                  if w.startswith("dependent_opacity_outside_lung:")]
+    assert "right " in warning
+    assert "nothing was added" in warning
+    assert new_lungs.labels is lungs.labels
+
+
+def test_a_lung_that_reaches_its_posterior_ribs_is_not_flagged():
+    volume, _lung, _solid, lungs, lesions = _case(layer=False, ggo_band=False)
+    summary, _ = measure_costal_gap(volume, lungs, lesions, CFG)
+    assert summary["posterior_gap_right_mm"] == pytest.approx(GAP_MM, abs=2.5)
+    assert not summary["posterior_gap_flagged"]
+
+
 def test_without_aerated_surface_the_default_reference_flags_but_adds_nothing():
     """Diffuse disease: the whole costal surface faces lesion, so the patient's own wall
     thickness cannot be measured. Against the default (3.5 mm) a 7 mm layer still shows,
@@ -180,7 +215,8 @@ def test_a_scan_without_bone_in_view_is_left_alone():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("min_excess_mm", 0.0), ("min_lesion_fraction", 1.5), ("layer_hu", [100.0, -750.0])],
+    [("min_excess_mm", 0.0), ("min_lesion_fraction", 1.5), ("layer_hu", [100.0, -750.0]),
+     ("max_posterior_gap_mm", 0.0), ("posterior_gap_min_area_fraction", 2.0)],
 )
 def test_bad_subpleural_config_is_refused(key, value):
     with pytest.raises(ConfigError, match=f"subpleural.{key}"):

@@ -98,6 +98,8 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row["subpleural_excess_mm"] = sub.get("excess_mm")
         row["subpleural_dependent_excess_mm"] = sub.get("dependent_excess_mm")
         row["subpleural_recovered_ml"] = sub.get("recovered_ml")
+        row["posterior_gap_right_mm"] = sub.get("posterior_gap_right_mm")
+        row["posterior_gap_left_mm"] = sub.get("posterior_gap_left_mm")
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices
         row["phase_lesion_proportion_range_pp"] = phase.get("lesion_proportion_range_pp")

@@ -103,6 +103,62 @@ def _dependent_gap(
     summary["dependent_flagged"] = bool(excess >= min_excess_mm)
 
 
+def measure_posterior_gap(
+    volume: CTVolume, lungs: LungMask, config: LungvolConfig, grid: CoarseGrid
+) -> dict:
+    """Per lung, how far its posterior surface lies in front of the posterior ribs (mm).
+
+    For each left-right column of a mid-thorax slice (lung area at least
+    ``posterior_gap_min_area_fraction`` of the largest), the distance from the lung's most
+    posterior voxel to the first bone behind it; the nearest rib passing is the smallest
+    over ``window_mm`` in z (an intercostal space shows the next bone, or none). The median
+    per lung is its ``posterior_gap``. A normal lung reaches the posterior ribs (median
+    2-8 mm on the scans here); dependent consolidation or an effusion outside the mask
+    holds it off by their thickness, which the costal test (bone within
+    ``costal_bone_distance_mm``) cannot see. Array y increases towards posterior (LPS).
+    """
+    sc, lc = config.subpleural, config.lungs
+    sp = grid.spacing_mm
+    out: dict = {"posterior_gap_right_mm": None, "posterior_gap_left_mm": None,
+                 "posterior_gap_flagged": False}
+    coarse = {
+        side: grid.downsample_fraction(lungs.labels == label) >= 0.5
+        for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT))
+    }
+    either = coarse["right"] | coarse["left"]
+    if not either.any():
+        return out
+    box = list(bounding_box(either))
+    reach = int(sc.posterior_search_mm / sp[1])
+    box[1] = slice(box[1].start, min(grid.shape[1], box[1].stop + reach))
+    box_t = tuple(box)
+    bone, _ = bone_map(
+        coarse_mean(volume.hu, grid)[box_t], coarse_max(volume.hu, grid)[box_t], lc
+    )
+    y = np.arange(bone.shape[1], dtype=np.int32)[None, :, None]
+    k = _window_size(sc.window_mm, sp)[0]
+    for side, full in coarse.items():
+        lung = full[box_t]
+        area = np.count_nonzero(lung, axis=(1, 2))
+        if not area.any():
+            continue
+        mid = area >= sc.posterior_gap_min_area_fraction * area.max()
+        back = np.where(lung, y, -1).max(axis=1)  # (z, x): most posterior lung voxel
+        behind = bone & (y > back[:, None, :])
+        first = np.where(behind, y, np.iinfo(np.int32).max).min(axis=1)
+        valid = (back >= 0) & (first < bone.shape[1]) & mid[:, None]
+        gap = np.where(valid, (first - back - 1) * sp[1], np.inf).astype(np.float32)
+        nearest = ndimage.minimum_filter1d(gap, k, axis=0, mode="nearest")
+        use = valid & np.isfinite(nearest)
+        if use.any():
+            out[f"posterior_gap_{side}_mm"] = round(float(np.median(nearest[use])), 1)
+    out["posterior_gap_flagged"] = any(
+        v is not None and v >= sc.max_posterior_gap_mm
+        for v in (out["posterior_gap_right_mm"], out["posterior_gap_left_mm"])
+    )
+    return out
+
+
 def measure_costal_gap(
     volume: CTVolume, lungs: LungMask, lesions: LesionMask, config: LungvolConfig
 ) -> tuple[dict, dict[str, np.ndarray] | None]:
@@ -133,6 +189,7 @@ def measure_costal_gap(
         "gap_posterior_mm": None, "gap_anterior_mm": None, "dependent_excess_mm": None,
         "dependent_flagged": False,
     }
+    summary.update(measure_posterior_gap(volume, lungs, config, grid_full))
     if not bone_c.any() or not lung_c.any():
         return summary, None
     d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
@@ -250,6 +307,18 @@ def recover_subpleural_layer(
     new_lung_labels, new_lesion_labels = lungs.labels, lesions.labels
     recovered = None
     warnings: list[str] = []
+    if summary["posterior_gap_flagged"]:
+        gaps = ", ".join(
+            f"{side} {summary[f'posterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
+            if summary[f"posterior_gap_{side}_mm"] is not None
+        )
+        warnings.append(
+            f"dependent_opacity_outside_lung: the lungs' posterior surface lies in front of the "
+            f"posterior ribs by a median {gaps} (normal: under "
+            f"{sc.max_posterior_gap_mm:g} mm): dependent consolidation or a pleural effusion "
+            "lies outside the lung mask, so the lung volume and the lesion proportion read "
+            "low; nothing was added; check qc.png"
+        )
     if summary["dependent_flagged"] and not summary["flagged"]:
         warnings.append(
             f"subpleural_layer: the posterior (dependent) costal lung surface lies "
