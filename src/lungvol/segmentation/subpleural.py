@@ -104,7 +104,8 @@ def _dependent_gap(
 
 
 def measure_posterior_gap(
-    volume: CTVolume, lungs: LungMask, config: LungvolConfig, grid: CoarseGrid
+    volume: CTVolume, lungs: LungMask, config: LungvolConfig, grid: CoarseGrid,
+    lung_coarse: np.ndarray,
 ) -> dict:
     """Per lung, how far its posterior surface lies in front of the posterior ribs (mm).
 
@@ -121,14 +122,23 @@ def measure_posterior_gap(
     sp = grid.spacing_mm
     out: dict = {"posterior_gap_right_mm": None, "posterior_gap_left_mm": None,
                  "posterior_gap_flagged": False}
+    if not lung_coarse.any():
+        return out
+    # The side of each coarse lung block: the label at the block's centre voxel (a strided
+    # lookup; a second full-resolution downsampling per side cost 0.3 s on 400 slices).
+    centres = np.ix_(*(
+        np.clip(np.arange(nc) * f - p + f // 2, 0, n - 1)
+        for nc, f, p, n in zip(grid.shape, grid.factors, grid.phase, grid.full_shape, strict=True)
+    ))
+    side_of = lungs.labels[centres]
+    # Edge blocks (at least half lung) whose centre voxel is not lung take a neighbour's side
+    # (the two lungs are apart but for the junction lines, where the larger label wins).
+    side_of = np.where(side_of > 0, side_of, ndimage.maximum_filter(side_of, size=3))
     coarse = {
-        side: grid.downsample_fraction(lungs.labels == label) >= 0.5
+        side: lung_coarse & (side_of == label)
         for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT))
     }
-    either = coarse["right"] | coarse["left"]
-    if not either.any():
-        return out
-    box = list(bounding_box(either))
+    box = list(bounding_box(lung_coarse))
     reach = int(sc.posterior_search_mm / sp[1])
     box[1] = slice(box[1].start, min(grid.shape[1], box[1].stop + reach))
     box_t = tuple(box)
@@ -189,7 +199,7 @@ def measure_costal_gap(
         "gap_posterior_mm": None, "gap_anterior_mm": None, "dependent_excess_mm": None,
         "dependent_flagged": False,
     }
-    summary.update(measure_posterior_gap(volume, lungs, config, grid_full))
+    summary.update(measure_posterior_gap(volume, lungs, config, grid_full, lung_full))
     if not bone_c.any() or not lung_c.any():
         return summary, None
     d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
