@@ -34,7 +34,7 @@ def make_cohort(
         folder = root / s["subject"] / s.get("scan", s.get("visit"))
         folder.mkdir(parents=True, exist_ok=True)
         keys = ("lesion", "solid", "fail", "sleep_s", "qc_flags", "phase_check", "lung_ml",
-                "subpleural")
+                "subpleural", "kernel")
         payload = {k: s[k] for k in keys if k in s}
         (folder / "fake.json").write_text(json.dumps(payload))
     rows = manifest_rows if manifest_rows is not None else scans
@@ -66,7 +66,9 @@ def fake_segment(path: Path, out_dir: Path, *, config, device: str, overwrite: b
         "lung_hu": {"mean": -800.0, "p50": -820.0},
         "qc_flags": list(spec.get("qc_flags", [])),
         "provenance": {
-            "source": {"path": str(path)},
+            "input": {"path": str(path), "convolution_kernel": spec.get("kernel", "B70f"),
+                      "manufacturer": "SIEMENS", "slice_thickness_mm": 1.0},
+            "geometry": {"spacing_mm_zyx": [1.0, 0.7, 0.7]},
             "segmentation": {"lungs": {"subpleural": spec.get("subpleural")}},
         },
         "status": "ok",

@@ -54,6 +54,7 @@ def test_cohort_analyze_prints_table2_and_paths(tmp_path):
     out, result = _analyzed_four_subjects(tmp_path)
     assert "| Total lesion proportion | Day 10 | 2 |" in result.output
     assert "lung volume differs" not in result.output
+    assert "acquired differently" not in result.output
     assert (out / "analysis" / "report.html").is_file()
 
 
@@ -69,6 +70,19 @@ def test_cohort_analyze_lists_scans_whose_lung_volume_moved_from_baseline(tmp_pa
     assert "-14.0" in page
     visits = (out / "analysis" / "subject_visits.csv").read_text().splitlines()
     assert "lung_volume_flag" in visits[0]
+
+
+def test_cohort_analyze_lists_scans_acquired_differently_from_baseline(tmp_path):
+    # S1 day 10 reconstructed with a soft kernel, its baseline with a sharp one.
+    out, result = _analyzed_four_subjects(tmp_path, kernel="B30f")
+    assert "1 scans were acquired differently from the subject's baseline" in result.output
+    page = (out / "analysis" / "report.html").read_text()
+    assert "Acquisition against baseline: 1 scans differ" in page
+    assert "kernel B70f -&gt; B30f" in page
+    scans = (out / "scans.csv").read_text().splitlines()
+    assert "convolution_kernel" in scans[0]
+    visits = (out / "analysis" / "subject_visits.csv").read_text()
+    assert "kernel B70f -> B30f" in visits
 
 
 def test_simulate_trial_refuses_a_non_empty_folder(tmp_path):

@@ -83,6 +83,55 @@ def test_lung_volume_change_against_baseline_is_measured_and_flagged_never_imput
         dataclasses.replace(TRIAL, lung_volume_change_flag_pct=0.0)
 
 
+def test_a_visit_acquired_differently_from_baseline_is_listed():
+    """Kernel, manufacturer or slice spacing changed from the subject's baseline scan: the
+    lesion bands read the kernel's noise and the slices' partial volume (a normal chest reads
+    0.90 % lesion at 2 mm, 3.26 % in 6 mm slabs, session 4)."""
+    def acquired(visit, kernel, spacing, manufacturer="SIEMENS"):
+        return dict(scan("S1", visit, 10.0, 2.0), convolution_kernel=kernel,
+                    slice_spacing_mm=spacing, manufacturer=manufacturer)
+
+    scans = [
+        acquired("baseline", "B70f", 1.0),
+        acquired("day10", "b70f ", "1.25"),  # case, spaces and CSV text: alike
+        acquired("month1", "B30f", 1.0),
+        acquired("month3", "B70f", 5.0, manufacturer="GE MEDICAL SYSTEMS"),
+        dict(scan("S1", "month6", 9.0, 1.0)),  # nothing recorded: not judged
+    ]
+    table = subject_visit_table(scans, {"S1": "MSC"}, TRIAL)
+    assert row(table, "S1", "baseline")["acquisition_changes"] == ""
+    assert row(table, "S1", "day10")["acquisition_changes"] == ""
+    assert row(table, "S1", "month1")["acquisition_changes"] == "kernel B70f -> B30f"
+    assert row(table, "S1", "month3")["acquisition_changes"] == (
+        "manufacturer SIEMENS -> GE MEDICAL SYSTEMS; slice spacing 1 -> 5 mm"
+    )
+    assert row(table, "S1", "month6")["acquisition_changes"] == ""
+    assert row(table, "S1", "month9")["acquisition_changes"] == ""  # imputed, no scan
+    loose = dataclasses.replace(TRIAL, acquisition_spacing_tolerance_mm=5.0)
+    table = subject_visit_table(scans, {"S1": "MSC"}, loose)
+    assert row(table, "S1", "month3")["acquisition_changes"] == (
+        "manufacturer SIEMENS -> GE MEDICAL SYSTEMS"
+    )
+    with pytest.raises(ConfigError, match="acquisition_spacing_tolerance_mm"):
+        dataclasses.replace(TRIAL, acquisition_spacing_tolerance_mm=-1.0)
+
+
+def test_acquisition_columns_come_from_the_provenance_and_hold_no_identifier():
+    from lungvol.cohort.results import ACQUISITION_COLUMNS, acquisition
+
+    metrics = {"provenance": {
+        "geometry": {"spacing_mm_zyx": [1.25, 0.7, 0.7]},
+        "input": {"slice_thickness_mm": 1.25, "convolution_kernel": "LUNG",
+                  "manufacturer": "GE MEDICAL SYSTEMS", "series_uid": "1.2.3", "path": "/x"},
+    }}
+    assert acquisition(metrics) == {
+        "slice_spacing_mm": 1.25, "pixel_spacing_mm": 0.7, "slice_thickness_mm": 1.25,
+        "convolution_kernel": "LUNG", "manufacturer": "GE MEDICAL SYSTEMS",
+    }
+    assert tuple(acquisition(metrics)) == ACQUISITION_COLUMNS
+    assert set(acquisition({}).values()) == {None}
+
+
 def test_no_imputation_leaves_missing_visits_empty():
     trial = dataclasses.replace(load_trial(), imputation="none")
     scans = [scan("S1", "baseline", 20.0, 4.0)]

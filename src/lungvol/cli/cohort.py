@@ -179,6 +179,13 @@ def analyze_command(
             "out of the lung mask): see report.html, column lung_volume_flag of "
             "subject_visits.csv"
         )
+    n_acq = sum(1 for r in result.subject_visits if r.get("acquisition_changes"))
+    if n_acq:
+        typer.echo(
+            f"{n_acq} scans were acquired differently from the subject's baseline (kernel, "
+            "manufacturer or slice spacing), which moves the lesion proportion by itself: see "
+            "report.html, column acquisition_changes of subject_visits.csv"
+        )
     for name in ("endpoints_csv", "table2_md", "report_html"):
         typer.echo(f"{name}: {result.files[name]}")
 

@@ -158,6 +158,11 @@ def subject_visit_table(
             row["lung_volume_flag"] = (
                 not math.isnan(change) and abs(change) > trial.lung_volume_change_flag_pct
             )
+            row["acquisition_changes"] = (
+                acquisition_changes(base_scan, scan, trial)
+                if status == "ok" and has_baseline and visit.name != trial.baseline_visit
+                else ""
+            )
             normal = _bool_or_none(scan.get("normal_ct")) if status == "ok" else None
             row["normal_ct_source"] = "lungvol" if normal is not None else ""
             if (subject, visit.name) in read_of:
@@ -166,6 +171,27 @@ def subject_visit_table(
             row["normal_ct"] = normal
             rows.append(row)
     return rows
+
+
+def acquisition_changes(
+    baseline: dict[str, Any], scan: dict[str, Any], trial: TrialConfig
+) -> str:
+    """How ``scan`` was acquired differently from the subject's ``baseline`` scan ("" when
+    alike, or when a value is not recorded): reconstruction kernel, manufacturer, slice
+    spacing beyond ``trial.acquisition_spacing_tolerance_mm``. The lesion HU bands read the
+    kernel's noise and the slices' partial volume, so such a change moves the lesion
+    proportion by itself."""
+    changes = []
+    for key, name in (("convolution_kernel", "kernel"), ("manufacturer", "manufacturer")):
+        before = str(baseline.get(key) or "").strip()
+        after = str(scan.get(key) or "").strip()
+        if before and after and before.casefold() != after.casefold():
+            changes.append(f"{name} {before} -> {after}")
+    before_mm = _float(baseline.get("slice_spacing_mm"))
+    after_mm = _float(scan.get("slice_spacing_mm"))
+    if abs(after_mm - before_mm) > trial.acquisition_spacing_tolerance_mm:  # False for NaN
+        changes.append(f"slice spacing {before_mm:g} -> {after_mm:g} mm")
+    return "; ".join(changes)
 
 
 def _finite(values: Sequence[float]) -> list[float]:

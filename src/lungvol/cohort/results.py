@@ -3,8 +3,10 @@
 One row per scan of ``OUT/jobs.csv``: subject, arm, visit, actual day, scan date, status
 (``ok`` | ``failed`` | ``pending``), the error of a failed scan, and every metric of its
 ``metrics.json`` (scalars as they are, ``lung_hu`` as ``lung_hu_<name>``, QC flags joined by
-``;``). Provenance is left out: it describes the source series, and the table must hold no
-identifier beyond the manifest's subject IDs.
+``;``), and the acquisition parameters a longitudinal comparison depends on (slice spacing,
+pixel spacing, slice thickness, reconstruction kernel, manufacturer). The rest of the
+provenance is left out: it describes the source series (UIDs, paths, dates), and the table
+must hold no identifier beyond the manifest's subject IDs.
 """
 
 from __future__ import annotations
@@ -100,12 +102,34 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row["subpleural_recovered_ml"] = sub.get("recovered_ml")
         row["posterior_gap_right_mm"] = sub.get("posterior_gap_right_mm")
         row["posterior_gap_left_mm"] = sub.get("posterior_gap_left_mm")
+    row.update(acquisition(metrics))
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices
         row["phase_lesion_proportion_range_pp"] = phase.get("lesion_proportion_range_pp")
         row["phase_solid_volume_range_ml"] = phase.get("solid_volume_range_ml")
         row["phase_normal_ct_agrees"] = phase.get("normal_ct_agrees")
     return row
+
+
+ACQUISITION_COLUMNS = (
+    "slice_spacing_mm", "pixel_spacing_mm", "slice_thickness_mm", "convolution_kernel",
+    "manufacturer",
+)
+
+
+def acquisition(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scan's acquisition parameters from its metrics.json provenance (none of them
+    identifies a patient): what must stay the same between a subject's visits."""
+    provenance = metrics.get("provenance") or {}
+    spacing = (provenance.get("geometry") or {}).get("spacing_mm_zyx") or [None, None, None]
+    source = provenance.get("input") or {}
+    return {
+        "slice_spacing_mm": spacing[0],
+        "pixel_spacing_mm": spacing[1],
+        "slice_thickness_mm": source.get("slice_thickness_mm"),
+        "convolution_kernel": source.get("convolution_kernel"),
+        "manufacturer": source.get("manufacturer"),
+    }
 
 
 def collect_results(out: str | Path) -> list[dict[str, Any]]:

@@ -102,6 +102,10 @@ class TrialConfig:
     # than this (%) is listed in the report (inspiration level, or a lung mask that leaves
     # out consolidation at one visit); the endpoints are not changed.
     lung_volume_change_flag_pct: float = 10.0
+    # QC: a measured scan acquired differently from the subject's baseline scan (another
+    # reconstruction kernel or manufacturer, or a slice spacing that differs by more than
+    # this, mm) is listed in the report: the lesion bands read kernel and partial volume.
+    acquisition_spacing_tolerance_mm: float = 0.5
     title: str = ""
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
@@ -152,6 +156,11 @@ class TrialConfig:
             raise ConfigError(
                 f"{self.source}: quantile_definition must be one of {QUANTILE_DEFINITIONS}, "
                 f"got {self.quantile_definition!r}"
+            )
+        if not self.acquisition_spacing_tolerance_mm >= 0:
+            raise ConfigError(
+                f"{self.source}: acquisition_spacing_tolerance_mm must be >= 0, got "
+                f"{self.acquisition_spacing_tolerance_mm!r}"
             )
         if not self.lung_volume_change_flag_pct > 0:
             raise ConfigError(

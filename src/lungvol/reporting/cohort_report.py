@@ -164,6 +164,7 @@ def _report_page(
         )
     )
     sections.append(lung_volume_section(table, trial))
+    sections.append(acquisition_section(table, trial))
     failed = [
         [s["subject"], s["visit"], s["scan"], s["error"]] for s in scans if s["status"] != "ok"
     ]
@@ -215,6 +216,27 @@ def lung_volume_section(table: list[dict[str, Any]], trial: TrialConfig) -> tupl
             ["Subject", "Arm", "Visit", "Baseline lung (mL)", "Visit lung (mL)", "Change (%)"],
             listing,
         )
+    )
+    return heading, body
+
+
+def acquisition_section(table: list[dict[str, Any]], trial: TrialConfig) -> tuple[str, str]:
+    """(heading, body): measured follow-up scans acquired differently from the subject's
+    baseline scan (kernel, manufacturer, slice spacing; ``acquisition_changes``)."""
+    changed = [r for r in table if r.get("acquisition_changes")]
+    heading = f"Acquisition against baseline: {len(changed)} scans differ"
+    if not changed:
+        return heading, "<p>None.</p>"
+    listing = [
+        [r["subject"], trial.arm_label(r["arm"]), r["visit"], r["acquisition_changes"]]
+        for r in changed
+    ]
+    body = (
+        "<p class='note'>The lesion HU bands read the reconstruction kernel's noise and the "
+        "slices' partial volume: a visit reconstructed differently from its baseline changes "
+        "the lesion proportion by itself (thicker slices read normal lung higher). Reconstruct "
+        "the visits alike where the raw data allow. The endpoints are not changed.</p>"
+        + html_table(["Subject", "Arm", "Visit", "Changed"], listing)
     )
     return heading, body
 
