@@ -63,8 +63,18 @@ class IOConfig:
     # Gantry tilt is detected when the slice stack is sheared in-plane by more than this
     # many pixels from first to last slice (smaller shear is rounding in the positions).
     tilt_shear_tolerance_px: float = 0.5
+    # Between series of the same spacing and coverage (one acquisition reconstructed twice),
+    # prefer this kernel: "sharp" (lung, the "high-resolution" of HRCT), "smooth" (soft
+    # tissue) or "none" (slice count, then UID). The same choice at every visit keeps the
+    # lesion bands comparable; a UID tie-break could pick differently per visit.
+    prefer_kernel: str = "sharp"
 
     def __post_init__(self) -> None:
+        if self.prefer_kernel not in ("sharp", "smooth", "none"):
+            raise ConfigError(
+                f"io.prefer_kernel must be 'sharp', 'smooth' or 'none', got "
+                f"{self.prefer_kernel!r}"
+            )
         if self.min_slices < 1:
             raise ConfigError(f"io.min_slices must be >= 1, got {self.min_slices}")
         if self.missing_slice_gap_factor <= 1.0:

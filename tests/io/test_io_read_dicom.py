@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from io_factory import chest_like, write_non_image, write_secondary_capture
 
 from lungvol.config import IOConfig
-from lungvol.errors import InputError, NotCTError, NotHUError
+from lungvol.errors import ConfigError, InputError, NotCTError, NotHUError
 from lungvol.io import list_series, read_ct, write_dicom_series
 from lungvol.io.writers import TRANSFER_SYNTAXES
 
@@ -245,6 +245,45 @@ def test_covering_series_beats_thinner_partial_one(tmp_path):
     vol = read_ct(tmp_path)
     assert vol.source.series_uid == pydicom.dcmread(full[0]).SeriesInstanceUID
     assert "covers less" in vol.source.selection_reason
+
+
+def _two_kernels(root: Path, smooth_uid: str, sharp_uid: str) -> None:
+    """One acquisition reconstructed twice: the same geometry, kernels B30f and B70f."""
+    for name, uid, kernel in (("soft", smooth_uid, "B30f"), ("lung", sharp_uid, "B70f")):
+        for f in write_dicom_series(chest_like((20, 32, 32)), root / name, spacing_mm=SPACING,
+                                    series_uid=uid):
+            ds = pydicom.dcmread(f)
+            ds.ConvolutionKernel = kernel
+            ds.save_as(f)
+
+
+@pytest.mark.parametrize(("smooth_uid", "sharp_uid"), [("1.2.9", "1.2.1"), ("1.2.1", "1.2.9")])
+def test_between_equal_series_the_preferred_kernel_wins_whatever_the_uids(
+    tmp_path, smooth_uid, sharp_uid
+):
+    """Session 15: the tie-break was the slice count, then the UID, so two visits exported
+    alike could be read with different kernels (the lesion bands read kernel noise)."""
+    _two_kernels(tmp_path, smooth_uid, sharp_uid)
+    vol = read_ct(tmp_path)
+    assert vol.source.series_uid == sharp_uid
+    assert vol.source.convolution_kernel == "B70f"
+    assert "B30f, sharp kernel B70f preferred by io.prefer_kernel" in vol.source.selection_reason
+    soft = read_ct(tmp_path, config=IOConfig(prefer_kernel="smooth"))
+    assert soft.source.convolution_kernel == "B30f"
+
+
+def test_kernel_names_of_the_major_vendors_are_classified():
+    from lungvol.io.series import kernel_sharpness
+
+    sharp = ("B70f", "Br64d", "Bl57d", "I70f", "FC51", "FC86", "LUNG", "BONEPLUS", "L")
+    smooth = ("B30f", "Br40d", "I31f", "Qr40", "FC13", "STANDARD", "SOFT")
+    assert [kernel_sharpness(k) for k in sharp] == ["sharp"] * len(sharp)
+    assert [kernel_sharpness(k) for k in smooth] == ["smooth"] * len(smooth)
+    assert [kernel_sharpness(k) for k in (None, "B", "YC", "FC35")] == [None] * 4
+    assert kernel_sharpness(None, "Thorax 1.0 Lung") == "sharp"
+    assert kernel_sharpness("", "Mediastinum 5 mm") == "smooth"
+    with pytest.raises(ConfigError, match="io.prefer_kernel"):
+        IOConfig(prefer_kernel="lung")
 
 
 # ----------------------------------------------------------------- validation errors

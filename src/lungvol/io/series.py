@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import struct
 from collections import defaultdict
 from collections.abc import Sequence
@@ -120,6 +121,16 @@ class SeriesCandidate:
     @property
     def is_original(self) -> bool:
         return bool(self.image_type) and self.image_type[0] == "ORIGINAL"
+
+    @property
+    def kernel(self) -> str | None:
+        """The reconstruction kernel (ConvolutionKernel) of the series' first image."""
+        return self.headers[0].convolution_kernel if self.headers else None
+
+    @property
+    def sharpness(self) -> str | None:
+        """"sharp", "smooth" or None (unknown): :func:`kernel_sharpness`."""
+        return kernel_sharpness(self.kernel, self.description)
 
     def summary(self) -> str:
         """Short description used in selection reasons (no patient identifiers)."""
@@ -362,6 +373,42 @@ def _frame_headers(ds: pydicom.Dataset, file_header: SliceHeader) -> list[SliceH
     return headers
 
 
+# Reconstruction kernels by sharpness. Vendors name them differently; this knows the common
+# names, and anything else is unknown (ranked between the preferred kind and the other).
+# Written by hand: no library maps kernel names across vendors.
+_SIEMENS_KERNEL = re.compile(r"^(?:B|BR|BL|BV|BF|I|IR|Q|QR|HR|J)(\d{2})")  # B70f, Br64, I31f
+_CANON_KERNEL = re.compile(r"^FC(\d{2})")  # FC51 (lung), FC13 (body)
+_SHARP_WORDS = ("LUNG", "BONE", "EDGE", "DETAIL", "SHARP", "HRCT")
+_SMOOTH_WORDS = ("STANDARD", "SOFT", "SMOOTH", "MEDIASTIN")
+
+
+def kernel_sharpness(kernel: str | None, description: str = "") -> str | None:
+    """"sharp", "smooth" or None for a ConvolutionKernel value (falling back on the series
+    description's words).
+
+    Siemens B/Br/Bl/I/Q/Hr/J kernels with a number of 50 or more are sharp, below 50 smooth;
+    Canon/Toshiba FC50 and above sharp, below FC30 smooth; GE LUNG, BONE, BONEPLUS, EDGE,
+    DETAIL sharp, STANDARD, SOFT smooth; Philips L (lung) sharp. Words in the description:
+    LUNG or HRCT sharp, MEDIASTINUM or SOFT smooth.
+    """
+    text = (kernel or "").upper().replace(" ", "")
+    match = _SIEMENS_KERNEL.match(text)
+    if match:
+        return "sharp" if int(match.group(1)) >= 50 else "smooth"
+    match = _CANON_KERNEL.match(text)
+    if match:
+        number = int(match.group(1))
+        return "sharp" if number >= 50 else ("smooth" if number < 30 else None)
+    if text == "L":
+        return "sharp"
+    for words in (text, (description or "").upper()):
+        if any(w in words for w in _SHARP_WORDS):
+            return "sharp"
+        if any(w in words for w in _SMOOTH_WORDS):
+            return "smooth"
+    return None
+
+
 def _kernel(value: object) -> str | None:
     if value is None or value == "":
         return None
@@ -546,11 +593,22 @@ def rank_candidates(
             c not in pool,
             not covers,
             c.slice_spacing_mm if c.slice_spacing_mm is not None else math.inf,
+            _kernel_rank(c, config),
             -c.n_slices,
             c.uid,
         )
 
     return sorted(usable, key=key) + rest
+
+
+def _kernel_rank(candidate: SeriesCandidate, config: IOConfig) -> int:
+    """0 for the preferred kernel kind (``io.prefer_kernel``), 1 unknown, 2 the other kind."""
+    if config.prefer_kernel == "none":
+        return 0
+    sharpness = candidate.sharpness
+    if sharpness is None:
+        return 1
+    return 0 if sharpness == config.prefer_kernel else 2
 
 
 def selection_reason(
@@ -576,6 +634,14 @@ def selection_reason(
             others.append(f"{c.uid} ({c.summary()}: derived images)")
         elif (c.slice_spacing_mm or math.inf) > (chosen.slice_spacing_mm or math.inf):
             others.append(f"{c.uid} ({c.summary()}: thicker slice spacing)")
+        elif (
+            c.slice_spacing_mm == chosen.slice_spacing_mm and c.sharpness != chosen.sharpness
+            and chosen.sharpness is not None
+        ):
+            others.append(
+                f"{c.uid} ({c.summary()}: kernel {c.kernel or 'unknown'}, "
+                f"{chosen.sharpness} kernel {chosen.kernel} preferred by io.prefer_kernel)"
+            )
         else:
             others.append(f"{c.uid} ({c.summary()}: covers less of the scan)")
     return (
