@@ -28,6 +28,12 @@ Steps (coarse grid of ``lungs.working_spacing_mm``, anchored to patient coordina
 
 The step covers only the costal pleura: a layer along the diaphragm or the mediastinum has
 no rib to measure against.
+
+Beyond the costal reach (session 15, flag only): dependent consolidation or an effusion
+thicker than ``costal_bone_distance_mm`` moves the mask's posterior surface out of that
+test's sight. :func:`measure_posterior_gap` measures, per lung, how far the posterior
+surface lies in front of the posterior ribs, and at ``max_posterior_gap_mm`` the scan gets
+the ``dependent_opacity_outside_lung`` warning (a QC flag).
 """
 
 from __future__ import annotations
