@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from evaluate_accuracy import _dice  # the same script folder (run as a script)
 from scipy import ndimage
 
 from lungvol.config import LungvolConfig
@@ -102,10 +103,6 @@ def perturbations(
         out.append((f"field of view cut {name}", np.ascontiguousarray(hu[:, :, x]),
                     np.ascontiguousarray(lung[:, :, x]), _identity))
     return out
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
