@@ -430,6 +430,9 @@ class SubpleuralConfig:
     max_posterior_gap_mm: float = 20.0
     posterior_gap_min_area_fraction: float = 0.3
     posterior_search_mm: float = 150.0  # ribs are looked for this far behind the lungs
+    # The estimate of the opacity behind a flagged lung (not added; session 16) skips columns
+    # whose lung ends this far in front of the slice's median posterior lung surface.
+    dependent_level_tolerance_mm: float = 10.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layer_hu", tuple(float(v) for v in self.layer_hu))
@@ -437,7 +440,7 @@ class SubpleuralConfig:
         for key in (
             "costal_bone_distance_mm", "window_mm", "min_excess_mm", "reference_gap_mm",
             "max_layer_mm", "min_dependent_excess_mm", "max_posterior_gap_mm",
-            "posterior_search_mm",
+            "posterior_search_mm", "dependent_level_tolerance_mm",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")

@@ -109,6 +109,10 @@ class LungMask:
     # bool (z, y, x), or None: voxels the subpleural step added (an estimate; qc.png outlines
     # them so a reader can judge it).
     recovered: np.ndarray | None = None
+    # bool (z, y, x), or None: the subpleural step's estimate of dependent opacity between
+    # the lungs and the posterior ribs, NOT in the mask (consolidation or effusion; qc.png
+    # outlines it).
+    outside_estimate: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

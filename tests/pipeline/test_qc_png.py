@@ -123,3 +123,27 @@ def test_the_subpleural_layer_the_step_added_is_outlined(tmp_path: Path) -> None
     with pytest.raises(GeometryError, match="recovered subpleural layer"):
         render_qc_png(vol, LungMask(lungs.labels, {}, recovered=recovered[:, 1:]), lesions, m,
                       tmp_path / "bad.png")
+
+
+def test_qc_png_outlines_the_dependent_opacity_estimate(tmp_path: Path) -> None:
+    """Session 16: the subpleural step's estimate of opacity outside the lungs (not in the
+    mask) is outlined dotted in orange, with a legend entry; off the grid it is refused."""
+    vol, lungs, lesions = chest(spacing_mm=(3.0, 0.8, 0.8))
+    m = measure_scan(vol, lungs, lesions, LungvolConfig(), timings_s={})
+    estimate = np.zeros(vol.shape, bool)
+    zs, ys, xs = np.nonzero(lungs.labels)
+    estimate[zs.min():zs.max() + 1, ys.max() + 2:ys.max() + 12, xs.min():xs.max() + 1] = True
+    marked = LungMask(lungs.labels, lungs.info, outside_estimate=estimate)
+
+    def orange_pixels(mask: LungMask, name: str) -> int:
+        out = render_qc_png(vol, mask, lesions, m, tmp_path / name, dpi=50)
+        with Image.open(out) as img:
+            rgb = np.asarray(img.convert("RGB")).astype(int)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        # Orange (#ffa040) and its anti-aliased blends: red high, blue low, green between.
+        return int(((r > 200) & (r - b > 90) & (r - g >= 40) & (g >= 100) & (g <= 200)).sum())
+
+    assert orange_pixels(marked, "with.png") > 4 * max(1, orange_pixels(lungs, "without.png"))
+    with pytest.raises(GeometryError, match="dependent opacity"):
+        render_qc_png(vol, LungMask(lungs.labels, outside_estimate=estimate[:, 1:]), lesions, m,
+                      tmp_path / "c.png")

@@ -343,3 +343,58 @@ def test_segmentation_warnings_become_flags_even_as_a_bare_string() -> None:
     )
     assert "lung_segmentation: trachea not found" in m.qc_flags
     assert "lesion_segmentation: vesselness skipped" in m.qc_flags
+
+
+def _volumes_with(lesion_ml: float, lung_ml: float):
+    from lungvol.quantification.volumes import Volumes
+
+    return Volumes(
+        lung_volume_ml=lung_ml, lung_volume_right_ml=lung_ml / 2, lung_volume_left_ml=lung_ml / 2,
+        lesion_volume_ml=lesion_ml, ggo_volume_ml=lesion_ml, solid_volume_ml=0.0,
+        lesion_proportion_pct=100.0 * lesion_ml / lung_ml, solid_proportion_pct=0.0,
+        ggo_proportion_pct=100.0 * lesion_ml / lung_ml, n_lesion_voxels_outside_lungs=0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("lesion_ml", "outside", "normal", "withheld"),
+    [
+        (10.0, {}, True, False),  # no estimate: the plain rule (0.5 %)
+        (10.0, {"dependent_opacity_right_ml": None, "dependent_opacity_left_ml": None},
+         True, False),
+        # 10 + 5 of 2005 mL = 0.75 %: still below 1 %, the call stands.
+        (10.0, {"dependent_opacity_right_ml": 5.0, "dependent_opacity_left_ml": None},
+         True, False),
+        # 10 + 12 + 2 of 2014 mL = 1.19 %: withheld.
+        (10.0, {"dependent_opacity_right_ml": 12.0, "dependent_opacity_left_ml": 2.0},
+         False, True),
+        (30.0, {"dependent_opacity_right_ml": 500.0}, False, False),  # not normal anyway
+    ],
+)
+def test_normal_ct_is_withheld_when_the_opacity_outside_the_mask_would_pass_the_rule(
+    lesion_ml, outside, normal, withheld
+) -> None:
+    """Session 16: dependent consolidation the lung mask left out leaves a mask that reads
+    normal; counted as lesion, the subpleural step's lower-bound estimate decides."""
+    from lungvol.quantification.qc_flags import normal_ct_call
+
+    call, flags = normal_ct_call(
+        _volumes_with(lesion_ml, 2000.0), {"subpleural": outside}, config=QuantificationConfig()
+    )
+    assert call is normal
+    assert bool(flags) is withheld
+    if withheld:
+        (flag,) = flags
+        assert flag_code(flag) == "normal_ct_withheld"
+        assert "0.50 %" in flag and "at least 1.2 %" in flag and "14 mL" in flag
+
+
+def test_measure_scan_reports_the_withheld_normal_ct_call() -> None:
+    vol, lungs, lesions = chest()
+    plain = measure_scan(vol, lungs, lesions, CFG, timings_s={})
+    assert plain.normal_ct is (plain.lesion_proportion_pct < 1.0)
+    info = {**lungs.info, "subpleural": {"dependent_opacity_right_ml": plain.lung_volume_ml}}
+    m = measure_scan(vol, LungMask(lungs.labels, info), lesions, CFG, timings_s={})
+    assert not m.normal_ct
+    assert "normal_ct_withheld" in _codes(m.qc_flags)
+    assert m.lesion_proportion_pct == plain.lesion_proportion_pct  # the numbers are unchanged

@@ -595,7 +595,11 @@ def test_dependent_consolidation_left_out_of_the_lungs_is_flagged(chest):
     """The posterior half of both lungs of the real chest raised to consolidation (-300 HU
     and denser), as in severe COVID-19 or ARDS. The lung stage leaves it out: lung 1969 of
     5301 mL, lesion 0.0 %, and before session 15 no flag ("normal CT"). Its posterior surface
-    now lies about 100 mm in front of the ribs (normal chest 7.8 / 5.9 mm): flagged."""
+    now lies about 100 mm in front of the ribs (normal chest 7.8 / 5.9 mm): flagged. Session
+    16: the opacity behind the lungs is estimated (1167 mL, 89 % of it in the original lung
+    mask: a lower bound of the 3332 mL left out), and the normal-CT call is withheld."""
+    from lungvol.quantification import measure_scan
+
     vol, lungs = chest
     lung = lungs.labels > 0
     ys = np.flatnonzero(lung.any(axis=(0, 2)))
@@ -603,13 +607,28 @@ def test_dependent_consolidation_left_out_of_the_lungs_is_flagged(chest):
     hu = vol.hu.astype(np.float32)
     noise = np.random.default_rng(0).normal(0.0, 20.0, np.count_nonzero(posterior))
     hu[posterior] = np.maximum(hu[posterior], -300.0 + noise)
-    new_lungs, _lesions = segment_masks(_as_volume(hu.astype(np.int16), vol.spacing_mm), CFG)
+    consolidated = _as_volume(hu.astype(np.int16), vol.spacing_mm)
+    new_lungs, new_lesions = segment_masks(consolidated, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["posterior_gap_flagged"], summary
     assert min(summary["posterior_gap_right_mm"], summary["posterior_gap_left_mm"]) > 50.0
-    plain = segment_masks(vol, CFG)[0].info["subpleural"]
+    estimate = new_lungs.outside_estimate
+    assert estimate is not None
+    missed = lung & (new_lungs.labels == 0)
+    assert np.count_nonzero(estimate & lung) >= 0.8 * np.count_nonzero(estimate)
+    assert np.count_nonzero(estimate & missed) >= 0.25 * np.count_nonzero(missed)
+    for side in ("right", "left"):
+        assert summary[f"dependent_opacity_{side}_ml"] > 300.0, summary
+    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
+    assert metrics.lesion_proportion_pct < 1.0
+    assert not metrics.normal_ct
+    assert any(f.startswith("normal_ct_withheld:") for f in metrics.qc_flags)
+    plain_lungs, plain_lesions = segment_masks(vol, CFG)
+    plain = plain_lungs.info["subpleural"]
     assert not plain["posterior_gap_flagged"], plain
     assert max(plain["posterior_gap_right_mm"], plain["posterior_gap_left_mm"]) < 10.0
+    assert plain_lungs.outside_estimate is None
+    assert measure_scan(vol, plain_lungs, plain_lesions, CFG, timings_s={}).normal_ct
 
 
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):

@@ -107,7 +107,7 @@ def test_a_layer_under_aerated_lung_has_no_lesion_facing_surface():
     (the stated limit); a 4 mm layer stays under the dependent-gap flag's 3.5 mm too
     (measured +2.9 mm here)."""
     volume, _lung, _solid, lungs, lesions = _case(layer=True, ggo_band=False)
-    summary, _ = measure_costal_gap(volume, lungs, lesions, CFG)
+    summary, _, _ = measure_costal_gap(volume, lungs, lesions, CFG)
     assert summary["lesion_facing_fraction"] == 0.0
     assert not summary["flagged"]
     assert not summary["dependent_flagged"]
@@ -158,13 +158,57 @@ def test_dependent_consolidation_beyond_the_costal_reach_is_flagged(depth_mm):
     assert "right " in warning
     assert "nothing was added" in warning
     assert new_lungs.labels is lungs.labels
+    # Session 16: the opacity behind the lung is estimated (a lower bound, outlined in qc.png,
+    # not added): it lies in the consolidation and the warning gives its volume.
+    estimate = new_lungs.outside_estimate
+    assert estimate is not None and estimate.shape == SHAPE
+    voxel_ml = float(np.prod(SPACING_MM)) / 1000.0
+    estimate_ml = summary["dependent_opacity_right_ml"]
+    assert estimate_ml == pytest.approx(np.count_nonzero(estimate) * voxel_ml, abs=0.05)
+    assert np.count_nonzero(estimate & consolidated) >= 0.95 * np.count_nonzero(estimate)
+    assert 0.2 * np.count_nonzero(consolidated) * voxel_ml <= estimate_ml
+    assert summary["dependent_opacity_left_ml"] is None
+    assert f"at least {estimate_ml:.0f} mL of lesion-density tissue" in warning
 
 
 def test_a_lung_that_reaches_its_posterior_ribs_is_not_flagged():
     volume, _lung, _solid, lungs, lesions = _case(layer=False, ggo_band=False)
-    summary, _ = measure_costal_gap(volume, lungs, lesions, CFG)
+    summary, _, estimate = measure_costal_gap(volume, lungs, lesions, CFG)
     assert summary["posterior_gap_right_mm"] == pytest.approx(GAP_MM, abs=2.5)
     assert not summary["posterior_gap_flagged"]
+    assert estimate is None
+    assert summary["dependent_opacity_right_ml"] is None
+
+
+def test_the_dependent_opacity_estimate_stops_at_air_and_skips_the_midline_columns():
+    """The estimate counts only tissue of lesion density contiguous with the lung (aerated
+    lung behind the consolidation ends it) and leaves the columns within
+    lungs.midline_bone_half_width_mm of the midline out (spine, aorta)."""
+    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
+    _z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+                           indexing="ij", sparse=True)
+    back_mm = np.where(lung, y, -1.0).max(axis=1, keepdims=True)
+    consolidated = lung & (y >= back_mm - 30.0)
+    hu = volume.hu.copy()
+    hu[consolidated] = 20
+    aerated = consolidated & (y >= back_mm - 15.0)  # its posterior half: aerated again
+    hu[aerated] = -800
+    volume = dataclasses.replace(volume, hu=hu)
+    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    summary, _, estimate = measure_costal_gap(volume, lungs, lesions, CFG)
+    assert estimate is not None
+    assert not (estimate & aerated).any()
+    # The midline: at the lung's centre column (this phantom has one lung; a real mask's
+    # info carries the lung stage's midline_x_index, coarse grid).
+    grid_factor = max(1, int(round(CFG.lungs.working_spacing_mm / SPACING_MM[2])))
+    centre_x = SHAPE[2] // 2
+    lungs_mid = LungMask(lungs.labels, {"midline_x_index": centre_x / grid_factor})
+    _, _, estimate_mid = measure_costal_gap(volume, lungs_mid, lesions, CFG)
+    half_px = CFG.lungs.midline_bone_half_width_mm / SPACING_MM[2]
+    near = np.abs(np.arange(SHAPE[2]) - centre_x) < half_px - grid_factor
+    assert estimate[:, :, near].any()
+    assert estimate_mid is not None and not estimate_mid[:, :, near].any()
+    assert summary["dependent_opacity_right_ml"] > 0
 
 
 def test_without_aerated_surface_the_default_reference_flags_but_adds_nothing():

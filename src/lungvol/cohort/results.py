@@ -102,6 +102,8 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row["subpleural_recovered_ml"] = sub.get("recovered_ml")
         row["posterior_gap_right_mm"] = sub.get("posterior_gap_right_mm")
         row["posterior_gap_left_mm"] = sub.get("posterior_gap_left_mm")
+        row["dependent_opacity_right_ml"] = sub.get("dependent_opacity_right_ml")
+        row["dependent_opacity_left_ml"] = sub.get("dependent_opacity_left_ml")
     row.update(acquisition(metrics))
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices

@@ -13,6 +13,7 @@ from lungvol.quantification.provenance import build_provenance
 from lungvol.quantification.qc_flags import (
     air_pocket_flags,
     edge_flags,
+    normal_ct_call,
     passthrough_flags,
     phase_flags,
     solid_at_surface_ml,
@@ -92,6 +93,8 @@ def measure_scan(
     )
     flags += surface_solid_flags(surface_ml, vols.solid_volume_ml, config=qcfg)
     flags += phase_flags(phase_check, config=qcfg)
+    normal_ct, normal_flags = normal_ct_call(vols, lungs.info, config=qcfg)
+    flags += normal_flags
     for flag in flags:
         logger.info("QC flag %s", flag)
 
@@ -116,7 +119,7 @@ def measure_scan(
         solid_proportion_pct=vols.solid_proportion_pct,
         ggo_proportion_pct=vols.ggo_proportion_pct,
         solid_at_surface_ml=surface_ml,
-        normal_ct=bool(vols.lesion_proportion_pct < qcfg.normal_ct_max_lesion_pct),
+        normal_ct=bool(normal_ct),
         lung_hu=hu_stats,
         qc_flags=flags,
         provenance=provenance,

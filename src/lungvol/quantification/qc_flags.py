@@ -141,6 +141,37 @@ def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]
     return flags
 
 
+def normal_ct_call(
+    volumes: Volumes, lung_info: Mapping[str, Any], *, config: QuantificationConfig
+) -> tuple[bool, list[str]]:
+    """The normal-CT call (lesion proportion below ``normal_ct_max_lesion_pct``), withheld
+    when the subpleural step's estimate of dependent opacity outside the lung mask
+    (``dependent_opacity_{right,left}_ml``, a lower bound), counted as lung and lesion, puts
+    the proportion at or above the threshold. Returns the call and its flag (if withheld).
+
+    A scan whose posterior lungs are consolidated reads almost no lesion in what is left of
+    the mask (session 15: 0.02 %), which is no normal CT. The opacity may be an effusion
+    instead, which is not lung either way: the flag says so.
+    """
+    threshold = config.normal_ct_max_lesion_pct
+    normal = volumes.lesion_proportion_pct < threshold
+    sub = lung_info.get("subpleural") or {}
+    outside_ml = sum(float(sub.get(f"dependent_opacity_{s}_ml") or 0.0) for s in ("right", "left"))
+    if not normal or outside_ml <= 0:
+        return normal, []
+    at_least_pct = (
+        100.0 * (volumes.lesion_volume_ml + outside_ml) / (volumes.lung_volume_ml + outside_ml)
+    )
+    if at_least_pct < threshold:
+        return normal, []
+    return False, [
+        f"normal_ct_withheld: the lesion proportion reads {volumes.lesion_proportion_pct:.2f} % "
+        f"(< {threshold:g} %), but with the {outside_ml:.0f} mL of dependent opacity outside the "
+        f"lung mask counted as lesion it is at least {at_least_pct:.1f} %: normal_ct is false "
+        "(if the opacity is a pleural effusion, not consolidation, judge the call from qc.png)"
+    ]
+
+
 def air_pocket_flags(
     hu: np.ndarray, lung_labels: np.ndarray, spacing_mm: tuple[float, float, float], *,
     config: QuantificationConfig,

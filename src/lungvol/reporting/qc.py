@@ -45,6 +45,8 @@ LEFT_LUNG_COLOUR = "#ff40ff"  # magenta contour
 GGO_RGBA = (1.0, 0.9, 0.0, 0.5)  # yellow fill
 SOLID_RGBA = (1.0, 0.1, 0.1, 0.75)  # red fill
 RECOVERED_COLOUR = "#ffffff"  # dashed contour: the subpleural step's estimated layer
+# Dotted contour: dependent opacity behind the lungs, estimated but NOT in the lung mask.
+OUTSIDE_ESTIMATE_COLOUR = "#ffa040"
 # The text band (20 in wide, 9 pt monospace) holds about 260 characters a line and 7
 # lines: two summary lines and at most five of flags.
 _FLAG_WRAP_CHARS = 240
@@ -71,6 +73,7 @@ def _draw_panel(
     origin: str,
     title: str,
     recovered: np.ndarray | None = None,
+    outside: np.ndarray | None = None,
 ) -> None:
     ax.imshow(
         hu,
@@ -98,6 +101,11 @@ def _draw_panel(
         ax.contour(
             recovered.astype(np.float32), levels=[0.5], colors=RECOVERED_COLOUR,
             linewidths=0.8, linestyles="dashed", extent=extent, origin=origin,
+        )
+    if outside is not None and outside.any():
+        ax.contour(
+            outside.astype(np.float32), levels=[0.5], colors=OUTSIDE_ESTIMATE_COLOUR,
+            linewidths=1.3, linestyles="dotted", extent=extent, origin=origin,
         )
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
@@ -183,6 +191,9 @@ def render_qc_png(
     recovered = lungs.recovered
     if recovered is not None:
         check_same_grid(recovered, volume, name="recovered subpleural layer")
+    outside = lungs.outside_estimate
+    if outside is not None:
+        check_same_grid(outside, volume, name="dependent opacity estimate")
     # uint8 max is much faster than count_nonzero(axis=...) on 10^8 voxels.
     z_idx = np.flatnonzero(labels.max(axis=(1, 2)))
     if z_idx.size == 0:
@@ -233,6 +244,7 @@ def render_qc_png(
         _draw_panel(
             ax, volume.hu[z], labels[z], lesions.labels[z], extent=axial_extent,
             origin="upper", title=title, recovered=None if recovered is None else recovered[z],
+            outside=None if outside is None else outside[z],
         )
     ax = fig.add_subplot(grid[0, 4])
     _draw_panel(
@@ -244,6 +256,7 @@ def render_qc_png(
         origin="lower",
         title=f"coronal (row {y_centre + 1}/{ny})",
         recovered=None if recovered is None else recovered[:, y_centre, :],
+        outside=None if outside is None else outside[:, y_centre, :],
     )
     for axis in fig.axes:
         axis.title.set_color("white")
@@ -256,6 +269,9 @@ def render_qc_png(
     if recovered is not None and recovered.any():
         legend.append(Line2D([0], [0], color=RECOVERED_COLOUR, lw=1.5, linestyle="dashed",
                              label="subpleural layer added (estimate)"))
+    if outside is not None and outside.any():
+        legend.append(Line2D([0], [0], color=OUTSIDE_ESTIMATE_COLOUR, lw=1.5, linestyle="dotted",
+                             label="dependent opacity outside the lungs (estimate, not added)"))
     fig.legend(
         handles=legend, loc="upper center", ncol=len(legend), fontsize=9, frameon=False,
         labelcolor="white", bbox_to_anchor=(0.5, 1.0),
