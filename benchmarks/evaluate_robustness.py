@@ -13,7 +13,11 @@ rotation or shift) and with its lesion proportion:
   store the area outside the reconstruction circle);
 - the patient prone (y flipped), rotated 15 degrees in-plane, moved 59 mm sideways;
 - the field of view cut laterally through the chest wall only, and 13-14 mm into each lung
-  (which must be flagged ``lungs_cut_off_in_plane``; it was not before session 15).
+  (which must be flagged ``lungs_cut_off_in_plane``; it was not before session 15);
+- dependent consolidation the lung stage leaves out: the posterior half of both lungs
+  (-300 HU and denser) and a 15 mm dependent layer (-100 HU): flagged
+  ``dependent_opacity_outside_lung`` with a lower-bound estimate of the opacity, and the
+  normal-CT call withheld (session 16).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -96,6 +100,22 @@ def perturbations(
     shifted_lung[:, :, SHIFT_PX:] = lung[:, :, :-SHIFT_PX]
     mm = SHIFT_PX * chest.spacing_mm[2]
     out.append((f"moved {mm:.0f} mm sideways", shifted, shifted_lung, _identity))
+    # Dependent opacity the lung stage leaves out (session 16: flagged, its volume estimated,
+    # the normal-CT call withheld): the posterior half of both lungs consolidated (-300 HU
+    # and denser, as in severe COVID-19 or ARDS) and a 15 mm dependent layer (-100 HU). The
+    # reference is the unperturbed mask, so the Dice shows what is still left out.
+    rng = np.random.default_rng(0)
+    y_idx = np.arange(hu.shape[1])[None, :, None]
+    ys = np.flatnonzero(lung.any(axis=(0, 2)))
+    half = lung & (y_idx >= 0.5 * (ys[0] + ys[-1]))
+    h = hu.copy()
+    h[half] = np.maximum(h[half], np.rint(-300 + rng.normal(0, 20, np.count_nonzero(half))))
+    out.append(("posterior half of both lungs consolidated", h, lung, _identity))
+    back = np.where(lung, y_idx, -1).max(axis=1)
+    layer = lung & (y_idx >= back[:, None, :] - 15.0 / chest.spacing_mm[1])
+    h = hu.copy()
+    h[layer] = np.maximum(h[layer], np.rint(-100 + rng.normal(0, 20, np.count_nonzero(layer))))
+    out.append(("dependent 15 mm layer consolidated", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
         inset = int(round(inset_mm / chest.spacing_mm[2]))
@@ -103,6 +123,13 @@ def perturbations(
         out.append((f"field of view cut {name}", np.ascontiguousarray(hu[:, :, x]),
                     np.ascontiguousarray(lung[:, :, x]), _identity))
     return out
+
+
+def _estimate_ml(lungs: Any) -> float | None:
+    """The subpleural step's estimate of dependent opacity outside the mask (mL, both lungs)."""
+    sub = lungs.info.get("subpleural", {})
+    values = [sub.get(f"dependent_opacity_{side}_ml") for side in ("right", "left")]
+    return None if all(v is None for v in values) else round(sum(v or 0.0 for v in values), 1)
 
 
 def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
@@ -125,7 +152,8 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
         ct = _with_hu(chest, hu)
         try:
             new_lungs, new_lesions = segment_masks(ct, config)
-            flags = measure_scan(ct, new_lungs, new_lesions, config, timings_s={}).qc_flags
+            scan = measure_scan(ct, new_lungs, new_lesions, config, timings_s={})
+            flags = scan.qc_flags
         except LungvolError as err:  # a refusal is a result too
             row["refused"] = str(err)
             rows.append(row)
@@ -143,6 +171,8 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
             "trachea_found": new_lungs.info.get("trachea_found"),
             "trachea_seed_threshold_hu": new_lungs.info.get("trachea_seed_threshold_hu"),
             "airy_lung_kept_ml": new_lungs.info.get("airy_lung_kept_ml"),
+            "dependent_opacity_ml": _estimate_ml(new_lungs),
+            "normal_ct": scan.normal_ct,
             "qc_flags": sorted({f.split(":", 1)[0] for f in flags}),
             "seconds": round(time.perf_counter() - t0, 1),
         })
@@ -164,7 +194,10 @@ def main() -> None:
             continue
         print(f"{r['case']:42s} lung {r['lung_ml']:7.1f} mL  Dice {r['lung_dice']:.4f}  "
               f"lesion {r['lesion_pct']:5.2f} %  trachea {r['trachea_found']}  "
-              f"{' '.join(r.get('qc_flags', []))}  {r['seconds']:.1f} s", flush=True)
+              + ("" if r.get("normal_ct") is None else f"normal {r['normal_ct']}  ")
+              + ("" if r.get("dependent_opacity_ml") is None
+                 else f"opacity outside {r['dependent_opacity_ml']:.0f} mL  ")
+              + f"{' '.join(r.get('qc_flags', []))}  {r['seconds']:.1f} s", flush=True)
     if args.json:
         results = {
             "measured_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
