@@ -386,7 +386,9 @@ def test_normal_ct_is_withheld_when_the_opacity_outside_the_mask_would_pass_the_
     if withheld:
         (flag,) = flags
         assert flag_code(flag) == "normal_ct_withheld"
-        assert "0.50 %" in flag and "at least 1.2 %" in flag and "14 mL" in flag
+        assert "0.50 %" in flag
+        assert "at least 1.2 %" in flag
+        assert "14 mL" in flag
 
 
 def test_measure_scan_reports_the_withheld_normal_ct_call() -> None:

@@ -161,7 +161,8 @@ def test_dependent_consolidation_beyond_the_costal_reach_is_flagged(depth_mm):
     # Session 16: the opacity behind the lung is estimated (a lower bound, outlined in qc.png,
     # not added): it lies in the consolidation and the warning gives its volume.
     estimate = new_lungs.outside_estimate
-    assert estimate is not None and estimate.shape == SHAPE
+    assert estimate is not None
+    assert estimate.shape == SHAPE
     voxel_ml = float(np.prod(SPACING_MM)) / 1000.0
     estimate_ml = summary["dependent_opacity_right_ml"]
     assert estimate_ml == pytest.approx(np.count_nonzero(estimate) * voxel_ml, abs=0.05)
@@ -207,7 +208,8 @@ def test_the_dependent_opacity_estimate_stops_at_air_and_skips_the_midline_colum
     half_px = CFG.lungs.midline_bone_half_width_mm / SPACING_MM[2]
     near = np.abs(np.arange(SHAPE[2]) - centre_x) < half_px - grid_factor
     assert estimate[:, :, near].any()
-    assert estimate_mid is not None and not estimate_mid[:, :, near].any()
+    assert estimate_mid is not None
+    assert not estimate_mid[:, :, near].any()
     assert summary["dependent_opacity_right_ml"] > 0
 
 
