@@ -196,15 +196,18 @@ def test_the_dependent_opacity_estimate_stops_at_air_and_skips_the_midline_colum
     hu[aerated] = -800
     volume = dataclasses.replace(volume, hu=hu)
     lungs = LungMask((lung & ~consolidated).astype(np.uint8))
-    summary, _, estimate = measure_costal_gap(volume, lungs, lesions, CFG)
-    assert estimate is not None
+    summary, _, labels = measure_costal_gap(volume, lungs, lesions, CFG)
+    assert labels is not None
+    assert set(np.unique(labels)) == {0, 1}  # the label of the lung it lies behind
+    estimate = labels > 0
     assert not (estimate & aerated).any()
     # The midline: at the lung's centre column (this phantom has one lung; a real mask's
     # info carries the lung stage's midline_x_index, coarse grid).
     grid_factor = max(1, int(round(CFG.lungs.working_spacing_mm / SPACING_MM[2])))
     centre_x = SHAPE[2] // 2
     lungs_mid = LungMask(lungs.labels, {"midline_x_index": centre_x / grid_factor})
-    _, _, estimate_mid = measure_costal_gap(volume, lungs_mid, lesions, CFG)
+    _, _, labels_mid = measure_costal_gap(volume, lungs_mid, lesions, CFG)
+    estimate_mid = None if labels_mid is None else labels_mid > 0
     half_px = CFG.lungs.midline_bone_half_width_mm / SPACING_MM[2]
     near = np.abs(np.arange(SHAPE[2]) - centre_x) < half_px - grid_factor
     assert estimate[:, :, near].any()

@@ -200,7 +200,7 @@ def measure_posterior_gap(
             out[f"dependent_opacity_{side}_ml"] = round(
                 float(np.count_nonzero(estimate == label)) * volume.voxel_volume_ml, 1
             )
-    return out, estimate > 0
+    return out, estimate
 
 
 def _dependent_opacity(
@@ -249,7 +249,7 @@ def measure_costal_gap(
 
     Returns the summary (mm, fractions, ``flagged``), for the recovery the coarse grid
     arrays (``None`` when there is no costal surface), and :func:`measure_posterior_gap`'s
-    estimate of dependent opacity outside the mask (CT grid, bool; ``None`` when none).
+    estimate of dependent opacity outside the mask (CT grid, uint8 lung label; ``None``).
     """
     sc, lc = config.subpleural, config.lungs
     # The lung stage's grid: its coarse CT and block maxima come from the cache.
@@ -392,25 +392,6 @@ def recover_subpleural_layer(
     new_lung_labels, new_lesion_labels = lungs.labels, lesions.labels
     recovered = None
     warnings: list[str] = []
-    if summary["posterior_gap_flagged"]:
-        gaps = ", ".join(
-            f"{side} {summary[f'posterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
-            if summary[f"posterior_gap_{side}_mm"] is not None
-        )
-        opacity_ml = sum(
-            summary[f"dependent_opacity_{side}_ml"] or 0.0 for side in ("right", "left")
-        )
-        estimated = (
-            f"at least {opacity_ml:.0f} mL of lesion-density tissue lies between them and the "
-            "ribs (dotted in qc.png); " if opacity_ml > 0 else ""
-        )
-        warnings.append(
-            f"dependent_opacity_outside_lung: the lungs' posterior surface lies in front of the "
-            f"posterior ribs by a median {gaps} (normal: under "
-            f"{sc.max_posterior_gap_mm:g} mm): dependent consolidation or a pleural effusion "
-            f"lies outside the lung mask; {estimated}the lung volume and the lesion proportion "
-            "read low; nothing was added; check qc.png"
-        )
     if summary["dependent_flagged"] and not summary["flagged"]:
         warnings.append(
             f"subpleural_layer: the posterior (dependent) costal lung surface lies "
@@ -453,6 +434,33 @@ def recover_subpleural_layer(
             f"layer of consolidation along the pleura was likely left out of the lung mask; "
             f"{action}; check it"
         )
+    if recovered is not None and estimate is not None:
+        # What the layer step added is lung now: not outside it.
+        estimate = np.where(recovered, 0, estimate).astype(np.uint8)
+        for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
+            if summary[f"dependent_opacity_{side}_ml"] is not None:
+                summary[f"dependent_opacity_{side}_ml"] = round(
+                    float(np.count_nonzero(estimate == label)) * volume.voxel_volume_ml, 1
+                )
+    if summary["posterior_gap_flagged"]:
+        gaps = ", ".join(
+            f"{side} {summary[f'posterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
+            if summary[f"posterior_gap_{side}_mm"] is not None
+        )
+        opacity_ml = sum(
+            summary[f"dependent_opacity_{side}_ml"] or 0.0 for side in ("right", "left")
+        )
+        estimated = (
+            f"at least {opacity_ml:.0f} mL of lesion-density tissue lies between them and the "
+            "ribs (dotted in qc.png); " if opacity_ml > 0 else ""
+        )
+        warnings.append(
+            f"dependent_opacity_outside_lung: the lungs' posterior surface lies in front of the "
+            f"posterior ribs by a median {gaps} (normal: under "
+            f"{sc.max_posterior_gap_mm:g} mm): dependent consolidation or a pleural effusion "
+            f"lies outside the lung mask; {estimated}the lung volume and the lesion proportion "
+            "read low; nothing was added; check qc.png"
+        )
     summary["timing_s"] = round(time.perf_counter() - t0, 3)
     logger.info("subpleural: %s", summary)
     lung_info = {**lungs.info, "subpleural": summary}
@@ -461,7 +469,10 @@ def recover_subpleural_layer(
     if summary["recovered_ml"] > 0:
         lung_info = _update_lung_volumes(lung_info, new_lung_labels, volume)
     return (
-        LungMask(new_lung_labels, lung_info, recovered=recovered, outside_estimate=estimate),
+        LungMask(
+            new_lung_labels, lung_info, recovered=recovered,
+            outside_estimate=None if estimate is None or not estimate.any() else estimate > 0,
+        ),
         LesionMask(new_lesion_labels, lesions.info),
     )
 
