@@ -596,7 +596,7 @@ def test_dependent_consolidation_left_out_of_the_lungs_is_flagged(chest):
     and denser), as in severe COVID-19 or ARDS. The lung stage leaves it out: lung 1969 of
     5301 mL, lesion 0.0 %, and before session 15 no flag ("normal CT"). Its posterior surface
     now lies about 100 mm in front of the ribs (normal chest 7.8 / 5.9 mm): flagged. Session
-    16: the opacity behind the lungs is estimated (1167 mL, 89 % of it in the original lung
+    16: the opacity behind the lungs is estimated (1166 mL, 89 % of it in the original lung
     mask: a lower bound of the 3332 mL left out), and the normal-CT call is withheld."""
     from lungvol.quantification import measure_scan
 
