@@ -403,14 +403,6 @@ class SubpleuralConfig:
     # Session 16: solid lesion on the mask's surface against tissue of the solid band gets
     # one in-plane voxel of that tissue (the partial-volume layer an aerated surface keeps).
     solid_shell: bool = True
-    # ... only inside the lung closed by this radius (plus the tolerance), on blocks of
-    # about solid_shell_block_mm. Measured on the inserted 15 / 30 % cases (session 16):
-    # without it half of the shell lies beyond the true pleura and the 30 % proportion reads
-    # +1.03 pp; with 20 mm / 1 mm on 3 mm blocks +0.94 pp, solid -7.5 / -14.7 % (-15.9 /
-    # -22.3 % without the shell).
-    solid_shell_envelope_mm: float = 20.0
-    solid_shell_tolerance_mm: float = 1.0
-    solid_shell_block_mm: float = 3.0  # the envelope's grid (distance transforms)
     tissue_min_hu: float = -300.0  # outside the mask at or above: tissue (the surface faces it)
     costal_bone_distance_mm: float = 20.0  # costal surface: this close to bone
     window_mm: float = 20.0  # nearest rib passing: smallest gap over this window
@@ -451,16 +443,10 @@ class SubpleuralConfig:
         for key in (
             "costal_bone_distance_mm", "window_mm", "min_excess_mm", "reference_gap_mm",
             "max_layer_mm", "min_dependent_excess_mm", "max_posterior_gap_mm",
-            "posterior_search_mm", "dependent_level_tolerance_mm", "solid_shell_envelope_mm",
-            "solid_shell_block_mm",
+            "posterior_search_mm", "dependent_level_tolerance_mm",
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")
-        if self.solid_shell_tolerance_mm < 0:
-            raise ConfigError(
-                "subpleural.solid_shell_tolerance_mm must be >= 0 "
-                f"(got {self.solid_shell_tolerance_mm})"
-            )
         for key in ("min_lesion_fraction", "min_aerated_fraction",
                     "posterior_gap_min_area_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:

@@ -270,3 +270,94 @@ def test_a_scan_without_bone_in_view_is_left_alone():
 def test_bad_subpleural_config_is_refused(key, value):
     with pytest.raises(ConfigError, match=f"subpleural.{key}"):
         config_from_dict({"subpleural": {key: value}})
+
+
+def _shell_case(*, dent: bool, outside_hu: float = 40.0):
+    """One lung in soft tissue; a solid patch (-20 HU) fills its posterior surface over a
+    disc of 30 mm. With ``dent`` the mask stops one in-plane voxel short of the true surface
+    there (the lung stage loses the pleura's voxel where solid meets tissue); without, the
+    mask is the true lung. Returns the volume, the true lung, the mask and the lesions."""
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+                          indexing="ij", sparse=True)
+    cz, cy, cx = (n * s / 2 for n, s in zip(SHAPE, SPACING_MM, strict=True))
+    z, y, x = z - cz, y - cy, x - cx
+    lung = (x / 55.0) ** 2 + (y / 62.0) ** 2 + (z / 44.0) ** 2 <= 1.0
+    patch = lung & (y > 40.0) & (x**2 + z**2 <= 15.0**2)
+    hu = np.full(SHAPE, outside_hu, np.float32)
+    hu[lung] = -860.0
+    hu[patch] = -20.0
+    volume = CTVolume(
+        hu=np.rint(hu).astype(np.int16), spacing_mm=SPACING_MM, origin_lps_mm=(0.0, 0.0, 0.0),
+        direction=np.eye(3), source=SourceInfo(path="synthetic", kind="nifti", sha256=""),
+    )
+    mask = lung.copy()
+    if dent:  # the patch's in-plane outermost voxel is not in the mask
+        cross = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
+        inner = ndimage.binary_erosion(lung, structure=cross)
+        mask &= ~(patch & ~inner)
+    lesions = np.where(patch & mask, LESION_SOLID, 0).astype(np.uint8)
+    return volume, lung, mask, lesions
+
+
+def test_the_solid_shell_fills_the_dent_where_solid_lesion_lost_the_pleuras_voxel():
+    """Session 16: where solid lesion meets soft tissue the mask stops a voxel short (no
+    contrast); the shell adds that voxel to the lung (label of its neighbour) and the solid."""
+    from lungvol.segmentation.subpleural import add_solid_shell
+
+    volume, lung, mask, lesions = _shell_case(dent=True)
+    lost = lung & ~mask
+    assert lost.any()
+    labels = mask.astype(np.uint8)
+    new_lungs, new_lesions, n = add_solid_shell(volume, labels, lesions, CFG)
+    added = (new_lungs > 0) & ~mask
+    assert n == np.count_nonzero(added)
+    assert np.count_nonzero(added & lost) >= 0.95 * np.count_nonzero(lost)
+    assert np.count_nonzero(added & ~lung) <= 0.1 * np.count_nonzero(added)
+    assert (new_lungs[added] == 1).all()
+    assert (new_lesions[added] == LESION_SOLID).all()
+    assert (new_lesions[~added] == lesions[~added]).all()
+    assert labels.max() == 1  # the input is not changed
+    assert not (labels > 0)[added].any()
+
+
+def test_the_solid_shell_is_one_in_plane_voxel_even_where_the_mask_was_right():
+    """Without a dent the next voxel out is chest wall of the solid band: it is added too
+    (the image cannot tell the two cases apart; the shell corrects a bias on average), but
+    never more than one in-plane voxel beyond the mask, and only next to solid lesion."""
+    from lungvol.segmentation.subpleural import add_solid_shell
+
+    volume, _lung, mask, lesions = _shell_case(dent=False)
+    new_lungs, _, n = add_solid_shell(volume, mask.astype(np.uint8), lesions, CFG)
+    added = (new_lungs > 0) & ~mask
+    assert n == np.count_nonzero(added) > 0
+    cross = np.array([[[0, 1, 0], [1, 1, 1], [0, 1, 0]]], bool)
+    next_to_solid = ndimage.binary_dilation(lesions == LESION_SOLID, structure=cross)
+    assert (added <= next_to_solid).all()
+
+
+@pytest.mark.parametrize("lost_hu", [-900, 700])
+def test_the_solid_shell_takes_no_air_or_bone(lost_hu):
+    from lungvol.segmentation.subpleural import add_solid_shell
+
+    volume, lung, mask, lesions = _shell_case(dent=True)
+    hu = volume.hu.copy()
+    hu[lung & ~mask] = lost_hu  # the voxel the mask lost is air (a sliver of gas) or bone
+    volume = dataclasses.replace(volume, hu=hu)
+    _, _, n = add_solid_shell(volume, mask.astype(np.uint8), lesions, CFG)
+    assert n == 0
+
+
+def test_the_solid_shell_can_be_switched_off():
+    volume, _lung, mask, lesions = _shell_case(dent=True)
+    on_lungs, on_lesions = recover_subpleural_layer(
+        volume, LungMask(mask.astype(np.uint8)), LesionMask(lesions), CFG)
+    assert on_lungs.info["subpleural"]["solid_shell_ml"] > 0
+    assert np.count_nonzero(on_lesions.labels) > np.count_nonzero(lesions)
+    off = dataclasses.replace(
+        CFG, subpleural=dataclasses.replace(CFG.subpleural, solid_shell=False)
+    )
+    off_lungs, off_lesions = recover_subpleural_layer(
+        volume, LungMask(mask.astype(np.uint8)), LesionMask(lesions), off)
+    assert off_lungs.info["subpleural"]["solid_shell_ml"] == 0.0
+    assert (off_lungs.labels == mask).all()
+    assert (off_lesions.labels == lesions).all()

@@ -657,7 +657,7 @@ def _lesion_rim(
         return out, zone
     # Only inside the lung's envelope (closing by rim_envelope_radius_mm): a smooth surface
     # across the diseased patch; chest wall of the same HU as the lesion lies beyond it.
-    inside = envelope(
+    inside = _envelope(
         labels > 0, box, config.rim_envelope_radius_mm, config.rim_envelope_tolerance_mm,
         spacing_mm,
     )
@@ -723,29 +723,27 @@ _OFFSETS26 = np.array(
 )
 
 
-def envelope(
+def _envelope(
     mask: np.ndarray, box: tuple[slice, ...], radius_mm: float, tolerance_mm: float,
-    spacing_mm: tuple[float, ...], factors: tuple[int, ...] = (2, 2, 2),
+    spacing_mm: tuple[float, ...],
 ):
     """Test for points (indices within ``box``): inside the closing of ``mask`` by ``radius_mm``
     (or less than ``tolerance_mm`` outside it)?
 
-    Distance transforms on a grid ``factors`` coarser (2x: 8x fewer voxels) over ``box``
-    grown by the radius; the signed depth is interpolated linearly at the points, so the
-    surface stays within about a voxel of the mask where it is convex. Beyond the array
-    border there is no lung.
+    Distance transforms on a 2x coarser grid (8x fewer voxels) over ``box`` grown by the
+    radius; the signed depth is interpolated linearly at the points, so the surface stays
+    within about a voxel of the mask where it is convex. Beyond the array border there is
+    no lung.
     """
     ebox = tuple(
         slice(max(0, b.start - r), min(n, b.stop + r))
         for b, r, n in zip(box, _radius_voxels(radius_mm, spacing_mm), mask.shape, strict=True)
     )
     sub = mask[ebox]
-    shape2 = tuple(-(-n // f) for n, f in zip(sub.shape, factors, strict=True))
-    pad = [(0, f * m - n) for m, n, f in zip(shape2, sub.shape, factors, strict=True)]
-    frac = np.pad(sub, pad).reshape(
-        shape2[0], factors[0], shape2[1], factors[1], shape2[2], factors[2]
-    ).mean(axis=(1, 3, 5))
-    sp2 = tuple(f * s for f, s in zip(factors, spacing_mm, strict=True))
+    shape2 = tuple((n + 1) // 2 for n in sub.shape)
+    pad = [(0, 2 * m - n) for m, n in zip(shape2, sub.shape, strict=True)]
+    frac = np.pad(sub, pad).reshape(shape2[0], 2, shape2[1], 2, shape2[2], 2).mean(axis=(1, 3, 5))
+    sp2 = tuple(2 * s for s in spacing_mm)
     # Background margin: the array border must not count as foreground (a lung cut by the
     # field of view would get a slab of tissue along it).
     margin = _radius_voxels(radius_mm, sp2)
@@ -755,10 +753,7 @@ def envelope(
     shift = [b.start - e.start for b, e in zip(box, ebox, strict=True)]
 
     def inside(points: tuple[np.ndarray, ...]) -> np.ndarray:
-        coords = [
-            (p + d - (f - 1) / 2.0) / f + m
-            for p, d, m, f in zip(points, shift, margin, factors, strict=True)
-        ]
+        coords = [(p + d - 0.5) / 2.0 + m for p, d, m in zip(points, shift, margin, strict=True)]
         return ndimage.map_coordinates(depth, coords, order=1, mode="nearest") >= -tolerance_mm
 
     return inside
