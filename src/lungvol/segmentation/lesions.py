@@ -78,7 +78,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.config import LesionSegmentationConfig
-from lungvol.segmentation.grid import CoarseGrid, bounding_box, patient_index
+from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.segmentation.noise import adapt_to_noise
 from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMask, check_same_grid
 
@@ -193,7 +193,7 @@ def _background(
     )
     lung_fraction = grid.downsample_fraction(lung_box)
     outside = lung_fraction < 0.5
-    coarse_hu = grid.downsample_mean(hu_box)
+    coarse_hu = coarse_mean(hu_box, grid)  # shared with the noise measure when unsmoothed
     # Independent of the pleural extrapolation (the distance transform): on ``pool``.
     parenchyma_future = pool.submit(
         _parenchyma_level, grid, coarse_hu, lung_fraction, first_index, config

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from lungvol.segmentation.grid import CoarseGrid, bounding_box
+from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean
 
 # The six face neighbours of a block, averaged (the residual's reference).
 _FACE_MEAN = np.zeros((3, 3, 3), np.float32)
@@ -68,7 +68,9 @@ def lung_noise_hu(
     grid = CoarseGrid.for_volume(
         hu.shape, spacing_mm, working_spacing_mm=block_mm, first_index=first_index
     )
-    blocks = grid.downsample_mean(hu)
+    # Cached: the lesion stage's background grid is this grid on the same box array, so an
+    # unsmoothed scan's block means are computed once (lesions._background).
+    blocks = coarse_mean(hu, grid)
     inside = ndimage.minimum_filter(grid.downsample_fraction(lung), size=3, mode="constant")
     use = (inside >= 0.999) & (ndimage.maximum_filter(blocks, size=3) < aerated_max_hu)
     if np.count_nonzero(use) < _MIN_BLOCKS:
