@@ -309,41 +309,47 @@ def test_an_effusion_beside_a_recovered_subpleural_layer_stays_out(chest):
     assert np.count_nonzero(fluid & (new_lungs.labels > 0)) <= 0.05 * np.count_nonzero(fluid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (2026-12-06 session 16): at 30 % lesion / 6 % solid the proportion reads "
-    "+1.03 pp (target 1 pp; +0.62 before the solid shell); total +2.3 % and solid -12.6 % are "
-    "met (solid -22.3 % before: 22 % of inserted solid lay outside the lung mask where dense "
-    "lesion replaces the lung surface). The shell adds the pleura's voxel next to solid "
-    "lesion, 44-56 % of it inside the true lung: the lesion's over-count elsewhere (ground "
-    "glass along vessel skirts) now shows (docs/segmentation.md, 'Solid shell')",
-)
-def test_real_chest_inserted_lesions_30pct_solid(chest):
+def test_real_chest_inserted_lesions_30pct(chest):
+    """Targets: total <= 10 %, solid <= 15 %; measured +2.3 %, -12.6 % (session 16, the
+    solid shell; solid -22.3 % before: 22 % of inserted solid lay outside the lung mask where
+    dense lesion replaces the lung surface). The proportion is the strict xfail below."""
     err = _inserted(chest, 30.0, 6.0, seed=13)
     assert abs(err["total_pct"]) <= 10.0, err
-    assert abs(err["proportion_pp"]) <= 1.0, err
     assert abs(err["solid_pct"]) <= 15.0, err
 
 
-def test_real_chest_inserted_lesions_50pct_total(chest):
-    """Severe diffuse disease (50 % lesion, 10 % solid; session 15): total -> +1.5 %. The
-    proportion and the solid are the strict xfail below."""
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-06 session 16): at 30 % lesion / 6 % solid the proportion reads "
+    "+1.03 pp (target 1 pp; +0.62 before the solid shell). The shell adds the pleura's voxel "
+    "next to solid lesion, 44-56 % of it inside the true lung: the lesion's over-count "
+    "elsewhere (ground glass along vessel skirts) now shows (docs/segmentation.md, 'Solid "
+    "shell')",
+)
+def test_real_chest_inserted_lesions_30pct_proportion(chest):
+    err = _inserted(chest, 30.0, 6.0, seed=13)
+    assert abs(err["proportion_pp"]) <= 1.0, err
+
+
+def test_real_chest_inserted_lesions_50pct(chest):
+    """Severe diffuse disease (50 % lesion, 10 % solid; session 15): total +3.3 %, solid
+    -7.8 % (session 16, the solid shell; +1.5 / -16.8 % before). The proportion is the
+    strict xfail below."""
     err = _inserted(chest, 50.0, 10.0, seed=14)
     assert abs(err["total_pct"]) <= 10.0, err
+    assert abs(err["solid_pct"]) <= 15.0, err
 
 
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (2026-12-06 session 15): at 50 % lesion / 10 % solid the proportion reads "
-    "+2.22 pp (+1.78 before session 16's solid shell), the solid -7.8 % (-16.8 % before): the "
-    "lung mask is 1.1 % short (5243 of 5302 mL) where lesion replaces the lung surface, and "
-    "the lesion reads +3.3 % (docs/segmentation.md, 'Lesion at the lung surface', 'Solid "
-    "shell')",
+    "+2.22 pp (+1.78 before session 16's solid shell): the lung mask is 1.1 % short (5243 of "
+    "5302 mL) where lesion replaces the lung surface, and the lesion reads +3.3 % "
+    "(docs/segmentation.md, 'Lesion at the lung surface', 'Solid shell')",
 )
-def test_real_chest_inserted_lesions_50pct_proportion_and_solid(chest):
+def test_real_chest_inserted_lesions_50pct_proportion(chest):
     err = _inserted(chest, 50.0, 10.0, seed=14)
     assert abs(err["proportion_pp"]) <= 1.0, err
-    assert abs(err["solid_pct"]) <= 15.0, err
 
 
 @pytest.mark.xfail(

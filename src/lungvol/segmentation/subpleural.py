@@ -126,8 +126,9 @@ def measure_posterior_gap(
 
     For a lung at ``max_posterior_gap_mm`` or more, :func:`_dependent_opacity` estimates the
     opacity between it and the ribs (``dependent_opacity_{right,left}_ml``; None when not
-    estimated). Returns the summary and the estimate on the CT grid (bool; None when empty),
-    which is outlined in qc.png and NOT added to the lung mask: an effusion there is not lung.
+    estimated). Returns the summary and the estimate on the CT grid (uint8: the label of the
+    lung it lies behind; None when empty), which is outlined in qc.png and NOT added to the
+    lung mask: an effusion there is not lung.
     """
     sc, lc = config.subpleural, config.lungs
     sp = grid.spacing_mm
@@ -160,8 +161,8 @@ def measure_posterior_gap(
     k = _window_size(sc.window_mm, sp)[0]
     midline = lungs.info.get("midline_x_index")
     opacity = np.zeros(bone.shape, np.uint8)  # coarse: lung label the estimate lies behind
-    for (side, full), label in zip(coarse.items(), (LUNG_RIGHT, LUNG_LEFT), strict=True):
-        lung = full[box_t]
+    for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
+        lung = coarse[side][box_t]
         area = np.count_nonzero(lung, axis=(1, 2))
         if not area.any():
             continue
@@ -194,13 +195,23 @@ def measure_posterior_gap(
     # (a block at the far edge holds fat or lung behind the opacity too).
     tissue = (volume.hu >= sc.layer_hu[0]) & (volume.hu < lc.bone_min_hu) & (lungs.labels == 0)
     estimate = np.where(tissue, grid.upsample_nearest(full_c), 0).astype(np.uint8)
-    for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
-        gap = out[f"posterior_gap_{side}_mm"]
-        if gap is not None and gap >= sc.max_posterior_gap_mm:
-            out[f"dependent_opacity_{side}_ml"] = round(
-                float(np.count_nonzero(estimate == label)) * volume.voxel_volume_ml, 1
-            )
+    flagged = [
+        side for side in ("right", "left")
+        if (out[f"posterior_gap_{side}_mm"] or 0.0) >= sc.max_posterior_gap_mm
+    ]
+    _count_opacity(out, estimate, flagged, volume.voxel_volume_ml)
     return out, estimate
+
+
+def _count_opacity(
+    summary: dict, estimate: np.ndarray, sides: list[str], voxel_ml: float
+) -> None:
+    """``dependent_opacity_{side}_ml`` for ``sides`` from the labelled estimate, in place."""
+    for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
+        if side in sides:
+            summary[f"dependent_opacity_{side}_ml"] = round(
+                float(np.count_nonzero(estimate == label)) * voxel_ml, 1
+            )
 
 
 def _dependent_opacity(
@@ -519,11 +530,11 @@ def recover_subpleural_layer(
     if estimate is not None and (recovered is not None or summary["solid_shell_ml"] > 0):
         # What the layer step and the shell added is lung now: not outside it.
         estimate = np.where(new_lung_labels > 0, 0, estimate).astype(np.uint8)
-        for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
-            if summary[f"dependent_opacity_{side}_ml"] is not None:
-                summary[f"dependent_opacity_{side}_ml"] = round(
-                    float(np.count_nonzero(estimate == label)) * volume.voxel_volume_ml, 1
-                )
+        estimated = [
+            side for side in ("right", "left")
+            if summary[f"dependent_opacity_{side}_ml"] is not None
+        ]
+        _count_opacity(summary, estimate, estimated, volume.voxel_volume_ml)
     if summary["posterior_gap_flagged"]:
         gaps = ", ".join(
             f"{side} {summary[f'posterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
