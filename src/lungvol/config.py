@@ -100,6 +100,9 @@ class LungSegmentationConfig:
     working_spacing_mm: float = 2.0  # isotropic-ish coarse grid for the heavy work
     air_threshold_hu: float = -500.0  # below: air-like (lung parenchyma, airways, outside)
     body_threshold_hu: float = -300.0  # above: soft tissue / bone
+    # Surface refinement on the CT grid: a voxel at the lung surface is lung below this (the
+    # half-occupancy point between aerated lung, about -850, and soft tissue, about +40).
+    surface_threshold_hu: float = -400.0
     airway_max_hu: float = -950.0  # seed threshold for trachea/main bronchi
     min_lung_volume_ml: float = 200.0  # a lung candidate smaller than this is not a lung
     fill_closing_radius_mm: float = 20.0  # closing that brings dense pathology into the lung
@@ -206,6 +209,11 @@ class LungSegmentationConfig:
             raise ConfigError("lungs.working_spacing_mm must be > 0")
         if not self.air_threshold_hu > -1024:
             raise ConfigError("lungs.air_threshold_hu must be above -1024")
+        if not self.air_threshold_hu <= self.surface_threshold_hu <= self.body_threshold_hu:
+            raise ConfigError(
+                "lungs.surface_threshold_hu must lie between lungs.air_threshold_hu and "
+                f"lungs.body_threshold_hu (got {self.surface_threshold_hu})"
+            )
         for key in ("gas_min_fraction", "lung_max_air_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"lungs.{key} must be in [0, 1] (got {getattr(self, key)})")

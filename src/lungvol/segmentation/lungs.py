@@ -23,7 +23,8 @@ Steps (heavy work on the coarse grid, see :mod:`lungvol.segmentation.grid`):
    beyond is not; healthy lung seeds nothing. Not at the hila; with
    ``rim_medial_requires_bone``, on the mediastinal side only near bone.
 6. Full-resolution refinement: in a one-coarse-voxel band along the lung surface, CT
-   voxels are re-decided with the air threshold (pathology additions are kept); rejected
+   voxels are re-decided with ``surface_threshold_hu``, the half-occupancy point between
+   aerated lung and soft tissue (pathology additions are kept); rejected
    voxels that continue a dense lesion come back by the same rim rule on the CT grid.
 """
 
@@ -868,7 +869,10 @@ def _refine_full_resolution(
     band_c = (ndimage.binary_dilation(lung_c) & ~ndimage.binary_erosion(lung_c)) & ~blocked_c[box_c]
     band_label_c = ndimage.maximum_filter(labels_c, size=3)
     # Band voxels take the neighbouring lung label; those not added by pathology inclusion
-    # are then re-decided on the CT grid by the air threshold.
+    # are then re-decided on the CT grid by the surface threshold: a partial-volume voxel
+    # that is at least half aerated lung (about -400 HU between -850 and +40) is lung. The
+    # air threshold (-500) would leave that layer out: 1.4 % of the lung of a phantom at
+    # HRCT voxels (docs/segmentation.md, "The lung surface threshold").
     merged_c = np.where(band_c, band_label_c, labels_c).astype(np.uint8)
     test_c = band_c & ~added_c[box_c] & (band_label_c > 0)
     # CT voxels of the coarse box (blocks start ``phase`` voxels before CT index 0).
@@ -881,7 +885,7 @@ def _refine_full_resolution(
     sub_grid = CoarseGrid(sub_shape, grid.factors, grid.full_spacing_mm, sub_phase)  # type: ignore[arg-type]
     sub = sub_grid.upsample_nearest(merged_c)
     hu_box = hu_full[box_f]
-    rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.air_threshold_hu)
+    rejected = sub_grid.upsample_nearest(test_c) & (hu_box >= config.surface_threshold_hu)
     sub[rejected] = 0
     near_lesion = sub_grid.upsample_nearest(lesion_c[box_c])
     _grow_rim_full_resolution(sub, hu_box, rejected & near_lesion, config)
