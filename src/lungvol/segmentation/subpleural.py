@@ -391,7 +391,7 @@ def add_solid_shell(
     the mask's surface, joins the lung (the label of its neighbour) and the solid lesion.
 
     Where aerated lung meets the chest wall, mediastinum or diaphragm, the lung mask keeps
-    the partial-volume voxels of the pleura (more air than tissue). Where solid lesion
+    the partial-volume voxels of the pleura (at least half lung). Where solid lesion
     meets them there is no contrast: the mask stops a voxel short, and that voxel is lesion
     in an expert contour drawn along the pleura (on the real chest with inserted lesions,
     49 of the 71 mL of solid outside the mask at 30 % lies within 2 mm of it). The voxel is
