@@ -481,3 +481,40 @@ def test_air_pocket_in_the_top_slice_is_not_taken_for_the_trachea():
     assert mask.info["airway_removed_ml"] > 5.0
     inside = np.count_nonzero(c.airway & (mask.labels > 0))
     assert inside <= 0.02 * np.count_nonzero(c.airway)
+
+
+def _partial_volume_layer_case(layer_hu: float):
+    """The synthetic chest with the in-plane voxel layer just outside the right lung set to
+    ``layer_hu`` (a pleural partial-volume voxel); returns the volume and the layer."""
+    c = make_chest()
+    plane = np.zeros((1, 3, 3), bool)
+    plane[0, 1, :] = plane[0, :, 1] = True
+    layer = ndimage.binary_dilation(c.right_lung, structure=plane) & ~c.right_lung
+    hu = c.volume.hu.astype(np.float32)
+    layer &= np.abs(hu - TISSUE_HU) < 100  # soft tissue only: not ribs, airways, lesions
+    hu[layer] = layer_hu
+    return make_volume(hu), layer
+
+
+def test_a_surface_voxel_that_is_half_lung_is_lung():
+    """lungs.surface_threshold_hu (-400, session 17): a pleural voxel that is 55 % aerated
+    lung (-860 HU) and 45 % soft tissue (+40 HU) reads about -455 HU; it is lung. The air
+    threshold (-500) used before left that layer out."""
+    volume, layer = _partial_volume_layer_case(0.55 * -860.0 + 0.45 * 40.0)
+    kept = segment_lungs(volume, CFG).labels[layer] > 0
+    assert kept.mean() >= 0.9, kept.mean()
+    old = LungSegmentationConfig(surface_threshold_hu=-500.0)
+    assert (segment_lungs(volume, old).labels[layer] > 0).mean() <= 0.1
+
+
+def test_a_surface_voxel_that_is_mostly_tissue_is_not_lung():
+    volume, layer = _partial_volume_layer_case(0.4 * -860.0 + 0.6 * 40.0)  # -320 HU
+    assert (segment_lungs(volume, CFG).labels[layer] > 0).mean() <= 0.1
+
+
+@pytest.mark.parametrize("value", [-600.0, -200.0])
+def test_surface_threshold_is_validated(value):
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="surface_threshold_hu"):
+        LungSegmentationConfig(surface_threshold_hu=value)
