@@ -212,7 +212,8 @@ class LungSegmentationConfig:
         if not self.air_threshold_hu <= self.surface_threshold_hu <= self.body_threshold_hu:
             raise ConfigError(
                 "lungs.surface_threshold_hu must lie between lungs.air_threshold_hu and "
-                f"lungs.body_threshold_hu (got {self.surface_threshold_hu})"
+                f"lungs.body_threshold_hu (got {self.surface_threshold_hu}); set it in that "
+                "range (default -400, the half-lung, half-tissue point)"
             )
         for key in ("gas_min_fraction", "lung_max_air_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:

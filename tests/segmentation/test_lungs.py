@@ -8,7 +8,7 @@ from scipy import ndimage
 from seg_synthetic import AIR_HU, SHAPE, SPACING_MM, TISSUE_HU, dice, make_chest, make_volume
 
 from lungvol.config import LungSegmentationConfig
-from lungvol.errors import SegmentationError
+from lungvol.errors import ConfigError, SegmentationError
 from lungvol.segmentation import segment_lungs
 from lungvol.segmentation.grid import CoarseGrid, coarse_mean
 from lungvol.types import LUNG_LEFT, LUNG_RIGHT
@@ -74,8 +74,6 @@ def test_a_trachea_brighter_than_the_seed_threshold_is_still_found(lumen_hu):
 
 
 def test_trachea_seed_cap_is_validated():
-    from lungvol.errors import ConfigError
-
     with pytest.raises(ConfigError, match="trachea_seed_max_hu"):
         LungSegmentationConfig(trachea_seed_max_hu=-800.0)
 
@@ -380,16 +378,12 @@ def test_the_synthetic_lungs_are_not_gas(chest):
 
 
 def test_gas_airway_contact_is_validated():
-    from lungvol.errors import ConfigError
-
     with pytest.raises(ConfigError, match="gas_airway_contact_min_mm2"):
         LungSegmentationConfig(gas_airway_contact_min_mm2=-1.0)
 
 
 @pytest.mark.parametrize("key", ["gas_min_fraction", "lung_max_air_fraction"])
 def test_gas_rule_fractions_are_validated(key):
-    from lungvol.errors import ConfigError
-
     with pytest.raises(ConfigError, match=key):
         LungSegmentationConfig(**{key: 1.5})
 
@@ -514,7 +508,5 @@ def test_a_surface_voxel_that_is_mostly_tissue_is_not_lung():
 
 @pytest.mark.parametrize("value", [-600.0, -200.0])
 def test_surface_threshold_is_validated(value):
-    from lungvol.errors import ConfigError
-
     with pytest.raises(ConfigError, match="surface_threshold_hu"):
         LungSegmentationConfig(surface_threshold_hu=value)
