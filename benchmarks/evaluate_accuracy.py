@@ -55,7 +55,7 @@ from lungvol.phantom import (
     make_phantom,
     resolve_size,
 )
-from lungvol.quantification.qc_flags import solid_at_surface_ml
+from lungvol.quantification.qc_flags import base_taper_mm, solid_at_surface_ml
 from lungvol.segmentation import recover_subpleural_layer, segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
 
@@ -87,6 +87,10 @@ def _segment(volume: CTVolume) -> tuple[LungMask, Any, dict[str, float]]:
         "lungs_s": round(t1 - t0, 2), "lesions_s": round(t2 - t1, 2),
         "subpleural_s": round(t3 - t2, 2), "subpleural_excess_mm": sub.get("excess_mm"),
         "subpleural_recovered_ml": sub.get("recovered_ml"),
+        # Base to half the largest cross-section, per lung (QC flag lung_base_truncated
+        # under quantification.min_base_taper_mm; session 18).
+        "base_taper_mm": base_taper_mm(lungs.labels, volume.spacing_mm,
+                                       config=CFG.quantification),
     }
 
 

@@ -17,7 +17,10 @@ rotation or shift) and with its lesion proportion:
 - dependent consolidation the lung stage leaves out: the posterior half of both lungs
   (-300 HU and denser) and a 15 mm dependent layer (-100 HU): flagged
   ``dependent_opacity_outside_lung`` with a lower-bound estimate of the opacity, and the
-  normal-CT call withheld (session 16).
+  normal-CT call withheld (session 16);
+- a base consolidated flat across (+30 HU; the right lower third, the lower fifth of both
+  lungs), which the lung stage leaves out too: flagged ``lung_base_truncated`` and the
+  normal-CT call withheld (session 18).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -70,10 +73,12 @@ def _with_hu(chest: CTVolume, hu: np.ndarray) -> CTVolume:
 
 
 def perturbations(
-    chest: CTVolume, lung: np.ndarray
+    chest: CTVolume, labels: np.ndarray
 ) -> list[tuple[str, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
     """(name, perturbed HU, reference lung mask, map of the result back to the reference).
-    A cropped case's reference is the unperturbed mask cropped alike."""
+    ``labels``: the unperturbed lung labels (1 right, 2 left). A cropped case's reference
+    is the unperturbed mask cropped alike."""
+    lung = labels > 0
     hu = chest.hu.astype(np.int32)
     out: list[tuple[str, np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] = []
     for offset in (24, -24, 40, -40):
@@ -116,6 +121,18 @@ def perturbations(
     h = hu.copy()
     h[layer] = np.maximum(h[layer], np.rint(-100 + rng.normal(0, 20, np.count_nonzero(layer))))
     out.append(("dependent 15 mm layer consolidated", h, lung, _identity))
+    # A base consolidated flat across (+30 HU, lobar pneumonia against the liver): no slice
+    # there has air left, so the lung stage leaves it out; flagged lung_base_truncated and
+    # the normal-CT call withheld since session 18 (nothing added).
+    for name, sides, fraction in (("right lower third", (1,), 1 / 3),
+                                  ("both lower fifths", (1, 2), 0.2)):
+        h = hu.copy()
+        for side in sides:
+            m = labels == side
+            zs = np.flatnonzero(m.any(axis=(1, 2)))
+            cut = m & (np.arange(hu.shape[0])[:, None, None] <= zs[0] + fraction * (zs[-1] - zs[0]))
+            h[cut] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(cut)))
+        out.append((f"{name} consolidated flat (+30 HU)", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
         inset = int(round(inset_mm / chest.spacing_mm[2]))
@@ -146,7 +163,7 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
         "trachea_found": lungs.info.get("trachea_found"),
         "seconds": round(time.perf_counter() - t0, 1),
     }]
-    for name, hu, reference, back in perturbations(chest, lung):
+    for name, hu, reference, back in perturbations(chest, lungs.labels):
         t0 = time.perf_counter()
         row: dict[str, Any] = {"case": name}
         ct = _with_hu(chest, hu)
@@ -172,6 +189,7 @@ def measure(chest: CTVolume, config: LungvolConfig) -> list[dict[str, Any]]:
             "trachea_seed_threshold_hu": new_lungs.info.get("trachea_seed_threshold_hu"),
             "airy_lung_kept_ml": new_lungs.info.get("airy_lung_kept_ml"),
             "dependent_opacity_ml": _estimate_ml(new_lungs),
+            "base_taper_mm": scan.lung_base_taper_mm,
             "normal_ct": scan.normal_ct,
             "qc_flags": sorted({f.split(":", 1)[0] for f in flags}),
             "seconds": round(time.perf_counter() - t0, 1),

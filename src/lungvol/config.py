@@ -496,6 +496,16 @@ class QuantificationConfig:
     surface_tissue_min_hu: float = -300.0
     surface_solid_flag_min_ml: float = 10.0
     surface_solid_flag_min_fraction: float = 0.15
+    # Lung base (session 18): per lung, the craniocaudal distance from its base (the lowest
+    # slice holding at least base_min_area_fraction of its largest slice's area) up to the
+    # lowest slice holding base_half_area_fraction of it. The diaphragm's dome makes a
+    # normal lung taper over several centimetres (measured: real chest 46 / 42 mm, lung2
+    # 45 / 30, NSCLC crop 57, phantoms 36-42); a base consolidated flat across (lobar
+    # pneumonia against the liver, a subpulmonic effusion) leaves the mask cut off square
+    # (0-2 mm). QC flag lung_base_truncated below min_base_taper_mm.
+    base_min_area_fraction: float = 0.01
+    base_half_area_fraction: float = 0.5
+    min_base_taper_mm: float = 10.0
     # Block-phase check (opt-in; `lungvol segment --phase-check`): the scan is segmented
     # again with the block lattice of both stages shifted by these CT-voxel offsets
     # (z, y, x), as the anatomy shifts against it from one visit to the next, and the
@@ -571,6 +581,16 @@ class QuantificationConfig:
             raise ConfigError(
                 "quantification.surface_solid_flag_min_fraction must be in [0, 1], got "
                 f"{self.surface_solid_flag_min_fraction}"
+            )
+        if not 0.0 < self.base_min_area_fraction < self.base_half_area_fraction <= 1.0:
+            raise ConfigError(
+                "quantification.base_min_area_fraction and base_half_area_fraction must satisfy "
+                f"0 < min < half <= 1, got {self.base_min_area_fraction} and "
+                f"{self.base_half_area_fraction}"
+            )
+        if self.min_base_taper_mm < 0:
+            raise ConfigError(
+                f"quantification.min_base_taper_mm must be >= 0, got {self.min_base_taper_mm}"
             )
 
 

@@ -150,6 +150,10 @@ class ScanMetrics:
     # Spread of the numbers over shifted block lattices (quantification.phase_check), or
     # None when the check was not run (see lungvol.quantification.phase_check).
     phase_check: dict[str, Any] | None = None
+    # Per lung ("right", "left"), the distance (mm) from the base to the lowest slice with
+    # half the largest cross-section (quantification.qc_flags.base_taper_mm): a few mm means
+    # a base cut off square (QC flag lung_base_truncated). None in results older than 0.5.0.
+    lung_base_taper_mm: dict[str, float | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

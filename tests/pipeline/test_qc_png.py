@@ -65,9 +65,9 @@ def test_a_lesion_away_from_the_fixed_slices_is_shown_in_the_most_lesion_panel(
     tmp_path: Path,
 ) -> None:
     vol, lungs, _ = chest(spacing_mm=(3.0, 0.8, 0.8))
-    # One ground-glass lesion on slice 5 only: the 30/50/70 % slices (13, 20, 27) miss it.
+    # One ground-glass lesion on slice 33 only: the 30/50/70 % slices (13, 20, 27) miss it.
     labels = np.zeros(vol.shape, np.uint8)
-    labels[5, 20:34, 8:20] = 1
+    labels[33, 20:34, 8:20] = 1
     lesions = LesionMask(labels, {})
     m = measure_scan(vol, lungs, lesions, LungvolConfig(), timings_s={})
     out = render_qc_png(vol, lungs, lesions, m, tmp_path / "qc.png", dpi=50)

@@ -400,3 +400,85 @@ def test_measure_scan_reports_the_withheld_normal_ct_call() -> None:
     assert not m.normal_ct
     assert "normal_ct_withheld" in _codes(m.qc_flags)
     assert m.lesion_proportion_pct == plain.lesion_proportion_pct  # the numbers are unchanged
+
+
+def _domed_lungs(base_cut_slices: int = 0) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Two half-ellipsoid lungs on 2 mm slices whose cross-section grows from the base over
+    about 40 mm (a dome under them), with the lowest ``base_cut_slices`` slices removed
+    (a base consolidated flat across: the mask then starts at a full cross-section)."""
+    shape, spacing = (60, 80, 100), (2.0, 2.0, 2.0)
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    labels = np.zeros(shape, np.uint8)
+    # Lung cross-section radius grows as sqrt of the height above the base (z = 5).
+    height = np.clip(z - 5, 0, None) / 50.0
+    for label, cx in ((1, 25), (2, 75)):
+        r = 18.0 * np.sqrt(np.clip(height, 0, 1))
+        inside = ((x - cx) ** 2 + (y - 40) ** 2 <= r**2) & (z >= 5) & (z < 55)
+        labels[inside] = label
+    labels[: 5 + base_cut_slices] = 0
+    return labels, spacing
+
+
+def test_a_domed_base_tapers_and_a_base_cut_flat_does_not() -> None:
+    """Session 18: a base consolidated flat across (no air left to segment) leaves the mask
+    cut off square; the dome of a normal base makes the cross-section grow over centimetres."""
+    from lungvol.quantification.qc_flags import base_flags, base_taper_mm
+
+    cfg = QuantificationConfig()
+    labels, spacing = _domed_lungs()
+    taper = base_taper_mm(labels, spacing, config=cfg)
+    # Area grows linearly with height: half at 25 of 50 slices; 1 % at 0.5 slices.
+    assert taper["right"] == pytest.approx(48.0, abs=2.1)
+    assert taper == {"right": taper["right"], "left": taper["left"]}
+    assert base_flags(taper, [], config=cfg) == []
+    cut, _ = _domed_lungs(base_cut_slices=30)  # the lower 60 mm gone: 60 % of the area left
+    cut[:, :, 50:] = labels[:, :, 50:]  # the left lung keeps its dome
+    taper = base_taper_mm(cut, spacing, config=cfg)
+    assert taper["right"] < cfg.min_base_taper_mm <= taper["left"]
+    (flag,) = base_flags(taper, [], config=cfg)
+    assert flag_code(flag) == "lung_base_truncated"
+    assert f"right {taper['right']:.0f} mm" in flag
+    assert "left" not in flag.split("(")[1].split(";")[0]
+    # A scan range that ends above the base names its own cause: no second flag.
+    assert base_flags(taper, ["lungs_cut_off_inferior: 2% ..."], config=cfg) == []
+
+
+def test_base_taper_is_none_for_an_empty_lung_and_scales_with_slice_spacing() -> None:
+    from lungvol.quantification.qc_flags import base_taper_mm
+
+    labels, spacing = _domed_lungs()
+    labels[labels == 2] = 0
+    cfg = QuantificationConfig()
+    taper = base_taper_mm(labels, spacing, config=cfg)
+    assert taper["left"] is None
+    doubled = base_taper_mm(labels, (4.0, 2.0, 2.0), config=cfg)
+    assert doubled["right"] == pytest.approx(2 * taper["right"])
+
+
+def test_measure_scan_flags_a_flat_base_and_withholds_the_normal_ct_call() -> None:
+    """A lung cut off square at the base reads low lesion in what is left: no normal CT."""
+    labels, spacing = _domed_lungs(base_cut_slices=30)
+    hu = np.where(labels > 0, -850, 40).astype(np.int16)
+    vol = make_volume(hu, spacing)
+    no_lesion = LesionMask(np.zeros(labels.shape, np.uint8), {})
+    m = measure_scan(vol, LungMask(labels), no_lesion, CFG, timings_s={})
+    assert m.lesion_proportion_pct == 0.0
+    assert m.normal_ct is False
+    assert {"lung_base_truncated", "normal_ct_withheld"} <= _codes(m.qc_flags)
+    assert m.lung_base_taper_mm is not None
+    assert m.lung_base_taper_mm["right"] < 10
+    assert json.loads(json.dumps(m.to_dict()))["lung_base_taper_mm"] == m.lung_base_taper_mm
+    domed, _ = _domed_lungs()
+    m = measure_scan(make_volume(np.where(domed > 0, -850, 40).astype(np.int16), spacing),
+                     LungMask(domed), no_lesion, CFG, timings_s={})
+    assert m.normal_ct is True
+    assert not {"lung_base_truncated", "normal_ct_withheld"} & _codes(m.qc_flags)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("base_min_area_fraction", 0.0), ("base_min_area_fraction", 0.6),
+    ("base_half_area_fraction", 1.5), ("min_base_taper_mm", -1.0),
+])
+def test_base_taper_settings_are_validated(field, value) -> None:
+    with pytest.raises(ConfigError, match=field):
+        QuantificationConfig(**{field: value})

@@ -634,6 +634,38 @@ def test_dependent_consolidation_left_out_of_the_lungs_is_flagged(chest):
     assert measure_scan(vol, plain_lungs, plain_lesions, CFG, timings_s={}).normal_ct
 
 
+def test_a_base_consolidated_flat_across_is_flagged(chest):
+    """The lower third of the real chest's right lung raised to +30 HU (lobar pneumonia
+    against the liver): no slice there has air left, so the lung stage leaves it out (lung
+    -740 mL) and what is left reads 0.3 % lesion, a normal CT, unflagged before session 18
+    (the posterior-gap test looks at mid-thorax slices). The mask's right base now ends
+    square: 0 mm from base to half the largest cross-section (normal chest 46 / 36 mm)."""
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    right = lungs.labels == 1
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    base = right & (np.arange(right.shape[0])[:, None, None] <= zs[0] + (zs[-1] - zs[0]) / 3)
+    hu = vol.hu.copy()
+    hu[base] = np.rint(30 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(base)))
+    consolidated = _as_volume(hu, vol.spacing_mm)
+    new_lungs, new_lesions = segment_masks(consolidated, CFG)
+    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
+    lost_ml = np.count_nonzero(right & (new_lungs.labels != 1)) * vol.voxel_volume_ml
+    assert lost_ml > 500.0
+    assert metrics.lesion_proportion_pct < 1.0
+    taper = metrics.lung_base_taper_mm
+    assert taper["right"] < CFG.quantification.min_base_taper_mm <= taper["left"], taper
+    codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
+    assert {"lung_base_truncated", "normal_ct_withheld"} <= codes
+    assert not metrics.normal_ct
+    plain_lungs, plain_lesions = segment_masks(vol, CFG)
+    plain = measure_scan(vol, plain_lungs, plain_lesions, CFG, timings_s={})
+    assert min(plain.lung_base_taper_mm.values()) >= 30.0, plain.lung_base_taper_mm
+    assert "lung_base_truncated" not in {f.split(":", 1)[0] for f in plain.qc_flags}
+    assert plain.normal_ct
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

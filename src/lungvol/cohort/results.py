@@ -104,6 +104,9 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row["posterior_gap_left_mm"] = sub.get("posterior_gap_left_mm")
         row["dependent_opacity_right_ml"] = sub.get("dependent_opacity_right_ml")
         row["dependent_opacity_left_ml"] = sub.get("dependent_opacity_left_ml")
+    taper = metrics.get("lung_base_taper_mm") or {}
+    row["base_taper_right_mm"] = taper.get("right")
+    row["base_taper_left_mm"] = taper.get("left")
     row.update(acquisition(metrics))
     phase = metrics.get("phase_check")
     if phase:  # quantification.phase_check: the spread over shifted block lattices

@@ -12,6 +12,8 @@ from lungvol.quantification.hu_stats import lung_hu_stats
 from lungvol.quantification.provenance import build_provenance
 from lungvol.quantification.qc_flags import (
     air_pocket_flags,
+    base_flags,
+    base_taper_mm,
     edge_flags,
     normal_ct_call,
     passthrough_flags,
@@ -85,7 +87,11 @@ def measure_scan(
     flags += spacing_flags(
         volume.spacing_mm, config=qcfg, slice_thickness_mm=volume.source.slice_thickness_mm
     )
-    flags += edge_flags(lungs.labels, volume.spacing_mm, config=qcfg)
+    edge = edge_flags(lungs.labels, volume.spacing_mm, config=qcfg)
+    flags += edge
+    taper_mm = base_taper_mm(lungs.labels, volume.spacing_mm, config=qcfg)
+    truncated = base_flags(taper_mm, edge, config=qcfg)
+    flags += truncated
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     surface_ml = solid_at_surface_ml(
@@ -93,7 +99,9 @@ def measure_scan(
     )
     flags += surface_solid_flags(surface_ml, vols.solid_volume_ml, config=qcfg)
     flags += phase_flags(phase_check, config=qcfg)
-    normal_ct, normal_flags = normal_ct_call(vols, lungs.info, config=qcfg)
+    normal_ct, normal_flags = normal_ct_call(
+        vols, lungs.info, config=qcfg, truncated_base=bool(truncated)
+    )
     flags += normal_flags
     for flag in flags:
         logger.info("QC flag %s", flag)
@@ -124,4 +132,5 @@ def measure_scan(
         qc_flags=flags,
         provenance=provenance,
         phase_check=phase_check,
+        lung_base_taper_mm=taper_mm,
     )

@@ -16,7 +16,7 @@ from scipy import ndimage
 from lungvol.config import QuantificationConfig
 from lungvol.quantification.volumes import Volumes
 from lungvol.segmentation.grid import CoarseGrid, bounding_box
-from lungvol.types import LESION_SOLID
+from lungvol.types import LESION_SOLID, LUNG_LEFT, LUNG_RIGHT
 
 # A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
@@ -109,6 +109,56 @@ def edge_flags(
     return flags
 
 
+def base_taper_mm(
+    lung_labels: np.ndarray, spacing_mm: tuple[float, float, float], *,
+    config: QuantificationConfig,
+) -> dict[str, float | None]:
+    """Per lung, how far (mm) its cross-section takes to grow from the base to half its largest.
+
+    The base is the lowest slice (axis 0 runs inferior -> superior) holding at least
+    ``base_min_area_fraction`` of the lung's largest slice area; the taper is the distance
+    from it up to the lowest slice holding ``base_half_area_fraction`` of that area. The
+    diaphragm's dome rises into the lung's cross-section from the costophrenic recesses
+    up, so a normal base tapers over several centimetres (30-57 mm on the scans here); a
+    base consolidated flat across, against the liver or the spleen, has no air left to
+    segment and the mask ends square (0-2 mm). ``{"right": mm, "left": mm}``; None for an
+    empty lung.
+    """
+    out: dict[str, float | None] = {"right": None, "left": None}
+    for side, label in (("right", LUNG_RIGHT), ("left", LUNG_LEFT)):
+        area = np.count_nonzero(lung_labels == label, axis=(1, 2))
+        if not area.any():
+            continue
+        base = int(np.argmax(area >= config.base_min_area_fraction * area.max()))
+        half = int(np.argmax(area >= config.base_half_area_fraction * area.max()))
+        out[side] = round((half - base) * float(spacing_mm[0]), 1)
+    return out
+
+
+def base_flags(
+    taper_mm: Mapping[str, float | None], edge: Iterable[str], *,
+    config: QuantificationConfig,
+) -> list[str]:
+    """``lung_base_truncated`` for lungs whose base tapers over less than
+    ``min_base_taper_mm``, unless the scan range cuts the lungs off below (``edge``: the
+    edge flags; ``lungs_cut_off_inferior`` names that cause already)."""
+    if any(flag_code(f) == "lungs_cut_off_inferior" for f in edge):
+        return []
+    short = [
+        f"{side} {mm:.0f} mm" for side, mm in taper_mm.items()
+        if mm is not None and mm < config.min_base_taper_mm
+    ]
+    if not short:
+        return []
+    return [
+        f"lung_base_truncated: the lung mask's base ends square ({', '.join(short)} from the "
+        f"base to half the largest cross-section; a normal base tapers over "
+        f"{config.min_base_taper_mm:g} mm or more): a consolidated lung base or a subpulmonic "
+        "effusion was likely left out of the lung mask, so the lung volume and the lesion "
+        "proportion read low; nothing was added; check the coronal view of qc.png"
+    ]
+
+
 def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]:
     """Flags for implausible total lung volume, right/left imbalance, lesions outside lungs."""
     flags: list[str] = []
@@ -142,12 +192,15 @@ def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]
 
 
 def normal_ct_call(
-    volumes: Volumes, lung_info: Mapping[str, Any], *, config: QuantificationConfig
+    volumes: Volumes, lung_info: Mapping[str, Any], *, config: QuantificationConfig,
+    truncated_base: bool = False,
 ) -> tuple[bool, list[str]]:
     """The normal-CT call (lesion proportion below ``normal_ct_max_lesion_pct``), withheld
     when the subpleural step's estimate of dependent opacity outside the lung mask
     (``dependent_opacity_{right,left}_ml``, a lower bound), counted as lung and lesion, puts
-    the proportion at or above the threshold. Returns the call and its flag (if withheld).
+    the proportion at or above the threshold, or when a lung's base ends square
+    (``truncated_base``: :func:`base_flags` flagged it; its volume is not estimated).
+    Returns the call and its flag (if withheld).
 
     A scan whose posterior lungs are consolidated reads almost no lesion in what is left of
     the mask (session 15: 0.02 %), which is no normal CT. The opacity may be an effusion
@@ -155,9 +208,19 @@ def normal_ct_call(
     """
     threshold = config.normal_ct_max_lesion_pct
     normal = volumes.lesion_proportion_pct < threshold
+    if not normal:
+        return normal, []
+    if truncated_base:
+        return False, [
+            f"normal_ct_withheld: the lesion proportion reads "
+            f"{volumes.lesion_proportion_pct:.2f} % (< {threshold:g} %), but a lung base ends "
+            "square (lung_base_truncated): the opacity below it is not measured, so normal_ct "
+            "is false (if it is a pleural effusion, not consolidation, judge the call from "
+            "qc.png)"
+        ]
     sub = lung_info.get("subpleural") or {}
     outside_ml = sum(float(sub.get(f"dependent_opacity_{s}_ml") or 0.0) for s in ("right", "left"))
-    if not normal or outside_ml <= 0:
+    if outside_ml <= 0:
         return normal, []
     at_least_pct = (
         100.0 * (volumes.lesion_volume_ml + outside_ml) / (volumes.lung_volume_ml + outside_ml)
