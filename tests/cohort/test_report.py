@@ -137,3 +137,31 @@ def test_report_html_renders_in_headless_chromium(analysed, tmp_path):
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None
     assert len(colours) > 50
+
+
+def test_an_interrupted_analysis_leaves_the_previous_one_whole(analysed, tmp_path, monkeypatch):
+    """The analysis is written into a temporary sibling folder and swapped in only when
+    complete: a failure halfway (here in the figures) leaves the earlier analysis as it was
+    and no temporary folder behind; the next complete run replaces it."""
+    import lungvol.reporting.cohort_report as cohort_report
+
+    out, _ = analysed
+    target = tmp_path / "analysis"
+    first = analyze_cohort(out, TRIAL, analysis_dir=target)
+    assert first.files["report_html"] == target / "report.html"
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cohort_report, "write_figures", broken)
+    with pytest.raises(KeyboardInterrupt):
+        analyze_cohort(out, TRIAL, analysis_dir=target)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis"]
+    monkeypatch.undo()
+    (target / "stale.txt").write_text("from an older analysis")
+    again = analyze_cohort(out, TRIAL, analysis_dir=target)
+    assert not (target / "stale.txt").exists()
+    assert again.files["endpoints_csv"].read_bytes() == before["endpoints.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis"]

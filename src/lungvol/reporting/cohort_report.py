@@ -6,6 +6,8 @@ import datetime as dt
 import html
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,27 +79,51 @@ def analyze_cohort(
     table = subject_visit_table(scans, arms, trial, reads=reads)
     rows = endpoint_rows(table, trial)
 
-    target = Path(analysis_dir) if analysis_dir else out / ANALYSIS_DIR
-    target.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {"scans_csv": out / "scans.csv"}
-    files["subject_visits_csv"] = tables.write_rows_csv(table, target / "subject_visits.csv")
-    files["endpoints_csv"] = tables.write_rows_csv(rows, target / "endpoints.csv")
-    n_subjects = {a: sum(1 for s in arms.values() if s == a) for a in trial.arm_names}
-    md = tables.table2_markdown(rows, trial, n_subjects=n_subjects)
-    files["table2_md"] = target / "table2.md"
-    files["table2_md"].write_text(md, encoding="utf-8")
-    figures = write_figures(rows, trial, target)
-    for name, paths in figures.items():
-        files[f"figure_{name}_png"] = paths["png"]
-        files[f"figure_{name}_svg"] = paths["svg"]
-    issues = (
-        read_csv_rows(out / "cohort_issues.csv") if (out / "cohort_issues.csv").is_file() else []
-    )
-    page = _report_page(out, trial, scans, table, rows, figures, issues, n_subjects, reads_path)
-    files["report_html"] = target / "report.html"
-    files["report_html"].write_text(page, encoding="utf-8")
-    logger.info("analysis written to %s", target)
+    final = Path(analysis_dir) if analysis_dir else out / ANALYSIS_DIR
+    # Everything goes into a sibling temporary folder that replaces ``final`` only when
+    # complete: an analysis killed halfway leaves the previous one (or none), never a mix.
+    target = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    try:
+        files: dict[str, Path] = {"scans_csv": out / "scans.csv"}
+        files["subject_visits_csv"] = tables.write_rows_csv(table, target / "subject_visits.csv")
+        files["endpoints_csv"] = tables.write_rows_csv(rows, target / "endpoints.csv")
+        n_subjects = {a: sum(1 for s in arms.values() if s == a) for a in trial.arm_names}
+        md = tables.table2_markdown(rows, trial, n_subjects=n_subjects)
+        files["table2_md"] = target / "table2.md"
+        files["table2_md"].write_text(md, encoding="utf-8")
+        figures = write_figures(rows, trial, target)
+        for name, paths in figures.items():
+            files[f"figure_{name}_png"] = paths["png"]
+            files[f"figure_{name}_svg"] = paths["svg"]
+        issues_csv = out / "cohort_issues.csv"
+        issues = read_csv_rows(issues_csv) if issues_csv.is_file() else []
+        page = _report_page(out, trial, scans, table, rows, figures, issues, n_subjects, reads_path)
+        files["report_html"] = target / "report.html"
+        files["report_html"].write_text(page, encoding="utf-8")
+        _replace_folder(target, final)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+    files = {
+        name: final / path.relative_to(target) if path.is_relative_to(target) else path
+        for name, path in files.items()
+    }
+    logger.info("analysis written to %s", final)
     return CohortAnalysis(scans=scans, subject_visits=table, endpoints=rows, files=files)
+
+
+def _replace_folder(new: Path, final: Path) -> None:
+    """Move the complete folder ``new`` to ``final``, replacing a previous one. The old
+    folder is renamed aside first and removed last, so an interruption between the two
+    renames leaves it beside ``final`` (``.<name>.old.<pid>``), not lost."""
+    old = final.with_name(f".{final.name}.old.{os.getpid()}")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _report_page(
