@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 from cohort_fakes import fake_scan, make_cohort
 from typer.testing import CliRunner
 
@@ -83,6 +85,32 @@ def test_cohort_analyze_lists_scans_acquired_differently_from_baseline(tmp_path)
     assert "convolution_kernel" in scans[0]
     visits = (out / "analysis" / "subject_visits.csv").read_text()
     assert "kernel B70f -> B30f" in visits
+
+
+def test_cohort_analyze_exclude_flag_leaves_flagged_scans_out(tmp_path):
+    """--exclude-flag: S1's day-10 scan (flagged lung_base_truncated) is carried forward
+    from its baseline, listed in the report and in subject_visits.csv; without the option it
+    counts like any other scan."""
+    flag = ("lung_base_truncated: the lung mask's base ends square (right 0 mm ...); "
+            "check the coronal view of qc.png")
+    out, plain = _analyzed_four_subjects(tmp_path, qc_flags=[flag])
+    assert "excluded" not in plain.output
+    assert "Excluded scans" not in (out / "analysis" / "report.html").read_text()
+    result = runner.invoke(app, ["cohort", "analyze", str(out), "--exclude-flag",
+                                 "lung_base_truncated"])
+    assert result.exit_code == 0, result.output
+    assert "1 measured scans excluded for QC flag lung_base_truncated" in result.output
+    page = (out / "analysis" / "report.html").read_text()
+    assert "Excluded scans (QC flags): 1" in page
+    assert "Excluded from the analysis: 1 measured scans with QC flag lung_base_truncated" in page
+    with (out / "analysis" / "subject_visits.csv").open() as fh:
+        rows = {(r["subject"], r["visit"]): r for r in csv.DictReader(fh)}
+    day10 = rows[("S1", "day10")]
+    assert (day10["scan_status"], day10["excluded_for"]) == ("excluded", "lung_base_truncated")
+    assert day10["imputed_from"] == "baseline"
+    assert day10["total_lesion_pct"] == rows[("S1", "baseline")]["total_lesion_pct"]
+    bad = runner.invoke(app, ["cohort", "analyze", str(out), "--exclude-flag", "Base cut"])
+    assert "exclude_qc_flags must hold QC flag codes" in _one_line_error(bad)
 
 
 def test_simulate_trial_refuses_a_non_empty_folder(tmp_path):

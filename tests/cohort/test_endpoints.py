@@ -247,3 +247,45 @@ def test_semicolon_separated_reads_are_read(tmp_path):
     reads_csv.write_text("\ufeffsubject;visit;normal\r\nS1;month3;yes\r\n", newline="")
     (read,) = read_reads(reads_csv, TRIAL, ["S1"])
     assert (read.subject, read.visit, read.is_normal) == ("S1", "month3", True)
+
+
+def test_scans_with_an_excluded_qc_flag_are_handled_like_visits_without_a_scan():
+    """Session 18: trial setting exclude_qc_flags. A follow-up scan flagged
+    lung_base_truncated is carried forward from the last counted visit and its normal-CT
+    call dropped; an excluded baseline leaves the subject out of the change endpoints. Other
+    flags, and every flag without the setting, change nothing."""
+    flagged = "thick_slices_lesion_bias;lung_base_truncated"
+    scans = [
+        scan("S1", "baseline", 20.0, 4.0),
+        scan("S1", "day10", 10.0, 2.0, normal=True),
+        dict(scan("S1", "month1", 1.0, 0.1, normal=True), qc_flag_codes=flagged),
+        dict(scan("S1", "month3", 8.0, 1.0), qc_flag_codes="thick_slices_lesion_bias"),
+        dict(scan("S2", "baseline", 30.0, 5.0), qc_flag_codes="lung_base_truncated"),
+        scan("S2", "day10", 20.0, 4.0),
+    ]
+    arms = {"S1": "MSC", "S2": "MSC"}
+    plain = subject_visit_table(scans, arms, TRIAL)
+    assert row(plain, "S1", "month1")["total_lesion_pct"] == 1.0
+    assert row(plain, "S1", "month1")["excluded_for"] == ""
+    excluding = dataclasses.replace(TRIAL, exclude_qc_flags=("lung_base_truncated",))
+    table = subject_visit_table(scans, arms, excluding)
+    r = row(table, "S1", "month1")
+    assert r["scan_status"] == "excluded"
+    assert r["excluded_for"] == "lung_base_truncated"
+    assert r["is_imputed"]
+    assert r["imputed_from"] == "day10"
+    assert r["total_lesion_pct"] == 10.0
+    assert r["total_lesion_change_rel_pct"] == pytest.approx(-50.0)
+    assert r["normal_ct"] is None
+    assert math.isnan(r["lung_volume_ml"])
+    kept = row(table, "S1", "month3")
+    assert kept["scan_status"] == "ok"
+    assert kept["total_lesion_pct"] == 8.0
+    assert not row(table, "S2", "day10")["has_baseline"]
+    assert math.isnan(row(table, "S2", "day10")["total_lesion_change_rel_pct"])
+
+
+def test_exclude_qc_flags_must_be_flag_codes():
+    with pytest.raises(ConfigError, match="exclude_qc_flags"):
+        dataclasses.replace(TRIAL, exclude_qc_flags=("Lung base truncated",))
+    assert dataclasses.replace(TRIAL, exclude_qc_flags=["lung_base_truncated"]).hash != TRIAL.hash

@@ -161,14 +161,27 @@ def analyze_command(
             help="Radiologist reads CSV (subject, visit, normal yes/no); they take precedence.",
         ),
     ] = None,
+    exclude_flag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude-flag",
+            help="Leave out scans with this QC flag code (repeatable; adds to the trial's "
+            "exclude_qc_flags), e.g. lung_base_truncated.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug logging.")] = False,
 ) -> None:
     """Endpoints per arm and visit: endpoints.csv, table2.md, Figure 2 (PNG, SVG), report.html."""
+    import dataclasses
+
     from lungvol.cohort.trial import load_trial
     from lungvol.reporting.cohort_report import analyze_cohort
 
     _setup_logging(verbose)
     trial_cfg = load_trial(trial)
+    if exclude_flag:
+        codes = tuple(dict.fromkeys([*trial_cfg.exclude_qc_flags, *exclude_flag]))
+        trial_cfg = dataclasses.replace(trial_cfg, exclude_qc_flags=codes)
     result = analyze_cohort(out, trial_cfg, reads_path=reads)
     typer.echo(result.files["table2_md"].read_text())
     n_lung = sum(1 for r in result.subject_visits if r.get("lung_volume_flag"))
@@ -178,6 +191,13 @@ def analyze_command(
             f"{trial_cfg.lung_volume_change_flag_pct:g} % (inspiration, or consolidation left "
             "out of the lung mask): see report.html, column lung_volume_flag of "
             "subject_visits.csv"
+        )
+    n_excluded = sum(1 for r in result.subject_visits if r["scan_status"] == "excluded")
+    if trial_cfg.exclude_qc_flags:
+        typer.echo(
+            f"{n_excluded} measured scans excluded for QC flag "
+            f"{', '.join(trial_cfg.exclude_qc_flags)} (handled like visits without a usable "
+            "scan): see report.html, column excluded_for of subject_visits.csv"
         )
     n_acq = sum(1 for r in result.subject_visits if r.get("acquisition_changes"))
     if n_acq:

@@ -7,9 +7,10 @@ Definitions (Shi et al. 2022, ../shared/reference/shi2022-endpoints.md):
 - a baseline proportion of exactly 0 makes the relative change undefined: it is left empty
   (``nan``), flagged ``baseline_zero`` and counted in the endpoint rows, never divided by zero;
   the absolute change is still reported;
-- a visit without a usable scan (missing or failed) takes the last observed value of the same
-  subject (LOCF, when the trial's ``imputation`` is ``locf``) and is flagged as imputed;
-  normal-CT counts are never imputed;
+- a visit without a usable scan (missing, failed, or excluded for one of the trial's
+  ``exclude_qc_flags``) takes the last observed value of the same subject (LOCF, when the
+  trial's ``imputation`` is ``locf``) and is flagged as imputed; normal-CT counts are never
+  imputed;
 - subjects without a baseline scan are left out of the change endpoints.
 """
 
@@ -108,7 +109,7 @@ def subject_visit_table(
     rows: list[dict[str, Any]] = []
     for subject in sorted(arms):
         base_scan = by_key.get((subject, trial.baseline_visit))
-        has_baseline = base_scan is not None and base_scan.get("status") == "ok"
+        has_baseline = _status(base_scan, trial) == "ok"
         last: dict[str, Any] | None = None
         last_visit = ""
         baseline_values = {
@@ -118,13 +119,14 @@ def subject_visit_table(
         base_lung_ml = _float(base_scan.get("lung_volume_ml")) if has_baseline else NAN
         for visit in trial.visits:
             scan = by_key.get((subject, visit.name))
-            status = scan.get("status", "pending") if scan else "missing"
+            status = _status(scan, trial)
             row: dict[str, Any] = {
                 "subject": subject,
                 "arm": arms[subject],
                 "visit": visit.name,
                 "day": scan.get("day") if scan else None,
                 "scan_status": status,
+                "excluded_for": ";".join(excluded_codes(scan, trial)) if scan else "",
                 "has_baseline": has_baseline,
                 "is_imputed": False,
                 "imputed_from": "",
@@ -171,6 +173,24 @@ def subject_visit_table(
             row["normal_ct"] = normal
             rows.append(row)
     return rows
+
+
+def excluded_codes(scan: dict[str, Any], trial: TrialConfig) -> list[str]:
+    """The trial's ``exclude_qc_flags`` that a measured scan carries (its scans.csv
+    ``qc_flag_codes``); empty for a scan that counts."""
+    if not trial.exclude_qc_flags or scan.get("status") != "ok":
+        return []
+    codes = set(str(scan.get("qc_flag_codes") or "").split(";"))
+    return [c for c in trial.exclude_qc_flags if c in codes]
+
+
+def _status(scan: dict[str, Any] | None, trial: TrialConfig) -> str:
+    """ok / excluded / failed / pending / missing: a scan that counts is "ok"."""
+    if scan is None:
+        return "missing"
+    if excluded_codes(scan, trial):
+        return "excluded"
+    return str(scan.get("status", "pending"))
 
 
 def acquisition_changes(

@@ -7,6 +7,7 @@ valid keys, and every range is checked when the object is built.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,27 @@ class TrialConfig:
     # reconstruction kernel or manufacturer, or a slice spacing that differs by more than
     # this, mm) is listed in the report: the lesion bands read kernel and partial volume.
     acquisition_spacing_tolerance_mm: float = 0.5
+    # Measured scans carrying any of these QC flag codes (metrics.json qc_flags, e.g.
+    # lung_base_truncated) are excluded from the analysis: treated as visits without a
+    # usable scan (imaging endpoints carried forward by the imputation rule, normal CT not
+    # imputed) and listed in the report with the codes. Empty: every measured scan counts.
+    exclude_qc_flags: tuple[str, ...] = ()
     title: str = ""
     published: dict[str, Any] = field(default_factory=dict)
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
-        for attr in ("arms", "visits", "endpoints", "normal_ct_visits"):
+        for attr in ("arms", "visits", "endpoints", "normal_ct_visits", "exclude_qc_flags"):
             object.__setattr__(self, attr, tuple(getattr(self, attr)))
+        bad_codes = [
+            c for c in self.exclude_qc_flags
+            if not isinstance(c, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", c)
+        ]
+        if bad_codes:
+            raise ConfigError(
+                f"{self.source}: exclude_qc_flags must hold QC flag codes such as "
+                f"lung_base_truncated (lower case, digits, underscores), got {bad_codes}"
+            )
         if len(self.arms) != 2:
             raise ConfigError(
                 f"{self.source}: a trial needs exactly 2 arms (treatment first), got "

@@ -141,12 +141,18 @@ def _report_page(
     n_ok = sum(1 for s in scans if s["status"] == "ok")
     n_failed = sum(1 for s in scans if s["status"] == "failed")
     n_pending = sum(1 for s in scans if s["status"] == "pending")
+    n_excluded = sum(1 for r in table if r["scan_status"] == "excluded")
     arms = ", ".join(f"{trial.arm_label(a)}: {n_subjects[a]} subjects" for a in trial.arm_names)
     intro = (
         f"lungvol {__version__}, generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
         f"Config {run.get('config_hash')}, trial {trial.name} ({trial.hash}). {arms}. "
         f"Scans: {n_ok} measured, {n_failed} failed, {n_pending} not yet segmented. "
-        f"Normal CT from {'radiologist reads where given, else ' if reads_path else ''}"
+        + (
+            f"Excluded from the analysis: {n_excluded} measured scans with QC flag "
+            f"{', '.join(trial.exclude_qc_flags)}. "
+            if trial.exclude_qc_flags else ""
+        )
+        +         f"Normal CT from {'radiologist reads where given, else ' if reads_path else ''}"
         "lungvol's rule."
     )
     sections: list[tuple[str, str]] = []
@@ -189,6 +195,8 @@ def _report_page(
             else "<p>None.</p>",
         )
     )
+    if trial.exclude_qc_flags:
+        sections.append(excluded_section(table, trial))
     sections.append(lung_volume_section(table, trial))
     sections.append(acquisition_section(table, trial))
     failed = [
@@ -214,6 +222,28 @@ def _report_page(
     sections.append(("Per-scan QC", thumbnails_html(scans, out)))
     title = f"lungvol cohort report — {html.unescape(trial.title or trial.name)}"
     return build_report_html(title=title, intro=intro, sections=sections)
+
+
+def excluded_section(table: list[dict[str, Any]], trial: TrialConfig) -> tuple[str, str]:
+    """(heading, body): measured scans left out of the analysis for one of the trial's
+    ``exclude_qc_flags`` (handled like visits without a usable scan)."""
+    excluded = [r for r in table if r["scan_status"] == "excluded"]
+    heading = f"Excluded scans (QC flags): {len(excluded)}"
+    rule = (
+        f"<p class='note'>Measured scans with QC flag {', '.join(trial.exclude_qc_flags)} "
+        "(trial setting exclude_qc_flags) are left out: their visit is handled like one "
+        "without a usable scan (imaging endpoints "
+        + ("carried forward, LOCF" if trial.imputation == "locf" else "not imputed")
+        + "; normal CT not imputed). An excluded baseline leaves the subject out of the "
+        "change endpoints.</p>"
+    )
+    if not excluded:
+        return heading, rule + "<p>None.</p>"
+    listing = [
+        [r["subject"], trial.arm_label(r["arm"]), r["visit"], r["excluded_for"].replace(";", ", ")]
+        for r in excluded
+    ]
+    return heading, rule + html_table(["Subject", "Arm", "Visit", "QC flags"], listing)
 
 
 def lung_volume_section(table: list[dict[str, Any]], trial: TrialConfig) -> tuple[str, str]:
