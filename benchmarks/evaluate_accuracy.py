@@ -24,6 +24,10 @@ Cases (each reported with its timings):
    glass along the posterior costal pleura of the lower lungs (the typical COVID-19
    pattern), with and without a layer of consolidation against the pleura: a lesion with no
    border to normal lung on its pleural side.
+9. The insertions of 3. with ``insert_lesions``' partial-volume model (``tissue_hu`` 40,
+   session 18): a voxel denser than parenchyma is a mix of lung and tissue; its lung part
+   takes the lesion and it is truth at half lung (vessel skirts, the pleura's voxels).
+   3. and 9. bracket how a lesion at a vessel or the pleura is counted.
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
    adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
@@ -177,6 +181,62 @@ def phantom_cases(quick: bool) -> list[dict[str, Any]]:
     return out
 
 
+INSERT_BURDENS = ((5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13), (50.0, 10.0, 14))
+# The partial-volume insertion model: tissue HU of the voxels mixed with lung.
+INSERT_TISSUE_HU = 40.0
+
+
+def _insertion_row(
+    chest: CTVolume, lungs: LungMask, les: float, sol: float, seed: int,
+    tissue_hu: float | None = None,
+) -> dict[str, Any]:
+    """``insert_lesions`` into the real chest (inside lungvol's mask of it), segmented again."""
+    vml = chest.voxel_volume_ml
+    hu_new, truth_les, _truth = insert_lesions(
+        chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,
+        lesion_pct=les, solid_pct=sol, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
+        tissue_hu=tissue_hu,
+    )
+    vol = _volume(hu_new, chest.spacing_mm, "chest+inserted")
+    l2, e2, t2 = _segment(vol)
+    model = "" if tissue_hu is None else f", partial-volume model (tissue {tissue_hu:g} HU)"
+    return {
+        "case": f"real chest + inserted lesion {les:g}% solid {sol:g}%{model}",
+        "dice_lungs_vs_original_mask": round(_dice(l2.labels > 0, lungs.labels > 0), 4),
+        **_lesion_metrics(l2.labels, e2.labels, lungs.labels, truth_les, vml),
+        # False positives that were vessels or walls before the insertion (HU above
+        # insert_lesions' parenchyma limit): its ground-glass truth leaves them out, a
+        # densitometric reading of the ground glass around them does not.
+        "lesion_fp_prior_dense_ml": round(np.count_nonzero(
+            (e2.labels > 0) & (truth_les == 0) & (chest.hu >= INSERT_PARENCHYMA_MAX_HU)
+        ) * vml, 1),
+        # Inserted solid the lung mask leaves out, against what metrics.json's
+        # solid_at_surface_ml (solid against soft tissue) reports for the scan.
+        "solid_outside_lung_mask_ml": round(np.count_nonzero(
+            (truth_les == 2) & (l2.labels == 0)) * vml, 1),
+        # Inserted lesion of any kind the new lung mask leaves out.
+        "lesion_outside_lung_mask_ml": round(np.count_nonzero(
+            (truth_les > 0) & (l2.labels == 0)) * vml, 1),
+        "solid_at_surface_ml": round(solid_at_surface_ml(
+            hu_new, l2.labels, e2.labels, chest.spacing_mm, config=CFG.quantification), 1),
+        **t2,
+    }
+
+
+def partial_volume_cases(shared: Path) -> list[dict[str, Any]]:
+    """The insertions of ``real_cases`` (same seeds) with ``insert_lesions``'
+    partial-volume model: mixed voxels (vessel skirts, the pleura's half-lung voxels) take
+    the lesion in their lung part and are truth at half lung (session 18)."""
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs, _lesions, _times = _segment(chest)
+    out = []
+    for les, sol, seed in INSERT_BURDENS:
+        row = _insertion_row(chest, lungs, les, sol, seed, tissue_hu=INSERT_TISSUE_HU)
+        out.append(row)
+        print(_fmt(row), flush=True)
+    return out
+
+
 def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
@@ -196,33 +256,9 @@ def real_cases(shared: Path, quick: bool) -> list[dict[str, Any]]:
     out.append(row)
     print(_fmt(row), flush=True)
     # 50 %: severe diffuse disease (the trial's worst baselines), added in session 15.
-    burdens = [(10.0, 2.0, 11)] if quick else [
-        (5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13), (50.0, 10.0, 14)]
+    burdens = [(10.0, 2.0, 11)] if quick else list(INSERT_BURDENS)
     for les, sol, seed in burdens:
-        hu_new, truth_les, _truth = insert_lesions(
-            chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,
-            lesion_pct=les, solid_pct=sol, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
-        )
-        vol = _volume(hu_new, chest.spacing_mm, "chest+inserted")
-        l2, e2, t2 = _segment(vol)
-        row = {
-            "case": f"real chest + inserted lesion {les:g}% solid {sol:g}%",
-            "dice_lungs_vs_original_mask": round(_dice(l2.labels > 0, lungs.labels > 0), 4),
-            **_lesion_metrics(l2.labels, e2.labels, lungs.labels, truth_les, vml),
-            # False positives that were vessels or walls before the insertion (HU above
-            # insert_lesions' parenchyma limit): its ground-glass truth leaves them out, a
-            # densitometric reading of the ground glass around them does not.
-            "lesion_fp_prior_dense_ml": round(np.count_nonzero(
-                (e2.labels > 0) & (truth_les == 0) & (chest.hu >= INSERT_PARENCHYMA_MAX_HU)
-            ) * vml, 1),
-            # Inserted solid the lung mask leaves out, against what metrics.json's
-            # solid_at_surface_ml (solid against soft tissue) reports for the scan.
-            "solid_outside_lung_mask_ml": round(np.count_nonzero(
-                (truth_les == 2) & (l2.labels == 0)) * vml, 1),
-            "solid_at_surface_ml": round(solid_at_surface_ml(
-                hu_new, l2.labels, e2.labels, chest.spacing_mm, config=CFG.quantification), 1),
-            **t2,
-        }
+        row = _insertion_row(chest, lungs, les, sol, seed)
         out.append(row)
         print(_fmt(row), flush=True)
     tumours = [
@@ -419,6 +455,7 @@ def main() -> None:
     parser.add_argument("--skip-noise", action="store_true")
     parser.add_argument("--skip-blobs", action="store_true")
     parser.add_argument("--skip-bands", action="store_true")
+    parser.add_argument("--skip-partial-volume", action="store_true")
     parser.add_argument("--config", type=Path, default=None,
                         help="config YAML (default: configs/default.yaml); for sweeps")
     args = parser.parse_args()
@@ -441,6 +478,8 @@ def main() -> None:
         results["blobs"] = blob_cases(args.shared)
     if not args.skip_bands and not args.quick and args.shared.is_dir():
         results["bands"] = band_cases(args.shared)
+    if not args.skip_partial_volume and not args.quick and args.shared.is_dir():
+        results["partial_volume"] = partial_volume_cases(args.shared)
     if not args.skip_noise and not args.quick and args.shared.is_dir():
         results["noise"] = noise_cases(args.shared)
     results["total_s"] = round(time.perf_counter() - t0, 1)

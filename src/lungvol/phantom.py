@@ -1066,6 +1066,7 @@ def insert_lesions(
     solid_pct: float,
     parenchyma_max_hu: float = -650.0,
     airway_max_hu: float = -960.0,
+    tissue_hu: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Insert known ground-glass and solid lesions into a real CT inside its lung mask.
 
@@ -1093,6 +1094,13 @@ def insert_lesions(
         Smoothed HU at or above which a voxel is not parenchyma-like (vessel, wall, nodule).
     airway_max_hu : float
         Smoothed HU below which a voxel is airway lumen.
+    tissue_hu : float, optional
+        A third insertion model for the evaluation (session 18; default None, the model
+        above). With it, a voxel denser than clear parenchyma is read as a mix of lung and
+        tissue of this HU (vessel, wall, pleura): its lung fraction f = (tissue_hu - HU) /
+        (tissue_hu - local parenchyma level) takes the lesion (gain f x (lesion - level)),
+        and it is ground-glass truth at f >= 0.5 (vessel skirts and the pleura's half-lung
+        voxels; vessel cores stay out).
 
     Returns
     -------
@@ -1139,7 +1147,6 @@ def insert_lesions(
     # Per-voxel parenchyma-likeness: 1 for clear parenchyma, 0 for vessels and walls.
     parenchyma_w = np.clip((parenchyma_max_hu - base) / 100.0 + 0.5, 0.0, 1.0)
     parenchyma_w[~lung_c] = 0.0
-    not_visible = parenchyma_w < 0.5
     # Local parenchyma level by normalised convolution over parenchyma-like voxels
     # (hand-written: scipy has no masked Gaussian average).
     sigma_level = tuple(max(2.0, 2.0 / s) for s in vox)
@@ -1149,6 +1156,17 @@ def insert_lesions(
     level /= np.maximum(weight, np.float32(1e-3))
     level = np.where(weight > 0.05, level, base)
     del like, weight
+    if tissue_hu is not None:
+        # Partial volume: a voxel between parenchyma (level) and tissue (vessel, wall,
+        # pleura) is the parenchyma fraction f = (tissue - HU) / (tissue - level) of lung;
+        # a lesion replaces that part, and the voxel is lesion truth at f >= 0.5.
+        fraction = (tissue_hu - base) / np.maximum(tissue_hu - level, np.float32(1.0))
+        parenchyma_w = np.where(
+            parenchyma_w >= 1.0, 1.0, np.clip(fraction, 0.0, 1.0)
+        ).astype(np.float32)
+        parenchyma_w[~lung_c] = 0.0
+        del fraction
+    not_visible = parenchyma_w < 0.5
     depth_mm = _depth_mm(lung_c, spacing_mm)  # type: ignore[arg-type]
     p, q = _propensity(rng, lung_c, spacing_mm, pleural_depth_mm=depth_mm)  # type: ignore[arg-type]
     del depth_mm

@@ -252,3 +252,37 @@ def test_insert_subpleural_band_lies_along_the_posterior_inferior_pleura():
                                solid_depth_mm=3.0)
     with pytest.raises(InputError, match="empty"):
         insert_subpleural_band(hu, np.zeros_like(lungs), spacing_mm=(1.0, 1.0, 1.0), seed=2)
+
+
+def test_partial_volume_insertion_fills_the_lung_part_of_mixed_voxels():
+    """``tissue_hu`` (session 18, evaluation option): a voxel between parenchyma and tissue
+    is the parenchyma fraction f = (tissue - HU) / (tissue - level) of lung. The lesion fills
+    that part (gain f x (lesion - level)) and the voxel is truth at f >= 0.5. Without it,
+    every voxel denser than parenchyma_max_hu keeps its value and is not truth."""
+    shape = (30, 40, 40)
+    hu = np.full(shape, -850, np.int16)
+    lungs = np.ones(shape, np.uint8)
+    hu[:, 20, 20] = -300  # f = 340 / 890 = 0.38: mostly vessel
+    hu[:, 10, 10] = -500  # f = 540 / 890 = 0.61: mostly lung (a vessel's skirt, the pleura)
+    kw = {"spacing_mm": (2.0, 2.0, 2.0), "seed": 3, "lesion_pct": 90.0, "solid_pct": 0.0}
+    plain_hu, plain, _ = insert_lesions(hu, lungs, **kw)
+    pv_hu, pv, _ = insert_lesions(hu, lungs, tissue_hu=40.0, **kw)
+    # Slices where the lesion covers the mixed voxel's neighbourhood in both models.
+    def covered(labels, y, x):  # the lesion covers every neighbour of (y, x), z +- 1 too
+        ring = labels[:, y - 1 : y + 2, x - 1 : x + 2].copy()
+        ring[:, 1, 1] = LESION_GGO
+        inside = np.all(ring == LESION_GGO, axis=(1, 2))
+        return inside & np.roll(inside, 1) & np.roll(inside, -1)
+
+    z = np.flatnonzero(covered(plain, 10, 10) & covered(pv, 10, 10))
+    assert len(z) > 5
+    assert np.all(plain[z, 10, 10] == 0)
+    assert np.all(plain_hu[z, 10, 10] == -500)
+    assert np.all(pv[z, 10, 10] == LESION_GGO)
+    gain = pv_hu[z, 10, 12].astype(float) + 850.0  # the lesion's gain on pure parenchyma
+    expected = -500.0 + (540.0 / 890.0) * gain
+    assert np.all(np.abs(pv_hu[z, 10, 10] - expected) <= 0.15 * gain + 5.0)
+    zv = np.flatnonzero(covered(pv, 20, 20))
+    assert len(zv) > 5
+    assert np.all(pv[zv, 20, 20] == 0)  # mostly vessel: not truth in either model
+    assert np.all(plain[zv, 20, 20] == 0)
