@@ -499,8 +499,8 @@ class QuantificationConfig:
     # Lung base (session 18): per lung, the craniocaudal distance from its base (the lowest
     # slice holding at least base_min_area_fraction of its largest slice's area) up to the
     # lowest slice holding base_half_area_fraction of it. The diaphragm's dome makes a
-    # normal lung taper over several centimetres (measured: real chest 46 / 42 mm, lung2
-    # 45 / 30, NSCLC crop 57, phantoms 36-42); a base consolidated flat across (lobar
+    # normal lung taper over several centimetres (measured: real chest 46 / 36 mm, lung2
+    # 45 / 30, NSCLC crop 51, phantoms 33-38); a base consolidated flat across (lobar
     # pneumonia against the liver, a subpulmonic effusion) leaves the mask cut off square
     # (0-2 mm). QC flag lung_base_truncated below min_base_taper_mm.
     base_min_area_fraction: float = 0.01

@@ -119,7 +119,7 @@ def base_taper_mm(
     ``base_min_area_fraction`` of the lung's largest slice area; the taper is the distance
     from it up to the lowest slice holding ``base_half_area_fraction`` of that area. The
     diaphragm's dome rises into the lung's cross-section from the costophrenic recesses
-    up, so a normal base tapers over several centimetres (30-57 mm on the scans here); a
+    up, so a normal base tapers over several centimetres (30-51 mm on the scans here); a
     base consolidated flat across, against the liver or the spleen, has no air left to
     segment and the mask ends square (0-2 mm). ``{"right": mm, "left": mm}``; None for an
     empty lung.
