@@ -95,6 +95,9 @@ def _segment(volume: CTVolume) -> tuple[LungMask, Any, dict[str, float]]:
         # under quantification.min_base_taper_mm; session 18).
         "base_taper_mm": base_taper_mm(lungs.labels, volume.spacing_mm,
                                        config=CFG.quantification),
+        # Posterior / anterior gap to the ribs, right and left (mm; flags at 20 mm).
+        "rib_gaps_mm": [sub.get(f"{side}_gap_{lung}_mm") for side in ("posterior", "anterior")
+                        for lung in ("right", "left")],
     }
 
 

@@ -20,7 +20,9 @@ rotation or shift) and with its lesion proportion:
   normal-CT call withheld (session 16);
 - a base consolidated flat across (+30 HU; the right lower third, the lower fifth of both
   lungs), which the lung stage leaves out too: flagged ``lung_base_truncated`` and the
-  normal-CT call withheld (session 18).
+  normal-CT call withheld (session 18);
+- consolidation against the anterior chest wall (the front of the right upper lung, +30 HU):
+  flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -133,6 +135,16 @@ def perturbations(
             cut = m & (np.arange(hu.shape[0])[:, None, None] <= zs[0] + fraction * (zs[-1] - zs[0]))
             h[cut] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(cut)))
         out.append((f"{name} consolidated flat (+30 HU)", h, lung, _identity))
+    # Consolidation against the anterior chest wall (session 18: anterior_opacity_outside_lung):
+    # the front 45 % of the right lung above its mid-height.
+    right = labels == 1
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    ys = np.flatnonzero(right.any(axis=(0, 2)))
+    z_idx = np.arange(hu.shape[0])[:, None, None]
+    front = right & (z_idx > (zs[0] + zs[-1]) / 2) & (y_idx <= ys[0] + 0.45 * (ys[-1] - ys[0]))
+    h = hu.copy()
+    h[front] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(front)))
+    out.append(("right upper lung, anterior part consolidated (+30 HU)", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
         inset = int(round(inset_mm / chest.spacing_mm[2]))

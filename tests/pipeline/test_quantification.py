@@ -482,3 +482,21 @@ def test_measure_scan_flags_a_flat_base_and_withholds_the_normal_ct_call() -> No
 def test_base_taper_settings_are_validated(field, value) -> None:
     with pytest.raises(ConfigError, match=field):
         QuantificationConfig(**{field: value})
+
+
+def test_normal_ct_is_withheld_when_anterior_opacity_outside_the_mask_is_flagged() -> None:
+    """Session 18: the anterior gap flags opacity it does not estimate; the call is withheld."""
+    from lungvol.quantification.qc_flags import normal_ct_call
+
+    cfg = QuantificationConfig()
+    call, flags = normal_ct_call(
+        _volumes_with(10.0, 2000.0), {"subpleural": {"anterior_gap_flagged": True}}, config=cfg
+    )
+    assert call is False
+    (flag,) = flags
+    assert flag_code(flag) == "normal_ct_withheld"
+    assert "anterior_opacity_outside_lung" in flag
+    call, flags = normal_ct_call(
+        _volumes_with(10.0, 2000.0), {"subpleural": {"anterior_gap_flagged": False}}, config=cfg
+    )
+    assert (call, flags) == (True, [])

@@ -666,6 +666,37 @@ def test_a_base_consolidated_flat_across_is_flagged(chest):
     assert plain.normal_ct
 
 
+def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
+    """The anterior upper part of the real chest's right lung (above mid-height, the front
+    45 %) at +30 HU: the lung stage leaves it out (about 650 mL) and the rest read a normal
+    CT with no flag before session 18. Its anterior surface now lies about 52 mm behind the
+    anterior ribs (normal chest 2.0 / 9.8 mm): flagged, normal-CT call withheld."""
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    right = lungs.labels == 1
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    ys = np.flatnonzero(right.any(axis=(0, 2)))
+    z = np.arange(right.shape[0])[:, None, None]
+    y = np.arange(right.shape[1])[None, :, None]
+    region = right & (z > (zs[0] + zs[-1]) / 2) & (y <= ys[0] + 0.45 * (ys[-1] - ys[0]))
+    hu = vol.hu.copy()
+    hu[region] = np.rint(30 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(region)))
+    consolidated = _as_volume(hu, vol.spacing_mm)
+    new_lungs, new_lesions = segment_masks(consolidated, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert np.count_nonzero(region & (new_lungs.labels == 0)) * vol.voxel_volume_ml > 400.0
+    assert summary["anterior_gap_flagged"], summary
+    assert summary["anterior_gap_right_mm"] > 30.0
+    assert summary["anterior_gap_left_mm"] < 15.0
+    assert not summary["posterior_gap_flagged"]
+    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
+    codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
+    assert {"anterior_opacity_outside_lung", "normal_ct_withheld"} <= codes
+    assert metrics.lesion_proportion_pct < 1.0
+    assert not metrics.normal_ct
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

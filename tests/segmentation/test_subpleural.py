@@ -181,6 +181,41 @@ def test_a_lung_that_reaches_its_posterior_ribs_is_not_flagged():
     assert summary["dependent_opacity_right_ml"] is None
 
 
+def test_anterior_consolidation_left_out_of_the_mask_is_flagged():
+    """Session 18: the anterior 30 mm of the lung is consolidation the lung mask left out
+    (the real chest's anterior upper lobes at +30 HU read a normal CT with no flag; their
+    anterior gap is 52 / 36 mm against 2.0 / 9.8). The mask's anterior surface lies
+    30 + GAP_MM behind the ribs: flagged, nothing added, and the posterior gap unchanged."""
+    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
+    _z, y, _x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+                            indexing="ij", sparse=True)
+    front_mm = np.where(lung, y, np.inf).min(axis=1, keepdims=True)  # per (z, x) column
+    consolidated = lung & (y <= front_mm + 30.0)
+    hu = volume.hu.copy()
+    hu[consolidated] = 20
+    volume = dataclasses.replace(volume, hu=hu)
+    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["anterior_gap_flagged"], summary
+    assert summary["anterior_gap_right_mm"] == pytest.approx(30.0 + GAP_MM, abs=3.0)
+    assert summary["anterior_gap_left_mm"] is None
+    assert summary["posterior_gap_right_mm"] == pytest.approx(GAP_MM, abs=2.5)
+    assert not summary["posterior_gap_flagged"]
+    (warning,) = [w for w in new_lungs.info["warnings"]
+                  if w.startswith("anterior_opacity_outside_lung:")]
+    assert "right " in warning
+    assert "nothing was added" in warning
+    assert new_lungs.labels is lungs.labels
+
+
+def test_a_lung_that_reaches_its_anterior_ribs_is_not_flagged():
+    volume, _lung, _solid, lungs, lesions = _case(layer=False, ggo_band=False)
+    summary, _, _ = measure_costal_gap(volume, lungs, lesions, CFG)
+    assert summary["anterior_gap_right_mm"] == pytest.approx(GAP_MM, abs=2.5)
+    assert not summary["anterior_gap_flagged"]
+
+
 def test_the_dependent_opacity_estimate_stops_at_air_and_skips_the_midline_columns():
     """The estimate counts only tissue of lesion density contiguous with the lung (aerated
     lung behind the consolidation ends it) and leaves the columns within
@@ -265,7 +300,8 @@ def test_a_scan_without_bone_in_view_is_left_alone():
 @pytest.mark.parametrize(
     ("key", "value"),
     [("min_excess_mm", 0.0), ("min_lesion_fraction", 1.5), ("layer_hu", [100.0, -750.0]),
-     ("max_posterior_gap_mm", 0.0), ("posterior_gap_min_area_fraction", 2.0)],
+     ("max_posterior_gap_mm", 0.0), ("posterior_gap_min_area_fraction", 2.0),
+     ("max_anterior_gap_mm", -1.0)],
 )
 def test_bad_subpleural_config_is_refused(key, value):
     with pytest.raises(ConfigError, match=f"subpleural.{key}"):

@@ -198,8 +198,9 @@ def normal_ct_call(
     """The normal-CT call (lesion proportion below ``normal_ct_max_lesion_pct``), withheld
     when the subpleural step's estimate of dependent opacity outside the lung mask
     (``dependent_opacity_{right,left}_ml``, a lower bound), counted as lung and lesion, puts
-    the proportion at or above the threshold, or when a lung's base ends square
-    (``truncated_base``: :func:`base_flags` flagged it; its volume is not estimated).
+    the proportion at or above the threshold, or when opacity outside the mask is flagged but
+    not estimated: a lung's base ends square (``truncated_base``, :func:`base_flags`) or the
+    anterior surface lies off the anterior ribs (subpleural ``anterior_gap_flagged``).
     Returns the call and its flag (if withheld).
 
     A scan whose posterior lungs are consolidated reads almost no lesion in what is left of
@@ -210,15 +211,21 @@ def normal_ct_call(
     normal = volumes.lesion_proportion_pct < threshold
     if not normal:
         return normal, []
-    if truncated_base:
+    sub = lung_info.get("subpleural") or {}
+    unmeasured = [
+        code for code, flagged in (
+            ("lung_base_truncated", truncated_base),
+            ("anterior_opacity_outside_lung", bool(sub.get("anterior_gap_flagged"))),
+        ) if flagged
+    ]
+    if unmeasured:
         return False, [
             f"normal_ct_withheld: the lesion proportion reads "
-            f"{volumes.lesion_proportion_pct:.2f} % (< {threshold:g} %), but a lung base ends "
-            "square (lung_base_truncated): the opacity below it is not measured, so normal_ct "
+            f"{volumes.lesion_proportion_pct:.2f} % (< {threshold:g} %), but opacity outside "
+            f"the lung mask is flagged and not measured ({', '.join(unmeasured)}), so normal_ct "
             "is false (if it is a pleural effusion, not consolidation, judge the call from "
             "qc.png)"
         ]
-    sub = lung_info.get("subpleural") or {}
     outside_ml = sum(float(sub.get(f"dependent_opacity_{s}_ml") or 0.0) for s in ("right", "left"))
     if outside_ml <= 0:
         return normal, []

@@ -134,7 +134,8 @@ def measure_posterior_gap(
     sp = grid.spacing_mm
     out: dict = {"posterior_gap_right_mm": None, "posterior_gap_left_mm": None,
                  "posterior_gap_flagged": False, "dependent_opacity_right_ml": None,
-                 "dependent_opacity_left_ml": None}
+                 "dependent_opacity_left_ml": None, "anterior_gap_right_mm": None,
+                 "anterior_gap_left_mm": None, "anterior_gap_flagged": False}
     if not lung_coarse.any():
         return out, None
     # The side of each coarse lung block: the label at the block's centre voxel (a strided
@@ -153,7 +154,7 @@ def measure_posterior_gap(
     }
     box = list(bounding_box(lung_coarse))
     reach = int(sc.posterior_search_mm / sp[1])
-    box[1] = slice(box[1].start, min(grid.shape[1], box[1].stop + reach))
+    box[1] = slice(max(0, box[1].start - reach), min(grid.shape[1], box[1].stop + reach))
     box_t = tuple(box)
     hu_c = coarse_mean(volume.hu, grid)[box_t]
     bone, _ = bone_map(hu_c, coarse_max(volume.hu, grid)[box_t], lc)
@@ -183,9 +184,23 @@ def measure_posterior_gap(
                     None if midline is None else float(midline) - box_t[2].start, sp, config,
                 )
                 opacity[behind_lung & (opacity == 0)] = label
+        # The same towards the front: the lung's most anterior voxel to the last bone in
+        # front of it (ribs, sternum; flag only, session 18).
+        front = np.where(lung, y, np.iinfo(np.int32).max).min(axis=1)
+        last = np.where(bone & (y < front[:, None, :]), y, -1).max(axis=1)
+        valid = (back >= 0) & (last >= 0) & mid[:, None]  # back >= 0: the column holds lung
+        gap = np.where(valid, (front - last - 1) * sp[1], np.inf).astype(np.float32)
+        nearest = ndimage.minimum_filter1d(gap, k, axis=0, mode="nearest")
+        use = valid & np.isfinite(nearest)
+        if use.any():
+            out[f"anterior_gap_{side}_mm"] = round(float(np.median(nearest[use])), 1)
     out["posterior_gap_flagged"] = any(
         v is not None and v >= sc.max_posterior_gap_mm
         for v in (out["posterior_gap_right_mm"], out["posterior_gap_left_mm"])
+    )
+    out["anterior_gap_flagged"] = any(
+        v is not None and v >= sc.max_anterior_gap_mm
+        for v in (out["anterior_gap_right_mm"], out["anterior_gap_left_mm"])
     )
     if not opacity.any():
         return out, None
@@ -553,6 +568,18 @@ def recover_subpleural_layer(
             f"{sc.max_posterior_gap_mm:g} mm): dependent consolidation or a pleural effusion "
             f"lies outside the lung mask; {estimated}the lung volume and the lesion proportion "
             "read low; nothing was added; check qc.png"
+        )
+    if summary["anterior_gap_flagged"]:
+        gaps = ", ".join(
+            f"{side} {summary[f'anterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
+            if summary[f"anterior_gap_{side}_mm"] is not None
+        )
+        warnings.append(
+            f"anterior_opacity_outside_lung: the lungs' anterior surface lies behind the "
+            f"anterior ribs by a median {gaps} (normal: under {sc.max_anterior_gap_mm:g} mm): "
+            "consolidation against the anterior chest wall, or fluid there, lies outside the "
+            "lung mask; the lung volume and the lesion proportion read low; nothing was "
+            "added; check qc.png"
         )
     summary["timing_s"] = round(time.perf_counter() - t0, 3)
     logger.info("subpleural: %s", summary)
