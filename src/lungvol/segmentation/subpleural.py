@@ -31,9 +31,11 @@ no rib to measure against.
 
 Beyond the costal reach (session 15, flag only): dependent consolidation or an effusion
 thicker than ``costal_bone_distance_mm`` moves the mask's posterior surface out of that
-test's sight. :func:`measure_posterior_gap` measures, per lung, how far the posterior
+test's sight. :func:`measure_rib_gaps` measures, per lung, how far the posterior
 surface lies in front of the posterior ribs, and at ``max_posterior_gap_mm`` the scan gets
-the ``dependent_opacity_outside_lung`` warning (a QC flag).
+the ``dependent_opacity_outside_lung`` warning (a QC flag). The same towards the front
+(session 18, flag only): consolidation against the anterior chest wall holds the anterior
+surface off the anterior ribs (``anterior_opacity_outside_lung``).
 """
 
 from __future__ import annotations
@@ -109,11 +111,11 @@ def _dependent_gap(
     summary["dependent_flagged"] = bool(excess >= min_excess_mm)
 
 
-def measure_posterior_gap(
+def measure_rib_gaps(
     volume: CTVolume, lungs: LungMask, config: LungvolConfig, grid: CoarseGrid,
     lung_coarse: np.ndarray,
 ) -> tuple[dict, np.ndarray | None]:
-    """Per lung, how far its posterior surface lies in front of the posterior ribs (mm).
+    """Per lung, how far its posterior (and anterior) surface lies from the ribs (mm).
 
     For each left-right column of a mid-thorax slice (lung area at least
     ``posterior_gap_min_area_fraction`` of the largest), the distance from the lung's most
@@ -129,6 +131,10 @@ def measure_posterior_gap(
     estimated). Returns the summary and the estimate on the CT grid (uint8: the label of the
     lung it lies behind; None when empty), which is outlined in qc.png and NOT added to the
     lung mask: an effusion there is not lung.
+
+    ``anterior_gap_{right,left}_mm`` is the same measure towards the front (the lung's most
+    anterior voxel to the last bone in front of it); ``anterior_gap_flagged`` at
+    ``max_anterior_gap_mm``. Nothing is estimated there.
     """
     sc, lc = config.subpleural, config.lungs
     sp = grid.spacing_mm
@@ -274,7 +280,7 @@ def measure_costal_gap(
     """Lung-surface-to-rib gap where the costal surface faces lesion and where it is aerated.
 
     Returns the summary (mm, fractions, ``flagged``), for the recovery the coarse grid
-    arrays (``None`` when there is no costal surface), and :func:`measure_posterior_gap`'s
+    arrays (``None`` when there is no costal surface), and :func:`measure_rib_gaps`'s
     estimate of dependent opacity outside the mask (CT grid, uint8 lung label; ``None``).
     """
     sc, lc = config.subpleural, config.lungs
@@ -299,8 +305,8 @@ def measure_costal_gap(
         "gap_posterior_mm": None, "gap_anterior_mm": None, "dependent_excess_mm": None,
         "dependent_flagged": False,
     }
-    posterior, estimate = measure_posterior_gap(volume, lungs, config, grid_full, lung_full)
-    summary.update(posterior)
+    gaps, estimate = measure_rib_gaps(volume, lungs, config, grid_full, lung_full)
+    summary.update(gaps)
     if not bone_c.any() or not lung_c.any():
         return summary, None, estimate
     d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
