@@ -22,7 +22,10 @@ rotation or shift) and with its lesion proportion:
   lungs), which the lung stage leaves out too: flagged ``lung_base_truncated`` and the
   normal-CT call withheld (session 18);
 - consolidation against the anterior chest wall (the front of the right upper lung, +30 HU):
-  flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18).
+  flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18);
+- diffuse ground glass, the aerated lung raised by 100 and 200 HU: read low by design (the
+  lesion floor is relative to the lung's own level) and flagged ``lung_density_high``
+  (session 18).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -92,6 +95,12 @@ def perturbations(
         out.append((f"emphysema: aerated lung -{darker} HU", h, lung, _identity))
     y, x = np.ogrid[: hu.shape[1], : hu.shape[2]]
     circle = (y - hu.shape[1] / 2) ** 2 + (x - hu.shape[2] / 2) ** 2 > 250**2
+    # Diffuse ground glass (session 18: lung_density_high): the aerated lung raised evenly.
+    # Lesion is measured above the lung's own level, so it reads low; the flag says so.
+    for brighter in (100, 200):
+        h = hu.copy()
+        h[airy] = h[airy] + brighter
+        out.append((f"diffuse ground glass: aerated lung +{brighter} HU", h, lung, _identity))
     out.append(("padding -3024 HU outside the FOV circle",
                 np.where(circle[None], -3024, hu), lung, _identity))
     out.append(("prone (y flipped)", hu[:, ::-1, :].copy(), lung, lambda a: a[:, ::-1, :]))

@@ -500,3 +500,25 @@ def test_normal_ct_is_withheld_when_anterior_opacity_outside_the_mask_is_flagged
         _volumes_with(10.0, 2000.0), {"subpleural": {"anterior_gap_flagged": False}}, config=cfg
     )
     assert (call, flags) == (True, [])
+
+
+@pytest.mark.parametrize(("aerated_hu", "flagged"), [(-860, False), (-835, False), (-800, True)])
+def test_lung_without_normally_aerated_parenchyma_is_flagged(aerated_hu, flagged) -> None:
+    """Session 18: the lesion stage measures ground glass above the lung's own level, so
+    ground glass spread evenly over the whole lung reads low (the real chest shifted up by
+    200 HU: 7.4 % lesion). The 10th percentile of lung HU above -830 HU says so."""
+    vol, lungs, lesions = chest()
+    hu = vol.hu.copy()
+    hu[(lungs.labels > 0) & (lesions.labels == 0)] = aerated_hu
+    m = measure_scan(make_volume(hu, vol.spacing_mm), lungs, lesions, CFG, timings_s={})
+    flags = [f for f in m.qc_flags if flag_code(f) == "lung_density_high"]
+    assert bool(flags) is flagged
+    if flagged:
+        assert f"10th HU percentile is {aerated_hu} HU" in flags[0]
+    # The flag's percentile is not added to the reported ones.
+    assert set(m.lung_hu) == {"mean_hu", "std_hu", "p5_hu", "p25_hu", "p50_hu", "p75_hu", "p95_hu"}
+
+
+def test_density_percentile_is_validated() -> None:
+    with pytest.raises(ConfigError, match="density_percentile"):
+        QuantificationConfig(density_percentile=120.0)

@@ -697,6 +697,29 @@ def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
     assert not metrics.normal_ct
 
 
+def test_diffuse_ground_glass_is_flagged_as_dense_lung(chest):
+    """The real chest's aerated lung (< -700 HU) raised by 200 HU, evenly: diffuse ground
+    glass with no normal lung left. The lesion stage measures above the lung's own level and
+    reads it low (session 18); the lung's 10th HU percentile (-691 HU; the plain scan -888)
+    raises lung_density_high."""
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    airy = (lungs.labels > 0) & (vol.hu < -700)
+    hu = vol.hu.copy()
+    hu[airy] += 200
+    dense = _as_volume(hu, vol.spacing_mm)
+    new_lungs, new_lesions = segment_masks(dense, CFG)
+    metrics = measure_scan(dense, new_lungs, new_lesions, CFG, timings_s={})
+    (flag,) = [f for f in metrics.qc_flags if f.startswith("lung_density_high:")]
+    percentile_hu = float(flag.split("percentile is ")[1].split(" HU")[0])
+    assert -760.0 < percentile_hu < -650.0
+    assert metrics.lesion_proportion_pct < 20.0  # read low, as the flag says
+    plain_lungs, plain_lesions = segment_masks(vol, CFG)
+    plain = measure_scan(vol, plain_lungs, plain_lesions, CFG, timings_s={})
+    assert not any(f.startswith("lung_density_high:") for f in plain.qc_flags)
+
+
 def test_abdomen_scan_with_only_the_lung_bases_is_refused(real_ct):
     """TotalSegmentator's abdomen example: the lung bases in view are 69 mL; its stomach and
     colon gas (221 mL) and a strip of air outside the body by the table (245 mL) were read as

@@ -8,12 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from lungvol.config import LungvolConfig
-from lungvol.quantification.hu_stats import lung_hu_stats
+from lungvol.quantification.hu_stats import lung_hu_stats, percentile_key
 from lungvol.quantification.provenance import build_provenance
 from lungvol.quantification.qc_flags import (
     air_pocket_flags,
     base_flags,
     base_taper_mm,
+    density_flags,
     edge_flags,
     normal_ct_call,
     passthrough_flags,
@@ -76,7 +77,13 @@ def measure_scan(
     check_same_grid(lesions.labels, volume, name="lesion mask")
     qcfg = config.quantification
     vols = measure_volumes(lungs.labels, lesions.labels, spacing_mm=volume.spacing_mm)
-    hu_stats = lung_hu_stats(volume.hu, lungs.labels, percentiles=qcfg.lung_hu_percentiles)
+    # One pass for the reported percentiles and the density flag's (dropped unless reported).
+    percentiles = tuple(sorted({*qcfg.lung_hu_percentiles, qcfg.density_percentile}))
+    hu_stats = lung_hu_stats(volume.hu, lungs.labels, percentiles=percentiles)
+    density_key = percentile_key(qcfg.density_percentile)
+    density_hu = hu_stats[density_key]
+    if qcfg.density_percentile not in qcfg.lung_hu_percentiles:
+        del hu_stats[density_key]
 
     flags: list[str] = []
     flags += passthrough_flags(volume.source.warnings, default_code="io_warning")
@@ -94,6 +101,7 @@ def measure_scan(
     flags += truncated
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
+    flags += density_flags(density_hu, config=qcfg)
     surface_ml = solid_at_surface_ml(
         volume.hu, lungs.labels, lesions.labels, volume.spacing_mm, config=qcfg
     )

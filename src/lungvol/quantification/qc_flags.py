@@ -191,6 +191,23 @@ def volume_flags(volumes: Volumes, *, config: QuantificationConfig) -> list[str]
     return flags
 
 
+def density_flags(percentile_hu: float, *, config: QuantificationConfig) -> list[str]:
+    """``lung_density_high`` when the ``density_percentile``-th percentile of lung HU
+    (``percentile_hu``) is above ``density_flag_min_hu``: the least dense tenth of the lung
+    is not normally aerated. The lesion stage measures ground glass above the lung's own
+    parenchyma level, so ground glass spread evenly over the whole lung reads low (the real
+    chest shifted up 200 HU: 7.4 % lesion); a scan at poor inspiration looks the same."""
+    if percentile_hu <= config.density_flag_min_hu:
+        return []
+    q = config.density_percentile
+    return [
+        f"lung_density_high: the lung's {q:g}th HU percentile is {percentile_hu:.0f} HU "
+        f"(above {config.density_flag_min_hu:g}; normally aerated lung -860 to -920): no "
+        "normal lung is left to compare with (diffuse ground glass, which then reads low) or "
+        "the scan was taken at poor inspiration; check qc.png and the breath hold"
+    ]
+
+
 def normal_ct_call(
     volumes: Volumes, lung_info: Mapping[str, Any], *, config: QuantificationConfig,
     truncated_base: bool = False,
