@@ -132,6 +132,26 @@ def test_a_thicker_dependent_layer_under_aerated_lung_is_flagged_but_not_added()
     assert "nothing was added" in warning
 
 
+def _consolidated_layer(side: str, depth_mm: float):
+    """_case's lung with its posterior or anterior ``depth_mm`` (per column) at +20 HU and
+    left out of the lung mask. Returns the volume, the true lung, the consolidated part, the
+    mask without it and the (empty) lesion mask."""
+    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
+    _z, y, _x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+                            indexing="ij", sparse=True)
+    if side == "posterior":
+        back_mm = np.where(lung, y, -1.0).max(axis=1, keepdims=True)  # per (z, x) column
+        consolidated = lung & (y >= back_mm - depth_mm)
+    else:
+        front_mm = np.where(lung, y, np.inf).min(axis=1, keepdims=True)
+        consolidated = lung & (y <= front_mm + depth_mm)
+    hu = volume.hu.copy()
+    hu[consolidated] = 20
+    volume = dataclasses.replace(volume, hu=hu)
+    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    return volume, lung, consolidated, lungs, lesions
+
+
 @pytest.mark.parametrize("depth_mm", [25.0, 40.0])
 def test_dependent_consolidation_beyond_the_costal_reach_is_flagged(depth_mm):
     """The posterior depth_mm of the lung is consolidation the lung mask left out (dependent
@@ -139,15 +159,7 @@ def test_dependent_consolidation_beyond_the_costal_reach_is_flagged(depth_mm):
     depth_mm + GAP_MM in front of the ribs, beyond the costal test's 20 mm. Session 15: the
     real chest with the posterior half of both lungs consolidated read lesion 0.0 % and a
     1969 mL lung with no flag; its posterior gap is about 100 mm."""
-    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
-    _z, y, _x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
-                            indexing="ij", sparse=True)
-    back_mm = np.where(lung, y, -1.0).max(axis=1, keepdims=True)  # per (z, x) column
-    consolidated = lung & (y >= back_mm - depth_mm)
-    hu = volume.hu.copy()
-    hu[consolidated] = 20
-    volume = dataclasses.replace(volume, hu=hu)
-    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    volume, lung, consolidated, lungs, lesions = _consolidated_layer("posterior", depth_mm)
     new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["posterior_gap_flagged"], summary
@@ -186,15 +198,7 @@ def test_anterior_consolidation_left_out_of_the_mask_is_flagged():
     (the real chest's anterior upper lobes at +30 HU read a normal CT with no flag; their
     anterior gap is 52 / 36 mm against 2.0 / 9.8). The mask's anterior surface lies
     30 + GAP_MM behind the ribs: flagged, nothing added, and the posterior gap unchanged."""
-    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
-    _z, y, _x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
-                            indexing="ij", sparse=True)
-    front_mm = np.where(lung, y, np.inf).min(axis=1, keepdims=True)  # per (z, x) column
-    consolidated = lung & (y <= front_mm + 30.0)
-    hu = volume.hu.copy()
-    hu[consolidated] = 20
-    volume = dataclasses.replace(volume, hu=hu)
-    lungs = LungMask((lung & ~consolidated).astype(np.uint8))
+    volume, _lung, _consolidated, lungs, lesions = _consolidated_layer("anterior", 30.0)
     new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["anterior_gap_flagged"], summary
