@@ -143,16 +143,15 @@ def _report_page(
     n_pending = sum(1 for s in scans if s["status"] == "pending")
     n_excluded = sum(1 for r in table if r["scan_status"] == "excluded")
     arms = ", ".join(f"{trial.arm_label(a)}: {n_subjects[a]} subjects" for a in trial.arm_names)
+    excluded = (
+        f"Excluded from the analysis: {n_excluded} measured scans with QC flag "
+        f"{', '.join(trial.exclude_qc_flags)}. " if trial.exclude_qc_flags else ""
+    )
     intro = (
         f"lungvol {__version__}, generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "
         f"Config {run.get('config_hash')}, trial {trial.name} ({trial.hash}). {arms}. "
-        f"Scans: {n_ok} measured, {n_failed} failed, {n_pending} not yet segmented. "
-        + (
-            f"Excluded from the analysis: {n_excluded} measured scans with QC flag "
-            f"{', '.join(trial.exclude_qc_flags)}. "
-            if trial.exclude_qc_flags else ""
-        )
-        +         f"Normal CT from {'radiologist reads where given, else ' if reads_path else ''}"
+        f"Scans: {n_ok} measured, {n_failed} failed, {n_pending} not yet segmented. {excluded}"
+        f"Normal CT from {'radiologist reads where given, else ' if reads_path else ''}"
         "lungvol's rule."
     )
     sections: list[tuple[str, str]] = []
