@@ -485,20 +485,19 @@ def test_base_taper_settings_are_validated(field, value) -> None:
 
 
 def test_normal_ct_is_withheld_when_anterior_opacity_outside_the_mask_is_flagged() -> None:
-    """Session 18: the anterior gap flags opacity it does not estimate; the call is withheld."""
+    """Session 18: the anterior gap flags opacity it does not estimate; the call is withheld.
+    Other flags leave it alone."""
     from lungvol.quantification.qc_flags import normal_ct_call
 
     cfg = QuantificationConfig()
-    call, flags = normal_ct_call(
-        _volumes_with(10.0, 2000.0), {"subpleural": {"anterior_gap_flagged": True}}, config=cfg
-    )
+    anterior = "anterior_opacity_outside_lung: the lungs' anterior surface lies ... 52 mm"
+    call, flags = normal_ct_call(_volumes_with(10.0, 2000.0), {}, config=cfg, flags=[anterior])
     assert call is False
     (flag,) = flags
     assert flag_code(flag) == "normal_ct_withheld"
     assert "anterior_opacity_outside_lung" in flag
-    call, flags = normal_ct_call(
-        _volumes_with(10.0, 2000.0), {"subpleural": {"anterior_gap_flagged": False}}, config=cfg
-    )
+    other = ["thick_slices_lesion_bias: slices are 3 mm apart"]
+    call, flags = normal_ct_call(_volumes_with(10.0, 2000.0), {}, config=cfg, flags=other)
     assert (call, flags) == (True, [])
 
 

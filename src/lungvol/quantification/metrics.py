@@ -97,8 +97,7 @@ def measure_scan(
     edge = edge_flags(lungs.labels, volume.spacing_mm, config=qcfg)
     flags += edge
     taper_mm = base_taper_mm(lungs.labels, volume.spacing_mm, config=qcfg)
-    truncated = base_flags(taper_mm, edge, config=qcfg)
-    flags += truncated
+    flags += base_flags(taper_mm, edge, config=qcfg)
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     flags += density_flags(density_hu, config=qcfg)
@@ -107,9 +106,7 @@ def measure_scan(
     )
     flags += surface_solid_flags(surface_ml, vols.solid_volume_ml, config=qcfg)
     flags += phase_flags(phase_check, config=qcfg)
-    normal_ct, normal_flags = normal_ct_call(
-        vols, lungs.info, config=qcfg, truncated_base=bool(truncated)
-    )
+    normal_ct, normal_flags = normal_ct_call(vols, lungs.info, config=qcfg, flags=flags)
     flags += normal_flags
     for flag in flags:
         logger.info("QC flag %s", flag)

@@ -208,17 +208,21 @@ def density_flags(percentile_hu: float, *, config: QuantificationConfig) -> list
     ]
 
 
+# Flags that say opacity lies outside the lung mask without an estimate of it: a scan that
+# carries one is no normal CT, whatever the rest of the mask reads (session 18).
+UNMEASURED_OPACITY_FLAGS = ("lung_base_truncated", "anterior_opacity_outside_lung")
+
+
 def normal_ct_call(
     volumes: Volumes, lung_info: Mapping[str, Any], *, config: QuantificationConfig,
-    truncated_base: bool = False,
+    flags: Iterable[str] = (),
 ) -> tuple[bool, list[str]]:
     """The normal-CT call (lesion proportion below ``normal_ct_max_lesion_pct``), withheld
     when the subpleural step's estimate of dependent opacity outside the lung mask
     (``dependent_opacity_{right,left}_ml``, a lower bound), counted as lung and lesion, puts
-    the proportion at or above the threshold, or when opacity outside the mask is flagged but
-    not estimated: a lung's base ends square (``truncated_base``, :func:`base_flags`) or the
-    anterior surface lies off the anterior ribs (subpleural ``anterior_gap_flagged``).
-    Returns the call and its flag (if withheld).
+    the proportion at or above the threshold, or when ``flags`` (the scan's QC flags so far)
+    hold one of ``UNMEASURED_OPACITY_FLAGS``: opacity outside the mask that is flagged but
+    not estimated. Returns the call and its flag (if withheld).
 
     A scan whose posterior lungs are consolidated reads almost no lesion in what is left of
     the mask (session 15: 0.02 %), which is no normal CT. The opacity may be an effusion
@@ -228,13 +232,8 @@ def normal_ct_call(
     normal = volumes.lesion_proportion_pct < threshold
     if not normal:
         return normal, []
-    sub = lung_info.get("subpleural") or {}
-    unmeasured = [
-        code for code, flagged in (
-            ("lung_base_truncated", truncated_base),
-            ("anterior_opacity_outside_lung", bool(sub.get("anterior_gap_flagged"))),
-        ) if flagged
-    ]
+    codes = {flag_code(f) for f in flags}
+    unmeasured = [code for code in UNMEASURED_OPACITY_FLAGS if code in codes]
     if unmeasured:
         return False, [
             f"normal_ct_withheld: the lesion proportion reads "
@@ -243,6 +242,7 @@ def normal_ct_call(
             "is false (if it is a pleural effusion, not consolidation, judge the call from "
             "qc.png)"
         ]
+    sub = lung_info.get("subpleural") or {}
     outside_ml = sum(float(sub.get(f"dependent_opacity_{s}_ml") or 0.0) for s in ("right", "left"))
     if outside_ml <= 0:
         return normal, []
