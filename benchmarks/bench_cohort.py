@@ -2,7 +2,10 @@
 
 Simulates a trial with ``lungvol simulate-trial`` (phantoms), then segments the whole cohort
 once per worker count into a fresh output folder, and once more to time a resume where every
-scan is already complete. Prints a table and writes JSON.
+scan is already complete. Prints a table and writes JSON. It also measures the last run
+against the simulated truth: per scan (least-squares line measured = slope x truth +
+intercept, mean error, share within 1 pp, worst) and per endpoint and visit (arm medians of
+relative change and the Hodges-Lehmann difference, measured against the truth analysis).
 
     .venv/bin/python benchmarks/bench_cohort.py --subjects-per-arm 65,35 --workers 1 2
     .venv/bin/python benchmarks/bench_cohort.py --subjects-per-arm 6,4 --size small --json out.json
@@ -14,6 +17,7 @@ The full 65 + 35 trial (7 visits, ~600 scans) takes about an hour per worker cou
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -26,7 +30,7 @@ from lungvol import __version__
 from lungvol.cohort.discover import discover_cohort
 from lungvol.cohort.executors import LocalProcessExecutor
 from lungvol.cohort.run import run_cohort
-from lungvol.cohort.simulate import simulate_trial
+from lungvol.cohort.simulate import simulate_trial, truth_endpoint_rows
 from lungvol.cohort.trial import load_trial
 from lungvol.config import LungvolConfig
 
@@ -60,6 +64,52 @@ def _analyze(out: Path, trial) -> dict[str, float]:
     return {"seconds": round(seconds, 1), "report_mb": round(report.stat().st_size / 2**20, 2)}
 
 
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def _accuracy(cohort_root: Path, out: Path, trial) -> dict:
+    """The run in ``out`` against the simulated truth in ``cohort_root``."""
+    import numpy as np
+
+    truth_rows = _read_csv(cohort_root / "truth.csv")
+    truth = {(r["subject"], r["visit"]): r for r in truth_rows}
+    scans = _read_csv(out / "scans.csv")
+    failed = [(r["subject"], r["visit"]) for r in scans if r["status"] != "ok"]
+    ok = [r for r in scans if r["status"] == "ok"]
+    per_scan = {}
+    for metric in ("lesion_proportion_pct", "solid_proportion_pct"):
+        measured = np.array([float(r[metric]) for r in ok])
+        true = np.array([float(truth[(r["subject"], r["visit"])][metric]) for r in ok])
+        err = measured - true
+        slope, intercept = np.polyfit(true, measured, 1)
+        per_scan[metric] = {
+            "n": int(err.size),
+            "slope": round(float(slope), 3),
+            "intercept_pp": round(float(intercept), 3),
+            "mean_error_pp": round(float(err.mean()), 3),
+            "within_1pp_share": round(float(np.mean(np.abs(err) <= 1.0)), 3),
+            "worst_pp": round(float(err[np.argmax(np.abs(err))]), 2),
+        }
+    true_endpoints = {
+        (r["endpoint"], r["visit"]): r
+        for r in truth_endpoint_rows(truth_rows, trial, failed=failed)
+        if r["kind"] == "relative_change"
+    }
+    endpoints = []
+    for r in _read_csv(out / "analysis" / "endpoints.csv"):
+        if r["kind"] != "relative_change":
+            continue
+        t = true_endpoints[(r["endpoint"], r["visit"])]
+        row = {"endpoint": r["endpoint"], "visit": r["visit"]}
+        for key in [f"{arm}_median" for arm in trial.arm_names] + ["hl_estimate"]:
+            row[key] = round(float(r[key]), 1)
+            row[f"{key}_truth"] = round(float(t[key]), 1)
+        endpoints.append(row)
+    return {"per_scan": per_scan, "endpoints": endpoints, "failed_scans": len(failed)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects-per-arm", default="65,35")
@@ -91,6 +141,7 @@ def main() -> None:
         results = [_run(cohort, work / f"out_w{w}", w) for w in args.workers]
         resume = _run(cohort, work / f"out_w{args.workers[-1]}", args.workers[-1])
         analysis = _analyze(work / f"out_w{args.workers[-1]}", trial)
+        accuracy = _accuracy(sim.root, work / f"out_w{args.workers[-1]}", trial)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -105,6 +156,7 @@ def main() -> None:
         "runs": results,
         "resume_all_complete_seconds": resume["seconds"],
         "analyze": analysis,
+        "accuracy": accuracy,
     }
     print(f"{sim.n_scans} scans ({args.size} phantoms), simulated in {simulate_s:.0f} s")
     print(f"{'workers':>8} {'seconds':>9} {'scans/min':>10} {'speed-up':>9} {'failed':>7}")
@@ -117,6 +169,19 @@ def main() -> None:
     print(f"resume, every scan complete: {resume['seconds']:.2f} s ({resume['skipped']} skipped)")
     print(f"cohort analyze: {analysis['seconds']:.1f} s, "
           f"report.html {analysis['report_mb']:.1f} MB")
+    for metric, a in accuracy["per_scan"].items():
+        print(
+            f"{metric}: slope {a['slope']:.2f}, intercept {a['intercept_pp']:+.2f} pp, mean "
+            f"error {a['mean_error_pp']:+.2f} pp, {100 * a['within_1pp_share']:.0f} % within "
+            f"1 pp, worst {a['worst_pp']:+.2f} pp (n {a['n']})"
+        )
+    arms = trial.arm_names
+    print(f"{'endpoint':<14}{'visit':<9}" + "".join(f"{a + ' (truth)':>20}" for a in arms)
+          + f"{'HL (truth)':>20}")
+    for r in accuracy["endpoints"]:
+        cells = [f"{r[k]:+.1f} ({r[k + '_truth']:+.1f})" for k in
+                 [f"{a}_median" for a in arms] + ["hl_estimate"]]
+        print(f"{r['endpoint']:<14}{r['visit']:<9}" + "".join(f"{c:>20}" for c in cells))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -839,6 +839,7 @@ def make_phantom(
     solid_pct: float = 3.0,
     noise_hu: float = 20.0,
     psf_fwhm_mm: float = 1.2,
+    noise_seed: int | None = None,
 ) -> Phantom:
     """Generate a synthetic chest CT with exact lung and lesion truth.
 
@@ -850,6 +851,9 @@ def make_phantom(
         Voxel size; default the preset's, or field of view / shape for a custom shape.
     seed : int
         Seeds every random choice: same seed and parameters give identical output.
+        Anatomy (body, vessels, airways, texture) and the lesion propensity field depend on
+        ``seed`` alone, and lesions are a level set of that field, so one seed at several
+        burdens is one subject whose lesions grow or shrink in place (simulate-trial's visits).
     lesion_pct : float, 0..90
         Target total lesion volume / lung volume in % (0 gives a normal lung).
     solid_pct : float, 0..lesion_pct
@@ -858,6 +862,9 @@ def make_phantom(
         Standard deviation of the image noise in HU.
     psf_fwhm_mm : float
         Full width at half maximum of the Gaussian point-spread function.
+    noise_seed : int, optional
+        Seeds the image noise on its own (another acquisition of the same subject); default
+        the ``seed`` stream, as before this parameter existed.
 
     Returns
     -------
@@ -1000,7 +1007,8 @@ def make_phantom(
             if blur
             else 1.0
         )
-        white = rng.standard_normal(shape, dtype=np.float32)  # type: ignore[arg-type]
+        noise_rng = rng if noise_seed is None else np.random.default_rng(noise_seed)
+        white = noise_rng.standard_normal(shape, dtype=np.float32)  # type: ignore[arg-type]
         white *= np.float32(noise_hu / gain)
         hu_out += white
         del white
@@ -1029,6 +1037,8 @@ def make_phantom(
         "n_pleural_lesion_components": n_pleural,
         "labels": {"lungs": {"1": "right", "2": "left"}, "lesions": {"1": "ggo", "2": "solid"}},
     }
+    if noise_seed is not None:
+        truth["noise_seed"] = int(noise_seed)
     return Phantom(
         hu=hu_i16,
         spacing_mm=spacing_mm,  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -107,13 +108,15 @@ def test_measured_proportions_rank_the_scans_like_the_truth(trial_run):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap (2026-12-06, session 16): 3 of 30 per-scan proportions are off by more "
-    "than 1 pp, all total lesion: S002 day 10 / month 3 +1.52 / +1.34 pp, S004 baseline "
-    "+1.26 pp. Session 16's solid shell (the pleura's voxel next to solid lesion, 3 mm thick on "
-    "these 3 mm-voxel phantoms) fixed the one miss before it (S002's baseline solid, -1.38 pp: "
-    "solid at the lung surface left out of the mask) and over-reads these. The vessel-tree "
-    "rule (session 10) took away the vessel partial volume that read its month-3 lesion "
-    "+1.08 pp (docs/cohort.md)",
+    reason="known gap (2026-12-06, session 19): 5 of 28 per-scan proportions are off by more "
+    "than 1 pp, all total lesion and all on the two heaviest subjects (33-45 % lesion): S002 "
+    "baseline / day 10 / month 3 +1.28 / +1.37 / +1.38 pp, S004 baseline / day 10 +1.45 / "
+    "+1.43 pp; every solid proportion is within 0.67 pp. Since session 19 a subject is one "
+    "anatomy at every visit, so a subject's over-read repeats at each visit (session 16, a new "
+    "anatomy per scan: 3 of 30). Edge errors balance (false positives within 3 mm of a "
+    "lesion 100-110 mL, misses 91-119 mL); the excess is 48-62 mL of false ground glass more "
+    "than 3 mm from any lesion, median -525..-553 HU: vessel skirts grown into by the lesion "
+    "hysteresis (docs/cohort.md)",
 )
 def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
     truth = {(r["subject"], r["visit"]): r for r in _rows(trial_run["cohort"] / "truth.csv")}
@@ -129,20 +132,17 @@ def test_every_scan_is_within_1pp_of_the_phantom_truth(trial_run):
     assert not errors, f"{len(errors)} measurements off by > 1 pp: {errors[:6]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (2026-12-06, session 16): total-lesion medians are within tolerance; "
-    "solid relative change reads +22.4 / +12.0 pp (MSC / placebo, month 1) off the truth with "
-    "two subjects per arm (session 11: +25.1 / +12.8, and MSC month 3 +10.8, now within; "
-    "session 10: +25.0 / +16.9 / +10.4; session 8: +25.9, within, +11.3). Solid recall on the "
-    "3 mm phantoms is 0.85 x truth and noisy at low solid; on the full simulated trial (609 "
-    "scans) the Hodges-Lehmann differences of solid change are within 9.1 / 5.6 / 6.9 / 0.2 / "
-    "0.8 points of the truth (months 1-12, session 11; 12.8 / 10.9 / 11.0 / 2.2 / 0.3 before "
-    "session 10) (docs/cohort.md)",
-)
 def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
+    """Against the truth as the analysis can know it: the scan this test corrupts is failed
+    there too, and LOCF fills its visit in both (truth_endpoints.csv holds its true value,
+    which moved S002's month-1 solid change by 25 points)."""
+    from lungvol.cohort.simulate import truth_endpoint_rows
+    from lungvol.cohort.trial import load_trial
+
+    truth_rows = _rows(trial_run["cohort"] / "truth.csv")
+    trial = load_trial(trial_run["trial"])
     truth = {(r["endpoint"], r["visit"]): r
-             for r in _rows(trial_run["cohort"] / "truth_endpoints.csv")}
+             for r in truth_endpoint_rows(truth_rows, trial, failed=[CORRUPT])}
     measured = _rows(trial_run["out"] / "analysis" / "endpoints.csv")
     off = []
     for r in measured:
@@ -150,7 +150,7 @@ def test_arm_medians_of_change_are_close_to_the_truth(trial_run):
             continue
         t = truth[(r["endpoint"], r["visit"])]
         for arm in ("MSC", "placebo"):
-            if t[f"{arm}_median"] == "":
+            if t[f"{arm}_median"] in ("", None) or np.isnan(float(t[f"{arm}_median"])):
                 continue
             diff = float(r[f"{arm}_median"]) - float(t[f"{arm}_median"])
             if abs(diff) > MEDIAN_CHANGE_TOLERANCE_PP:

@@ -59,3 +59,36 @@ def test_same_seed_same_trajectories():
     a = draw_trajectories(TRIAL, subjects_per_arm=(3, 2), seed=9, missing_fraction=0.1)
     b = draw_trajectories(TRIAL, subjects_per_arm=(3, 2), seed=9, missing_fraction=0.1)
     assert a == b
+
+
+def test_a_subject_is_one_anatomy_scanned_with_fresh_noise_at_every_visit(tmp_path):
+    """Visits of one subject differ by image noise and lesions only; subjects differ."""
+    import csv
+
+    import SimpleITK as sitk  # noqa: N813
+
+    from lungvol.cohort.simulate import simulate_trial
+
+    simulate_trial(tmp_path / "c", TRIAL, subjects_per_arm=(1, 1), seed=3, size="tiny",
+                   missing_fraction=0.0)
+    with (tmp_path / "c" / "truth.csv").open() as fh:
+        truth = list(csv.DictReader(fh))
+    seeds = {(r["subject"], r["phantom_seed"]) for r in truth}
+    assert len(seeds) == 2
+    assert len({s for _, s in seeds}) == 2
+    assert len({r["noise_seed"] for r in truth}) == len(truth)
+
+    def hu(subject: str, visit: str) -> np.ndarray:
+        path = tmp_path / "c" / subject / visit / "ct.nii.gz"
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+
+    def changed(a: np.ndarray, b: np.ndarray) -> float:
+        """Share of voxels more than 150 HU apart (two 20 HU noise draws: > 5 SD)."""
+        return float(np.mean(np.abs(a - b) > 150.0))
+
+    baseline = hu("S001", "baseline")
+    # Day 10 has about the baseline's burden: noise only. Month 12 has lost a third of its
+    # lesion: that much more. Another subject: another body, vessels and lesions.
+    assert changed(baseline, hu("S001", "day10")) < 0.001
+    assert changed(baseline, hu("S001", "month12")) < 0.01
+    assert changed(baseline, hu("S002", "baseline")) > 0.03

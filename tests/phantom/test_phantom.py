@@ -50,6 +50,31 @@ def test_different_seed_gives_different_lesions_and_noise() -> None:
     assert not np.array_equal(a.lesions, b.lesions)
 
 
+def test_one_seed_at_two_burdens_is_one_subject_with_nested_lesions() -> None:
+    """Anatomy and the lesion field depend on the seed only: a lower burden keeps the lungs
+    and shrinks the lesions in place (simulate-trial's visits)."""
+    before = make_phantom(shape=TINY, seed=5, lesion_pct=20.0, solid_pct=4.0)
+    after = make_phantom(shape=TINY, seed=5, lesion_pct=8.0, solid_pct=1.0)
+    assert np.array_equal(before.lungs, after.lungs)
+    shrunk = after.lesions > 0
+    assert np.count_nonzero(shrunk) < 0.6 * np.count_nonzero(before.lesions)
+    assert np.count_nonzero(shrunk & (before.lesions > 0)) >= 0.95 * np.count_nonzero(shrunk)
+    assert np.array_equal(before.hu[before.lungs == 0], after.hu[after.lungs == 0])
+
+
+def test_noise_seed_changes_only_the_noise() -> None:
+    a = make_phantom(shape=TINY, seed=5, lesion_pct=10.0, solid_pct=2.0, noise_seed=1)
+    b = make_phantom(shape=TINY, seed=5, lesion_pct=10.0, solid_pct=2.0, noise_seed=2)
+    assert np.array_equal(a.lungs, b.lungs)
+    assert np.array_equal(a.lesions, b.lesions)
+    diff = a.hu.astype(np.float32) - b.hu.astype(np.float32)
+    # Two independent draws of 20 HU noise (PSF-correlated, clipped at the stored range).
+    assert 15.0 < float(np.std(diff[a.lungs > 0])) < 40.0
+    assert (a.truth["noise_seed"], b.truth["noise_seed"]) == (1, 2)
+    default = make_phantom(shape=TINY, seed=5, lesion_pct=10.0, solid_pct=2.0)
+    assert "noise_seed" not in default.truth
+
+
 def test_types_shapes_and_labels(ph: Phantom) -> None:
     assert ph.hu.dtype == np.int16
     assert ph.lungs.dtype == np.uint8

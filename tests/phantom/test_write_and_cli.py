@@ -116,6 +116,23 @@ def test_cli_writes_a_phantom_and_prints_the_truth(tmp_path: Path) -> None:
     assert json.loads(overwritten.output)["seed"] == 3
 
 
+def test_cli_noise_seed_rescans_the_same_chest(tmp_path: Path) -> None:
+    """Same --seed, two --noise-seed values: identical truth masks, different CT voxels."""
+    runner = CliRunner()
+    outs = [tmp_path / "scan", tmp_path / "rescan"]
+    for out, noise_seed in zip(outs, ("1", "2"), strict=True):
+        result = runner.invoke(app, ["phantom", str(out), "--seed", "3", "--size", "48x64x64",
+                                     "--format", "nifti", "--noise-seed", noise_seed])
+        assert result.exit_code == 0, result.output
+    first, second = (json.loads((o / "truth.json").read_text()) for o in outs)
+    assert (first["noise_seed"], second["noise_seed"]) == (1, 2)
+    assert first["lesion_volume_ml"] == second["lesion_volume_ml"]
+    for name in ("truth_lungs.nii.gz", "truth_lesions.nii.gz"):
+        assert np.array_equal(_read_labels(outs[0] / name)[0], _read_labels(outs[1] / name)[0])
+    scans = [_read_labels(o / "ct.nii.gz")[0] for o in outs]
+    assert not np.array_equal(*scans)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -216,7 +216,7 @@ def simulate_trial_command(
     subjects_per_arm: Annotated[
         str, typer.Option("--subjects-per-arm", help="N for both arms, or N1,N2 (e.g. 65,35).")
     ] = "5",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed (>= 0).")] = 0,
     size: Annotated[
         str, typer.Option("--size", help="Phantom grid: tiny | small | full | ZxYxX.")
     ] = "small",

@@ -21,7 +21,18 @@ TRANSFER_SYNTAXES = (
 @handle_errors
 def phantom(
     out: Annotated[Path, typer.Argument(help="Output folder (must be new or empty).")],
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed = same scan).")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Random seed >= 0 (same seed = same scan).")
+    ] = 0,
+    noise_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--noise-seed",
+            min=0,
+            help="Seed the image noise on its own: the same --seed with another --noise-seed "
+            "is a rescan of the same chest (test-retest).",
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="CT format: dicom (series) or nifti (ct.nii.gz).")
     ] = "dicom",
@@ -70,6 +81,7 @@ def phantom(
         shape=shape,
         spacing_mm=spacing_mm,
         seed=seed,
+        noise_seed=noise_seed,
         lesion_pct=lesion_pct,
         solid_pct=solid_pct,
         noise_hu=noise_hu,

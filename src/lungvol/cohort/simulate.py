@@ -18,6 +18,11 @@ How trajectories are drawn (per arm, endpoint and visit):
 - Relative change is clipped at -100 % (no lesion left).
 - Each follow-up visit is missing with probability ``missing_fraction`` (baseline never).
   Scan days are the nominal day plus a seeded jitter of ~2 days, kept inside the window.
+- Each subject is ONE phantom anatomy (``phantom_seed`` in truth.csv: body, vessels,
+  airways and the lesion propensity field) scanned at every visit with fresh image noise
+  (``noise_seed``). Lesions are a level set of the subject's propensity field, so they
+  shrink or grow in place between visits, as resolving pneumonia does, and a vessel read as
+  lesion at baseline is there at every visit, as in a real follow-up.
 
 The phantom generator achieves proportions close to, not exactly at, its targets; the truth
 files hold both the targets and the achieved (voxel-counted) proportions, and the truth
@@ -70,6 +75,7 @@ class _ScanSpec:
     folder: str
     shape: tuple[int, int, int]
     seed: int
+    noise_seed: int
     lesion_pct: float
     solid_pct: float
     fmt: str
@@ -234,7 +240,11 @@ def _write_scan(spec: _ScanSpec) -> dict[str, float]:
     from lungvol.phantom import make_phantom
 
     ph = make_phantom(
-        shape=spec.shape, seed=spec.seed, lesion_pct=spec.lesion_pct, solid_pct=spec.solid_pct
+        shape=spec.shape,
+        seed=spec.seed,
+        noise_seed=spec.noise_seed,
+        lesion_pct=spec.lesion_pct,
+        solid_pct=spec.solid_pct,
     )
     folder = Path(spec.folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -253,6 +263,11 @@ def _write_scan(spec: _ScanSpec) -> dict[str, float]:
         )
     keys = ("lesion_proportion_pct", "solid_proportion_pct", "ggo_proportion_pct", "lung_volume_ml")
     return {k: float(ph.truth[k]) for k in keys}
+
+
+def _derived_seed(seed: int, index: int) -> int:
+    """An independent 32-bit seed for stream ``index`` of a simulation seeded with ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def _resolve_shape(size: str) -> tuple[int, int, int]:
@@ -286,7 +301,6 @@ def simulate_trial(
     CohortError
         If ``out`` exists and is not empty, or the trial lacks published values.
     """
-    from lungvol.cohort.endpoints import endpoint_rows, subject_visit_table
     from lungvol.cohort.executors import LocalProcessExecutor, SerialExecutor
     from lungvol.cohort.results import write_rows_csv
 
@@ -303,13 +317,19 @@ def simulate_trial(
     )
     out.mkdir(parents=True, exist_ok=True)
     specs = {}
+    subjects = sorted({r["subject"] for r in rows})
     for i, r in enumerate(rows):
+        # One anatomy per subject (its lesions shrink or grow in place between visits),
+        # fresh image noise per scan.
+        r["phantom_seed"] = _derived_seed(seed, subjects.index(r["subject"]))
+        r["noise_seed"] = _derived_seed(seed, len(subjects) + i)
         if r["is_missing"]:
             continue
         spec = _ScanSpec(
             folder=str(out / r["subject"] / r["visit"]),
             shape=shape,
-            seed=seed * 1_000_003 + i,
+            seed=r["phantom_seed"],
+            noise_seed=r["noise_seed"],
             lesion_pct=r["target_lesion_pct"],
             solid_pct=r["target_solid_pct"],
             fmt=fmt,
@@ -336,12 +356,37 @@ def simulate_trial(
                 writer.writerow({k: r[k] for k in keep} | {"scan": r["visit"]})
     truth = out / "truth.csv"
     write_rows_csv(rows, truth)
-    # Truth endpoints: the analysis run on the achieved truth of the scans that exist.
-    scans = [dict(r, status="ok", normal_ct="") for r in rows if not r["is_missing"]]
-    arms = {r["subject"]: r["arm"] for r in rows}
-    table = subject_visit_table(scans, arms, trial)
     truth_endpoints = out / "truth_endpoints.csv"
-    write_rows_csv(endpoint_rows(table, trial), truth_endpoints)
+    write_rows_csv(truth_endpoint_rows(rows, trial), truth_endpoints)
     n_scans = len(specs)
-    logger.info("simulated %d scans of %d subjects into %s", n_scans, len(arms), out)
-    return SimulationResult(out, manifest, truth, truth_endpoints, len(arms), n_scans)
+    n_subjects = len({r["subject"] for r in rows})
+    logger.info("simulated %d scans of %d subjects into %s", n_scans, n_subjects, out)
+    return SimulationResult(out, manifest, truth, truth_endpoints, n_subjects, n_scans)
+
+
+def truth_endpoint_rows(
+    truth_rows: Sequence[dict[str, Any]],
+    trial: TrialConfig,
+    *,
+    failed: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, Any]]:
+    """The endpoint table of ``cohort analyze`` computed on the achieved truth.
+
+    ``truth_rows`` are truth.csv rows (as written or as read back); scans that are missing,
+    and the (subject, visit) pairs in ``failed`` (a scan that exists but could not be
+    measured), enter as ``cohort analyze`` sees them, so LOCF imputes the same cells.
+    """
+    from lungvol.cohort.endpoints import endpoint_rows, subject_visit_table
+
+    failed_keys = set(failed)
+    scans = [
+        dict(
+            r,
+            status="failed" if (r["subject"], r["visit"]) in failed_keys else "ok",
+            normal_ct="",
+        )
+        for r in truth_rows
+        if str(r["is_missing"]) != "True"
+    ]
+    arms = {r["subject"]: r["arm"] for r in truth_rows}
+    return endpoint_rows(subject_visit_table(scans, arms, trial), trial)
