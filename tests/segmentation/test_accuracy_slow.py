@@ -11,7 +11,7 @@ import pytest
 
 from lungvol.config import IOConfig, LungvolConfig
 from lungvol.io import read_ct
-from lungvol.phantom import make_phantom
+from lungvol.phantom import make_phantom, resolve_size
 from lungvol.quantification.qc_flags import solid_at_surface_ml, surface_solid_flags
 from lungvol.segmentation import (
     recover_subpleural_layer,
@@ -50,6 +50,42 @@ def test_phantom_lung_dice_and_lesion_volume():
     assert abs(measured - truth) <= 0.05 * truth, f"{100 * (measured - truth) / truth:+.1f} %"
     overlap = np.count_nonzero((lesions.labels > 0) & (ph.lesions > 0))
     assert overlap >= 0.8 * truth
+
+
+def _lesion_xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"known gap (2026-12-06, session 19): {reason}")
+
+
+@pytest.mark.parametrize(
+    ("seed", "lesion_pct", "solid_pct", "size"),
+    [
+        pytest.param(0, 5.0, 1.0, "small", marks=_lesion_xfail(
+            "lesion -8.9 % at 5 % on the 3 mm-voxel phantom (recall 0.72, 41 mL of false "
+            "positives): lesion parts thinner than the 9 mm background ball have no core to "
+            "grow from (docs/segmentation.md, 'Vessel segments')")),
+        pytest.param(5, 10.0, 2.0, "fine", marks=_lesion_xfail(
+            "lesion -7.8 % at 10 % on the 1.6 x 1.4 x 1.4 mm phantom (recall 0.81, 49 mL of "
+            "false positives, 98 % of the truth inside the lung mask)")),
+        pytest.param(0, 5.0, 1.0, "full", marks=_lesion_xfail(
+            "lesion -14.2 %, solid -38.6 % at 5 % on the HRCT-voxel phantom (recall 0.66, "
+            "solid recall 0.47; 93 % of the truth inside the lung mask): small lesion parts "
+            "and solid at the lung surface (README, 'Measured accuracy')")),
+    ],
+)
+def test_phantom_lesion_volume_on_the_other_evaluation_phantoms(seed, lesion_pct, solid_pct, size):
+    """The <= 5 % phantom target on the evaluation's phantoms that miss it
+    (benchmarks/evaluate_accuracy.py, 'phantoms'; the others pass there)."""
+    kw = {}
+    if size == "fine":
+        kw = {"shape": (200, 256, 256), "spacing_mm": (1.6, 1.4, 1.4)}
+    elif size == "full":
+        shape, spacing = resolve_size("full")
+        kw = {"shape": shape, "spacing_mm": spacing}
+    ph = make_phantom(seed=seed, lesion_pct=lesion_pct, solid_pct=solid_pct, **kw)
+    _lungs, lesions = segment_masks(_as_volume(ph.hu, ph.spacing_mm), CFG)
+    measured = np.count_nonzero(lesions.labels)
+    truth = np.count_nonzero(ph.lesions)
+    assert abs(measured - truth) <= 0.05 * truth, f"{100 * (measured - truth) / truth:+.1f} %"
 
 
 @pytest.fixture(scope="module")
