@@ -519,6 +519,17 @@ class QuantificationConfig:
     # chest's aerated lung raised evenly by 100 / 200 HU: -788 / -691 (lesion 0.60 / 13.4 %).
     density_percentile: float = 10.0
     density_flag_min_hu: float = -830.0
+    # Metal (session 19): voxels of at least metal_min_hu in 26-connected components of at
+    # least metal_min_component_ml (wires, leads, a pacemaker, spinal hardware; cortical
+    # bone stays below about 2000 HU, an ECG electrode is smaller). Its streaks run across
+    # the whole axial slice, so what it can affect is the lung in the slices it lies in: QC
+    # flag metal_near_lungs when those slices hold at least metal_flag_min_lung_pct of the
+    # lung. Real scans here: none. lung1's 1.2 mL of metal above the lungs (neck and jaw
+    # slices) shares one slice with 0.02 % of its lung, the apex; the real chest's two
+    # specks are 0.01 mL each.
+    metal_min_hu: float = 2500.0
+    metal_min_component_ml: float = 0.05
+    metal_flag_min_lung_pct: float = 1.0
     # Block-phase check (opt-in; `lungvol segment --phase-check`): the scan is segmented
     # again with the block lattice of both stages shifted by these CT-voxel offsets
     # (z, y, x), as the anatomy shifts against it from one visit to the next, and the
@@ -605,6 +616,11 @@ class QuantificationConfig:
             raise ConfigError(
                 "quantification.density_percentile must be in [0, 100], got "
                 f"{self.density_percentile}"
+            )
+        if self.metal_min_component_ml < 0 or self.metal_flag_min_lung_pct < 0:
+            raise ConfigError(
+                "quantification.metal_min_component_ml and metal_flag_min_lung_pct must be "
+                f">= 0, got {self.metal_min_component_ml} and {self.metal_flag_min_lung_pct}"
             )
         if self.min_base_taper_mm < 0:
             raise ConfigError(

@@ -210,3 +210,6 @@ def test_thick_slice_scan_is_flagged_phase_sensitive(real_ct: Path, tmp_path: Pa
     assert len(flags) == 1, (check["range"], metrics.qc_flags)
     assert check["solid_volume_range_ml"] > 5.0
     assert all(r["lung_dice_vs_reported"] > 0.99 for r in check["phases"])
+    # Its top slices, above the lungs, hold 1.2 mL of metal (>= 2500 HU; neck and jaw),
+    # which shares one slice with the lung apex (0.5 mL, 0.02 % of the lung): no flag.
+    assert not [f for f in metrics.qc_flags if f.startswith("metal_near_lungs:")]

@@ -521,3 +521,52 @@ def test_lung_without_normally_aerated_parenchyma_is_flagged(aerated_hu, flagged
 def test_density_percentile_is_validated() -> None:
     with pytest.raises(ConfigError, match="density_percentile"):
         QuantificationConfig(density_percentile=120.0)
+
+
+@pytest.mark.parametrize(
+    ("where", "flagged"),
+    [
+        ("beside the lungs", True),  # 0.1 mL in 3 of the lungs' slices
+        ("above the lungs", False),  # no lung in its slices (lung1's dental fillings)
+        ("a speck", False),  # 0.016 mL: an ECG electrode's size, under metal_min_component_ml
+    ],
+)
+def test_metal_in_the_lungs_slices_is_flagged(where, flagged) -> None:
+    """Metal streaks cross the whole axial slice: metal_near_lungs says how much lung shares
+    its slices (the most the streaks can move the lesion proportion, in pp)."""
+    vol, lungs, lesions = chest()
+    hu = vol.hu.copy()
+    nx = hu.shape[2]
+    if where == "beside the lungs":
+        hu[20:23, 30:34, nx // 2 - 2 : nx // 2 + 2] = 3071
+    elif where == "above the lungs":
+        hu[37:40, 30:34, nx // 2 - 2 : nx // 2 + 2] = 3071
+    else:
+        hu[20:22, 30:32, nx // 2 - 1 : nx // 2 + 1] = 3071
+    m = measure_scan(make_volume(hu, vol.spacing_mm), lungs, lesions, CFG, timings_s={})
+    flags = [f for f in m.qc_flags if flag_code(f) == "metal_near_lungs"]
+    assert bool(flags) is flagged
+    if flagged:
+        share = 100.0 * np.count_nonzero(lungs.labels[20:23]) / np.count_nonzero(lungs.labels)
+        assert "0.10 mL of metal" in flags[0]
+        assert f"holding {share:.1f} % of the lung" in flags[0]
+
+
+def test_metal_share_is_the_lung_in_its_slices() -> None:
+    from lungvol.quantification.qc_flags import metal_in_lung_slices
+
+    vol, lungs, lesions = chest()
+    qcfg = CFG.quantification
+    assert metal_in_lung_slices(vol.hu, lungs.labels, lesions.labels, vol.spacing_mm,
+                                config=qcfg) is None
+    hu = vol.hu.copy()
+    hu[16:18, 2:6, 30:34] = 3000  # in the solid lesion's slices, in front of the lungs
+    got = metal_in_lung_slices(hu, lungs.labels, lesions.labels, vol.spacing_mm, config=qcfg)
+    voxel_ml = float(np.prod(vol.spacing_mm)) / 1000.0
+    assert got["metal_ml"] == pytest.approx(32 * voxel_ml, abs=0.005)
+    assert got["lung_ml"] == pytest.approx(np.count_nonzero(lungs.labels[16:18]) * voxel_ml,
+                                           abs=0.05)
+    assert got["lesion_ml"] == pytest.approx(np.count_nonzero(lesions.labels[16:18]) * voxel_ml,
+                                             abs=0.05)
+    with pytest.raises(ConfigError, match="metal_min_component_ml"):
+        QuantificationConfig(metal_min_component_ml=-1.0)

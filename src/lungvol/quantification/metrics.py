@@ -16,6 +16,8 @@ from lungvol.quantification.qc_flags import (
     base_taper_mm,
     density_flags,
     edge_flags,
+    metal_flags,
+    metal_in_lung_slices,
     normal_ct_call,
     passthrough_flags,
     phase_flags,
@@ -101,6 +103,12 @@ def measure_scan(
     flags += air_pocket_flags(volume.hu, lungs.labels, volume.spacing_mm, config=qcfg)
     flags += volume_flags(vols, config=qcfg)
     flags += density_flags(density_hu, config=qcfg)
+    flags += metal_flags(
+        metal_in_lung_slices(
+            volume.hu, lungs.labels, lesions.labels, volume.spacing_mm, config=qcfg
+        ),
+        config=qcfg,
+    )
     surface_ml = solid_at_surface_ml(
         volume.hu, lungs.labels, lesions.labels, volume.spacing_mm, config=qcfg
     )

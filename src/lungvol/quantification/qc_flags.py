@@ -208,6 +208,57 @@ def density_flags(percentile_hu: float, *, config: QuantificationConfig) -> list
     ]
 
 
+def metal_in_lung_slices(
+    hu: np.ndarray, lung_labels: np.ndarray, lesion_labels: np.ndarray,
+    spacing_mm: tuple[float, float, float], *, config: QuantificationConfig,
+) -> dict[str, float] | None:
+    """Metal and the lung that shares its axial slices; None when the scan holds no metal.
+
+    Metal is ``metal_min_hu`` and denser, in 26-connected components of at least
+    ``metal_min_component_ml``. Returns ``metal_ml``, the ``lung_ml`` and ``lesion_ml`` in
+    the slices holding it (mL) and ``lung_pct``, the share of the lung there (%): the most
+    its in-plane streaks can move the lesion proportion, in percentage points.
+    """
+    dense = hu >= config.metal_min_hu
+    if not dense.any():
+        return None
+    box = bounding_box(dense)  # label only around the metal
+    labels, n = ndimage.label(dense[box], structure=np.ones((3, 3, 3), bool))
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    keep = sizes * voxel_ml >= config.metal_min_component_ml
+    keep[0] = False
+    metal = keep[labels]
+    if not metal.any():
+        return None
+    in_slice = np.zeros(hu.shape[0], bool)
+    in_slice[box[0]] = metal.any(axis=(1, 2))
+    lung_total = np.count_nonzero(lung_labels)
+    lung_there = np.count_nonzero(lung_labels[in_slice])
+    return {
+        "metal_ml": round(float(np.count_nonzero(metal)) * voxel_ml, 2),
+        "lung_ml": round(float(lung_there) * voxel_ml, 1),
+        "lesion_ml": round(float(np.count_nonzero(lesion_labels[in_slice])) * voxel_ml, 1),
+        "lung_pct": round(100.0 * float(lung_there) / lung_total, 2) if lung_total else 0.0,
+    }
+
+
+def metal_flags(metal: Mapping[str, float] | None, *, config: QuantificationConfig) -> list[str]:
+    """``metal_near_lungs`` when metal shares its slices with at least
+    ``metal_flag_min_lung_pct`` of the lung (``metal`` from :func:`metal_in_lung_slices`).
+    Metal streaks are bright and dark bands across the slice: bright ones read as ground
+    glass, dark ones hide lesion. Nothing is corrected."""
+    if metal is None or metal["lung_pct"] < config.metal_flag_min_lung_pct:
+        return []
+    return [
+        f"metal_near_lungs: {metal['metal_ml']:.2f} mL of metal (>= "
+        f"{config.metal_min_hu:g} HU: wires, leads, an implant) lies in slices holding "
+        f"{metal['lung_pct']:.1f} % of the lung ({metal['lesion_ml']:.0f} mL of lesion read "
+        "there); its streaks read as lesion or hide it: check those slices in qc.png or the "
+        "scan"
+    ]
+
+
 # Flags that say opacity lies outside the lung mask without an estimate of it: a scan that
 # carries one is no normal CT, whatever the rest of the mask reads (session 18).
 UNMEASURED_OPACITY_FLAGS = ("lung_base_truncated", "anterior_opacity_outside_lung")
