@@ -25,13 +25,16 @@ rotation or shift) and with its lesion proportion:
   flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18);
 - diffuse ground glass, the aerated lung raised by 100 and 200 HU: read low by design (the
   lesion floor is relative to the lung's own level) and flagged ``lung_density_high``
-  (session 18).
+  (session 18);
+- a pacemaker can in the left anterior chest wall with simulated metal streaks
+  (``lungvol.phantom.insert_metal``: titanium at 1e5 photons per ray, denser metal at 2e4):
+  flagged ``metal_near_lungs`` (session 19).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
 against one. Usage::
 
-    .venv/bin/python benchmarks/evaluate_robustness.py          # about 2 minutes
+    .venv/bin/python benchmarks/evaluate_robustness.py          # about 4 minutes
     .venv/bin/python benchmarks/evaluate_robustness.py --json   # also write results/
 
 Measured numbers are in docs/segmentation.md ("Robustness").
@@ -55,6 +58,7 @@ from scipy import ndimage
 from lungvol.config import LungvolConfig
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
+from lungvol.phantom import insert_metal
 from lungvol.segmentation import segment_masks
 from lungvol.types import CTVolume
 
@@ -154,6 +158,20 @@ def perturbations(
     h = hu.copy()
     h[front] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(front)))
     out.append(("right upper lung, anterior part consolidated (+30 HU)", h, lung, _identity))
+    # A pacemaker can (50 x 30 x 8 mm) in the left anterior chest wall, with the streaks of a
+    # scan without metal artifact reduction (session 19: metal_near_lungs): titanium at a
+    # routine dose, and denser metal at a low dose.
+    left = labels == 2
+    zs = np.flatnonzero(left.any(axis=(1, 2)))
+    z0 = int(zs[0] + 0.75 * (zs[-1] - zs[0]))
+    x0 = int(np.flatnonzero(left[z0].any(axis=0)).mean())
+    y0 = int(np.flatnonzero(hu[z0, :, x0] > -300)[0] + round(10.0 / chest.spacing_mm[1]))
+    for name, mu, photons in (("titanium, 1e5 photons", 0.3, 1e5),
+                              ("steel, 2e4 photons", 0.6, 2e4)):
+        h, _metal = insert_metal(hu, spacing_mm=chest.spacing_mm, centre_zyx=(z0, y0, x0),
+                                 semi_axes_mm=(15.0, 4.0, 25.0), seed=19,
+                                 metal_mu_per_mm=mu, photons=photons)
+        out.append((f"pacemaker with streaks ({name})", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
         inset = int(round(inset_mm / chest.spacing_mm[2]))

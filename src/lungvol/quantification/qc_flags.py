@@ -247,15 +247,18 @@ def metal_flags(metal: Mapping[str, float] | None, *, config: QuantificationConf
     """``metal_near_lungs`` when metal shares its slices with at least
     ``metal_flag_min_lung_pct`` of the lung (``metal`` from :func:`metal_in_lung_slices`).
     Metal streaks are bright and dark bands across the slice: bright ones read as ground
-    glass, dark ones hide lesion. Nothing is corrected."""
+    glass, dark ones hide lesion; they also read as bone and air to the lung stage, whose
+    midline, airway and split rules then change the mask in other slices too (session 19,
+    ``insert_metal``). Nothing is corrected."""
     if metal is None or metal["lung_pct"] < config.metal_flag_min_lung_pct:
         return []
     return [
         f"metal_near_lungs: {metal['metal_ml']:.2f} mL of metal (>= "
         f"{config.metal_min_hu:g} HU: wires, leads, an implant) lies in slices holding "
         f"{metal['lung_pct']:.1f} % of the lung ({metal['lesion_ml']:.0f} mL of lesion read "
-        "there); its streaks read as lesion or hide it: check those slices in qc.png or the "
-        "scan"
+        "there); its streaks read as lesion or hide it there, and can mislead the lung mask "
+        "elsewhere (a simulated pacemaker took a normal chest from 0.31 to 2.93 % lesion): "
+        "check qc.png and the scan before using its numbers"
     ]
 
 
