@@ -22,7 +22,9 @@ rotation or shift) and with its lesion proportion:
   lungs), which the lung stage leaves out too: flagged ``lung_base_truncated`` and the
   normal-CT call withheld (session 18);
 - consolidation against the anterior chest wall (the front of the right upper lung, +30 HU):
-  flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18);
+  flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18); a
+  middle-lobe-like region against the heart flagged the same way by the right lung's lower
+  lateral front (session 19); a lingula-like one is not flagged;
 - diffuse ground glass, the aerated lung raised by 100 and 200 HU: read low by design (the
   lesion floor is relative to the lung's own level) and flagged ``lung_density_high``
   (session 18);
@@ -158,6 +160,18 @@ def perturbations(
     h = hu.copy()
     h[front] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(front)))
     out.append(("right upper lung, anterior part consolidated (+30 HU)", h, lung, _identity))
+    # A consolidated middle lobe / lingula against the heart (session 19: the right one
+    # flagged by its lower lateral anterior gap; the left one stays silent).
+    for side, name, front_fraction in ((1, "middle-lobe-like", 0.45), (2, "lingula-like", 0.40)):
+        m = labels == side
+        zs = np.flatnonzero(m.any(axis=(1, 2)))
+        ys = np.flatnonzero(m.any(axis=(0, 2)))
+        part = (m & (z_idx >= zs[0] + 0.1 * (zs[-1] - zs[0]))
+                & (z_idx <= zs[0] + 0.5 * (zs[-1] - zs[0]))
+                & (y_idx <= ys[0] + front_fraction * (ys[-1] - ys[0])))
+        h = hu.copy()
+        h[part] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(part)))
+        out.append((f"{name} consolidated against the heart (+30 HU)", h, lung, _identity))
     # A pacemaker can (50 x 30 x 8 mm) in the left anterior chest wall, with the streaks of a
     # scan without metal artifact reduction (session 19: metal_near_lungs): titanium at a
     # routine dose, and denser metal at a low dose.

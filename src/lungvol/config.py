@@ -446,6 +446,14 @@ class SubpleuralConfig:
     # chest 2.0 / 9.8 mm, lung1 / lung2 2.3 / 3.8, NSCLC crop 5.9, phantoms 2.8; the anterior
     # upper lobes consolidated 52 / 36 mm, a 15 mm anterior layer 18 / 23 mm.
     max_anterior_gap_mm: float = 20.0
+    # The same flag (session 19) when the right lung's anterior gap, median over the lower
+    # half of those slices and the lateral half of the lung, reaches this: a consolidated
+    # middle lobe beside the heart (the real chest with 441 / 216 mL of it at +30 HU: 56.6 /
+    # 23.4 mm; normal right lungs here 2.0-5.9 mm). Not on the left, where the heart's apex
+    # lies in front of the lower lung and an enlarged heart reaches the lateral chest wall
+    # (normal left lungs here 1.9-5.9 mm; a lingula-like 117 mL at +30 HU 48.8 mm; the
+    # full-resolution prototype read the real chest's left 28.8 mm). 0 disables.
+    max_anterior_lower_gap_mm: float = 20.0
     posterior_search_mm: float = 150.0  # ribs are looked for this far behind the lungs
     # The estimate of the opacity behind a flagged lung (not added; session 16) skips columns
     # whose lung ends this far in front of the slice's median posterior lung surface.
@@ -461,6 +469,11 @@ class SubpleuralConfig:
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")
+        if self.max_anterior_lower_gap_mm < 0:
+            raise ConfigError(
+                "subpleural.max_anterior_lower_gap_mm must be >= 0 (0 disables), got "
+                f"{self.max_anterior_lower_gap_mm}"
+            )
         for key in ("min_lesion_fraction", "min_aerated_fraction",
                     "posterior_gap_min_area_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:

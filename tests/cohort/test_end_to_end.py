@@ -3,9 +3,10 @@
 Tolerances (stated in docs/cohort.md): each scan's lesion and solid proportions within
 1 percentage point of the phantom's voxel-counted truth; each arm's median relative change
 within 10 percentage points of the truth median (computed by the same analysis on the true
-proportions, with the scan the test corrupts failed there too). Uses the real pipeline (io, segmentation, quantification) on small phantoms.
-To stay within the test budget the trial is shi2022.yaml cut to its first four visits
-(baseline, day 10, month 1, month 3); the unit tests cover all seven.
+proportions, with the scan the test corrupts failed there too). Uses the real pipeline
+(io, segmentation, quantification) on small phantoms. To stay within the test budget the
+trial is shi2022.yaml cut to its first four visits (baseline, day 10, month 1, month 3);
+the unit tests cover all seven.
 """
 
 from __future__ import annotations

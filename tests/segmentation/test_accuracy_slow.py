@@ -733,6 +733,36 @@ def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
     assert not metrics.normal_ct
 
 
+def test_consolidated_middle_lobe_is_flagged(chest):
+    """A middle-lobe-like region (the right lung's front 45 % between 10 and 50 % of its
+    height, about 440 mL) at +30 HU, against the heart: the lung stage leaves it out and the
+    median anterior gap does not move (3.9 mm); until session 19 a normal CT with no flag.
+    The right lung's lower lateral front now lies about 57 mm behind the ribs (normal
+    2.0 mm): flagged, normal-CT call withheld."""
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    right = lungs.labels == 1
+    zs = np.flatnonzero(right.any(axis=(1, 2)))
+    ys = np.flatnonzero(right.any(axis=(0, 2)))
+    z = np.arange(right.shape[0])[:, None, None]
+    y = np.arange(right.shape[1])[None, :, None]
+    region = (right & (z >= zs[0] + 0.1 * (zs[-1] - zs[0])) & (z <= zs[0] + 0.5 * (zs[-1] - zs[0]))
+              & (y <= ys[0] + 0.45 * (ys[-1] - ys[0])))
+    hu = vol.hu.copy()
+    hu[region] = np.rint(30 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(region)))
+    consolidated = _as_volume(hu, vol.spacing_mm)
+    new_lungs, new_lesions = segment_masks(consolidated, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert np.count_nonzero(region & (new_lungs.labels == 0)) * vol.voxel_volume_ml > 300.0
+    assert summary["anterior_gap_right_mm"] < CFG.subpleural.max_anterior_gap_mm
+    assert summary["anterior_lower_gap_right_mm"] > 40.0, summary
+    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
+    codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
+    assert {"anterior_opacity_outside_lung", "normal_ct_withheld"} <= codes
+    assert not metrics.normal_ct
+
+
 def test_diffuse_ground_glass_is_flagged_as_dense_lung(chest):
     """The real chest's aerated lung (< -700 HU) raised by 200 HU, evenly: diffuse ground
     glass with no normal lung left. The lesion stage measures above the lung's own level and

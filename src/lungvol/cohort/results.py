@@ -106,6 +106,8 @@ def _flatten_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
         row["dependent_opacity_left_ml"] = sub.get("dependent_opacity_left_ml")
         row["anterior_gap_right_mm"] = sub.get("anterior_gap_right_mm")
         row["anterior_gap_left_mm"] = sub.get("anterior_gap_left_mm")
+        row["anterior_lower_gap_right_mm"] = sub.get("anterior_lower_gap_right_mm")
+        row["anterior_lower_gap_left_mm"] = sub.get("anterior_lower_gap_left_mm")
     taper = metrics.get("lung_base_taper_mm") or {}
     row["base_taper_right_mm"] = taper.get("right")
     row["base_taper_left_mm"] = taper.get("left")

@@ -111,6 +111,25 @@ def _dependent_gap(
     summary["dependent_flagged"] = bool(excess >= min_excess_mm)
 
 
+def _lower_lateral_median(
+    gap: np.ndarray, use: np.ndarray, lung: np.ndarray, mid: np.ndarray, *, lateral_low_x: bool
+) -> float | None:
+    """Median of ``gap`` (z, x) over the lower half of the ``mid`` slices (low z is
+    inferior) and, per slice, the lateral half of the lung's columns (low x for the right
+    lung): where a middle lobe lies against the anterior chest wall beside the heart."""
+    rows = np.flatnonzero(mid)
+    if rows.size == 0:
+        return None
+    lower = np.zeros(mid.shape, bool)
+    lower[rows[: (rows.size + 1) // 2]] = True
+    present = lung.any(axis=1)  # (z, x): the column holds lung
+    xs = np.arange(lung.shape[2], dtype=np.float64)
+    centre = (present * xs).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    lateral = xs[None, :] < centre[:, None] if lateral_low_x else xs[None, :] > centre[:, None]
+    sel = use & lower[:, None] & lateral & present
+    return float(np.median(gap[sel])) if sel.any() else None
+
+
 def measure_rib_gaps(
     volume: CTVolume, lungs: LungMask, config: LungvolConfig, grid: CoarseGrid,
     lung_coarse: np.ndarray,
@@ -134,14 +153,18 @@ def measure_rib_gaps(
 
     ``anterior_gap_{right,left}_mm`` is the same measure towards the front (the lung's most
     anterior voxel to the last bone in front of it); ``anterior_gap_flagged`` at
-    ``max_anterior_gap_mm``. Nothing is estimated there.
+    ``max_anterior_gap_mm``. ``anterior_lower_gap_{right,left}_mm`` is its median over the
+    lower half of those slices and the lateral half of each lung (session 19: a consolidated
+    middle lobe, beside the heart, moves only that part); the right one is flagged at
+    ``max_anterior_lower_gap_mm``. Nothing is estimated there.
     """
     sc, lc = config.subpleural, config.lungs
     sp = grid.spacing_mm
     out: dict = {"posterior_gap_right_mm": None, "posterior_gap_left_mm": None,
                  "posterior_gap_flagged": False, "dependent_opacity_right_ml": None,
                  "dependent_opacity_left_ml": None, "anterior_gap_right_mm": None,
-                 "anterior_gap_left_mm": None, "anterior_gap_flagged": False}
+                 "anterior_gap_left_mm": None, "anterior_lower_gap_right_mm": None,
+                 "anterior_lower_gap_left_mm": None, "anterior_gap_flagged": False}
     if not lung_coarse.any():
         return out, None
     # The side of each coarse lung block: the label at the block's centre voxel (a strided
@@ -200,14 +223,21 @@ def measure_rib_gaps(
         use = valid & np.isfinite(nearest)
         if use.any():
             out[f"anterior_gap_{side}_mm"] = round(float(np.median(nearest[use])), 1)
+        lower_gap = _lower_lateral_median(nearest, use, lung, mid, lateral_low_x=side == "right")
+        if lower_gap is not None:
+            out[f"anterior_lower_gap_{side}_mm"] = round(lower_gap, 1)
     out["posterior_gap_flagged"] = any(
         v is not None and v >= sc.max_posterior_gap_mm
         for v in (out["posterior_gap_right_mm"], out["posterior_gap_left_mm"])
     )
+    # The lower lateral front is judged on the right only: in front of the left lower lung
+    # lies the heart's apex, and an enlarged heart reaches the lateral chest wall.
+    lower_right = out["anterior_lower_gap_right_mm"]
     out["anterior_gap_flagged"] = any(
         v is not None and v >= sc.max_anterior_gap_mm
         for v in (out["anterior_gap_right_mm"], out["anterior_gap_left_mm"])
-    )
+    ) or (sc.max_anterior_lower_gap_mm > 0 and lower_right is not None
+          and lower_right >= sc.max_anterior_lower_gap_mm)
     if not opacity.any():
         return out, None
     full_c = np.zeros(grid.shape, np.uint8)
@@ -580,6 +610,11 @@ def recover_subpleural_layer(
             f"{side} {summary[f'anterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
             if summary[f"anterior_gap_{side}_mm"] is not None
         )
+        lower = summary.get("anterior_lower_gap_right_mm")
+        if lower is not None and sc.max_anterior_lower_gap_mm > 0 and (
+            lower >= sc.max_anterior_lower_gap_mm
+        ):
+            gaps += f"; the right lung's lower lateral part {lower:.0f} mm"
         warnings.append(
             f"anterior_opacity_outside_lung: the lungs' anterior surface lies behind the "
             f"anterior ribs by a median {gaps} (normal: under {sc.max_anterior_gap_mm:g} mm): "
