@@ -702,11 +702,10 @@ def test_a_base_consolidated_flat_across_is_flagged(chest):
     assert plain.normal_ct
 
 
-def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
-    """The anterior upper part of the real chest's right lung (above mid-height, the front
-    45 %) at +30 HU: the lung stage leaves it out (about 650 mL) and the rest read a normal
-    CT with no flag before session 18. Its anterior surface now lies about 52 mm behind the
-    anterior ribs (normal chest 2.0 / 9.8 mm): flagged, normal-CT call withheld."""
+def _consolidate_front_of_right_lung(chest, z_range: tuple[float, float], front: float):
+    """The real chest with the right lung's front ``front`` (fraction of its
+    anterior-posterior extent) between ``z_range`` (fractions of its height, 0 = base) at
+    +30 HU, segmented and measured. Returns the region, the new lung mask and the metrics."""
     from lungvol.quantification import measure_scan
 
     vol, lungs = chest
@@ -715,18 +714,28 @@ def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
     ys = np.flatnonzero(right.any(axis=(0, 2)))
     z = np.arange(right.shape[0])[:, None, None]
     y = np.arange(right.shape[1])[None, :, None]
-    region = right & (z > (zs[0] + zs[-1]) / 2) & (y <= ys[0] + 0.45 * (ys[-1] - ys[0]))
+    lo, hi = (zs[0] + f * (zs[-1] - zs[0]) for f in z_range)
+    region = right & (z >= lo) & (z <= hi) & (y <= ys[0] + front * (ys[-1] - ys[0]))
     hu = vol.hu.copy()
     hu[region] = np.rint(30 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(region)))
     consolidated = _as_volume(hu, vol.spacing_mm)
     new_lungs, new_lesions = segment_masks(consolidated, CFG)
+    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
+    return region, new_lungs, metrics
+
+
+def test_anterior_consolidation_left_out_of_the_lungs_is_flagged(chest):
+    """The anterior upper part of the real chest's right lung (above mid-height, the front
+    45 %) at +30 HU: the lung stage leaves it out (about 650 mL) and the rest read a normal
+    CT with no flag before session 18. Its anterior surface now lies about 52 mm behind the
+    anterior ribs (normal chest 2.0 / 9.8 mm): flagged, normal-CT call withheld."""
+    region, new_lungs, metrics = _consolidate_front_of_right_lung(chest, (0.5 + 1e-6, 1.0), 0.45)
     summary = new_lungs.info["subpleural"]
-    assert np.count_nonzero(region & (new_lungs.labels == 0)) * vol.voxel_volume_ml > 400.0
+    assert np.count_nonzero(region & (new_lungs.labels == 0)) * chest[0].voxel_volume_ml > 400.0
     assert summary["anterior_gap_flagged"], summary
     assert summary["anterior_gap_right_mm"] > 30.0
     assert summary["anterior_gap_left_mm"] < 15.0
     assert not summary["posterior_gap_flagged"]
-    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
     codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
     assert {"anterior_opacity_outside_lung", "normal_ct_withheld"} <= codes
     assert metrics.lesion_proportion_pct < 1.0
@@ -739,25 +748,11 @@ def test_consolidated_middle_lobe_is_flagged(chest):
     median anterior gap does not move (3.9 mm); until session 19 a normal CT with no flag.
     The right lung's lower lateral front now lies about 57 mm behind the ribs (normal
     2.0 mm): flagged, normal-CT call withheld."""
-    from lungvol.quantification import measure_scan
-
-    vol, lungs = chest
-    right = lungs.labels == 1
-    zs = np.flatnonzero(right.any(axis=(1, 2)))
-    ys = np.flatnonzero(right.any(axis=(0, 2)))
-    z = np.arange(right.shape[0])[:, None, None]
-    y = np.arange(right.shape[1])[None, :, None]
-    region = (right & (z >= zs[0] + 0.1 * (zs[-1] - zs[0])) & (z <= zs[0] + 0.5 * (zs[-1] - zs[0]))
-              & (y <= ys[0] + 0.45 * (ys[-1] - ys[0])))
-    hu = vol.hu.copy()
-    hu[region] = np.rint(30 + np.random.default_rng(0).normal(0, 20, np.count_nonzero(region)))
-    consolidated = _as_volume(hu, vol.spacing_mm)
-    new_lungs, new_lesions = segment_masks(consolidated, CFG)
+    region, new_lungs, metrics = _consolidate_front_of_right_lung(chest, (0.1, 0.5), 0.45)
     summary = new_lungs.info["subpleural"]
-    assert np.count_nonzero(region & (new_lungs.labels == 0)) * vol.voxel_volume_ml > 300.0
+    assert np.count_nonzero(region & (new_lungs.labels == 0)) * chest[0].voxel_volume_ml > 300.0
     assert summary["anterior_gap_right_mm"] < CFG.subpleural.max_anterior_gap_mm
     assert summary["anterior_lower_gap_right_mm"] > 40.0, summary
-    metrics = measure_scan(consolidated, new_lungs, new_lesions, CFG, timings_s={})
     codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
     assert {"anterior_opacity_outside_lung", "normal_ct_withheld"} <= codes
     assert not metrics.normal_ct
