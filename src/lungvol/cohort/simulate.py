@@ -359,9 +359,8 @@ def simulate_trial(
     truth_endpoints = out / "truth_endpoints.csv"
     write_rows_csv(truth_endpoint_rows(rows, trial), truth_endpoints)
     n_scans = len(specs)
-    n_subjects = len({r["subject"] for r in rows})
-    logger.info("simulated %d scans of %d subjects into %s", n_scans, n_subjects, out)
-    return SimulationResult(out, manifest, truth, truth_endpoints, n_subjects, n_scans)
+    logger.info("simulated %d scans of %d subjects into %s", n_scans, len(subjects), out)
+    return SimulationResult(out, manifest, truth, truth_endpoints, len(subjects), n_scans)
 
 
 def truth_endpoint_rows(
