@@ -164,7 +164,8 @@ def measure_rib_gaps(
                  "posterior_gap_flagged": False, "dependent_opacity_right_ml": None,
                  "dependent_opacity_left_ml": None, "anterior_gap_right_mm": None,
                  "anterior_gap_left_mm": None, "anterior_lower_gap_right_mm": None,
-                 "anterior_lower_gap_left_mm": None, "anterior_gap_flagged": False}
+                 "anterior_lower_gap_left_mm": None, "anterior_lower_gap_flagged": False,
+                 "anterior_gap_flagged": False}
     if not lung_coarse.any():
         return out, None
     # The side of each coarse lung block: the label at the block's centre voxel (a strided
@@ -233,11 +234,15 @@ def measure_rib_gaps(
     # The lower lateral front is judged on the right only: in front of the left lower lung
     # lies the heart's apex, and an enlarged heart reaches the lateral chest wall.
     lower_right = out["anterior_lower_gap_right_mm"]
-    out["anterior_gap_flagged"] = any(
+    out["anterior_lower_gap_flagged"] = bool(
+        sc.max_anterior_lower_gap_mm > 0
+        and lower_right is not None
+        and lower_right >= sc.max_anterior_lower_gap_mm
+    )
+    out["anterior_gap_flagged"] = out["anterior_lower_gap_flagged"] or any(
         v is not None and v >= sc.max_anterior_gap_mm
         for v in (out["anterior_gap_right_mm"], out["anterior_gap_left_mm"])
-    ) or (sc.max_anterior_lower_gap_mm > 0 and lower_right is not None
-          and lower_right >= sc.max_anterior_lower_gap_mm)
+    )
     if not opacity.any():
         return out, None
     full_c = np.zeros(grid.shape, np.uint8)
@@ -610,11 +615,11 @@ def recover_subpleural_layer(
             f"{side} {summary[f'anterior_gap_{side}_mm']:.0f} mm" for side in ("right", "left")
             if summary[f"anterior_gap_{side}_mm"] is not None
         )
-        lower = summary.get("anterior_lower_gap_right_mm")
-        if lower is not None and sc.max_anterior_lower_gap_mm > 0 and (
-            lower >= sc.max_anterior_lower_gap_mm
-        ):
-            gaps += f"; the right lung's lower lateral part {lower:.0f} mm"
+        if summary["anterior_lower_gap_flagged"]:
+            gaps += (
+                f"; the right lung's lower lateral part "
+                f"{summary['anterior_lower_gap_right_mm']:.0f} mm"
+            )
         warnings.append(
             f"anterior_opacity_outside_lung: the lungs' anterior surface lies behind the "
             f"anterior ribs by a median {gaps} (normal: under {sc.max_anterior_gap_mm:g} mm): "
