@@ -66,6 +66,8 @@ from lungvol.types import CTVolume, LungMask, SourceInfo
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared" / "data" / "real-ct"
 CFG = LungvolConfig()
+# The finer phantom grid (z, y, x): 1.6 x 1.4 x 1.4 mm, about clinical thin-slice voxels.
+FINE_GRID = {"shape": (200, 256, 256), "spacing_mm": (1.6, 1.4, 1.4)}
 # insert_lesions: voxels above this HU are vessels/walls, never ground-glass truth.
 INSERT_PARENCHYMA_MAX_HU = -650.0
 
@@ -164,7 +166,7 @@ def phantom_cases(quick: bool) -> list[dict[str, Any]]:
     for seed, les, sol, size in cases:
         kw: dict[str, Any] = {}
         if size == "fine":
-            kw = {"shape": (200, 256, 256), "spacing_mm": (1.6, 1.4, 1.4)}
+            kw = FINE_GRID
         elif size == "full":  # HRCT-like voxels (0.8 x 0.7 x 0.7 mm), about 30 s
             shape, spacing = resolve_size("full")
             kw = {"shape": shape, "spacing_mm": spacing}

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from evaluate_accuracy import FINE_GRID  # the same script folder (run as a script)
 
 from lungvol import __version__
 from lungvol.config import load_config
@@ -51,18 +52,15 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # (lesion %, solid %): mild, moderate and severe disease, solid a fifth of the lesion.
 BURDENS = ((2.0, 0.4), (10.0, 2.0), (30.0, 6.0))
-SIZES = {"small": None, "fine": ((200, 256, 256), (1.6, 1.4, 1.4))}
+SIZES = {"small": {}, "fine": FINE_GRID}
 MAX_SHIFT_VOXELS = 3
 RC_FACTOR = 2.77  # 1.96 x sqrt(2)
 
 
 def _scan(chest_seed: int, burden: tuple[float, float], rescan: int, size: str,
           rng: np.random.Generator, config) -> dict[str, Any]:
-    kw: dict[str, Any] = {}
-    if SIZES[size] is not None:
-        kw = dict(zip(("shape", "spacing_mm"), SIZES[size], strict=True))
     ph = make_phantom(seed=chest_seed, noise_seed=10_000 + rescan, lesion_pct=burden[0],
-                      solid_pct=burden[1], **kw)
+                      solid_pct=burden[1], **SIZES[size])
     shift = rng.integers(0, MAX_SHIFT_VOXELS + 1, size=3)  # (z, y, x) voxels
     vol = ph.to_ct_volume()
     offset_lps = np.array([shift[2] * vol.spacing_mm[2], shift[1] * vol.spacing_mm[1],

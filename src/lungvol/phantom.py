@@ -1484,13 +1484,11 @@ def insert_metal(
             f"insert_metal needs square slices of square pixels, got {hu.shape[1:]} voxels of "
             f"{spacing_mm[1:]} mm"
         )
-    zz, yy, xx = (
-        (np.arange(n) - c)[tuple(slice(None) if a == k else None for a in range(3))] * s / r
-        for k, (n, c, s, r) in enumerate(
-            zip(hu.shape, centre_zyx, spacing_mm, semi_axes_mm, strict=True)
-        )
-    )
-    metal = (zz**2 + yy**2 + xx**2) <= 1.0
+    zz, yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    metal = sum(
+        ((idx - c) * s / r) ** 2
+        for idx, c, s, r in zip((zz, yy, xx), centre_zyx, spacing_mm, semi_axes_mm, strict=True)
+    ) <= 1.0
     out = hu.astype(np.float64)
     rng = np.random.default_rng(seed)
     pixel_mm = float(spacing_mm[1])

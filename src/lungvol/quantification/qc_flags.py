@@ -257,7 +257,7 @@ def metal_flags(metal: Mapping[str, float] | None, *, config: QuantificationConf
         f"{config.metal_min_hu:g} HU: wires, leads, an implant) lies in slices holding "
         f"{metal['lung_pct']:.1f} % of the lung ({metal['lesion_ml']:.0f} mL of lesion read "
         "there); its streaks read as lesion or hide it there, and can mislead the lung mask "
-        "elsewhere (a simulated pacemaker took a normal chest from 0.31 to 2.93 % lesion): "
+        "elsewhere (a simulated pacemaker took a normal chest from 0.31 % up to 2.97 % lesion): "
         "check qc.png and the scan before using its numbers"
     ]
 
