@@ -31,6 +31,11 @@ Cases (each reported with its timings):
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
    adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
+10. Thick slices (session 20): the real chest (2 mm slices) interpolated linearly to 1 mm and
+   averaged into 3 / 4 / 5 / 6 mm slabs, as is and with 15 % / 30 % lesion inserted on the
+   2 mm scan first; truth and reference lung are the slab means of the 2 mm masks at
+   one half (ties broken by a seeded coin). Against the 2 mm result: what thick-slice
+   partial volume costs (``thick_slices_lesion_bias`` flags it).
 
 Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
 
@@ -48,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
@@ -226,6 +232,65 @@ def _insertion_row(
             hu_new, l2.labels, e2.labels, chest.spacing_mm, config=CFG.quantification), 1),
         **t2,
     }
+
+
+THICK_SLICES_MM = (3, 4, 5, 6)
+
+
+def _thicken(a: np.ndarray, slab_mm: int, slice_mm: float) -> np.ndarray:
+    """Slabs of ``slab_mm`` from slices ``slice_mm`` apart: linear interpolation to 1 mm,
+    then means of ``slab_mm`` consecutive 1 mm slices (float32)."""
+    fine = ndimage.zoom(a.astype(np.float32), (slice_mm, 1, 1), order=1, mode="nearest")
+    n = fine.shape[0] // slab_mm * slab_mm
+    return fine[:n].reshape(n // slab_mm, slab_mm, *fine.shape[1:]).mean(axis=1)
+
+
+def _at_half(fraction: np.ndarray, coin: np.ndarray) -> np.ndarray:
+    """Truth from a slab-mean fraction: above one half, or exactly one half and heads."""
+    return (fraction > 0.5) | ((fraction == 0.5) & coin)
+
+
+def thick_slice_cases(shared: Path) -> list[dict[str, Any]]:
+    """The real chest in thick slabs, as is and with lesions inserted before averaging."""
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs, _lesions, _times = _segment(chest)
+    out = []
+    for les, sol, seed in ((0.0, 0.0, 0), (15.0, 3.0, 12), (30.0, 6.0, 13)):
+        if les:
+            hu, truth, _ = insert_lesions(
+                chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=seed,
+                lesion_pct=les, solid_pct=sol, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU)
+        else:
+            hu, truth = chest.hu, np.zeros(chest.shape, np.uint8)
+        for mm in THICK_SLICES_MM:
+            spacing = (float(mm), *chest.spacing_mm[1:])
+            thick = np.rint(_thicken(hu, mm, chest.spacing_mm[0])).astype(np.int16)
+            coin = np.random.default_rng(mm).random(thick.shape) < 0.5
+            ref_lung = _at_half(_thicken(lungs.labels > 0, mm, chest.spacing_mm[0]), coin)
+            any_t = _at_half(_thicken(truth > 0, mm, chest.spacing_mm[0]), coin)
+            solid_t = _at_half(_thicken(truth == 2, mm, chest.spacing_mm[0]), coin)
+            truth_t = np.where(solid_t, 2, np.where(any_t, 1, 0)).astype(np.uint8)
+            l2, e2, t2 = _segment(_volume(thick, spacing, f"chest {mm} mm"))
+            row: dict[str, Any] = {
+                "case": f"real chest in {mm} mm slabs"
+                + (f" + inserted lesion {les:g}% solid {sol:g}%" if les else ", normal"),
+                "dice_lungs_vs_slab_mask": round(_dice(l2.labels > 0, ref_lung), 4),
+            }
+            vml = float(np.prod(spacing)) / 1000.0
+            if les:
+                row.update(_lesion_metrics(l2.labels, e2.labels, ref_lung, truth_t, vml))
+            else:
+                lung_ml = np.count_nonzero(l2.labels) * vml
+                row.update({
+                    "lung_ml": round(lung_ml, 1),
+                    "proportion_pct": round(
+                        100 * np.count_nonzero(e2.labels) * vml / max(lung_ml, 1e-9), 2),
+                    "lesion_info": {k: v for k, v in e2.info.items() if k.endswith("_ml")},
+                })
+            row.update(t2)
+            out.append(row)
+            print(_fmt(row), flush=True)
+    return out
 
 
 def partial_volume_cases(shared: Path) -> list[dict[str, Any]]:
@@ -461,6 +526,7 @@ def main() -> None:
     parser.add_argument("--skip-blobs", action="store_true")
     parser.add_argument("--skip-bands", action="store_true")
     parser.add_argument("--skip-partial-volume", action="store_true")
+    parser.add_argument("--skip-thick", action="store_true")
     parser.add_argument("--config", type=Path, default=None,
                         help="config YAML (default: configs/default.yaml); for sweeps")
     args = parser.parse_args()
@@ -485,6 +551,8 @@ def main() -> None:
         results["bands"] = band_cases(args.shared)
     if not args.skip_partial_volume and not args.quick and args.shared.is_dir():
         results["partial_volume"] = partial_volume_cases(args.shared)
+    if not args.skip_thick and not args.quick and args.shared.is_dir():
+        results["thick_slices"] = thick_slice_cases(args.shared)
     if not args.skip_noise and not args.quick and args.shared.is_dir():
         results["noise"] = noise_cases(args.shared)
     results["total_s"] = round(time.perf_counter() - t0, 1)

@@ -605,6 +605,44 @@ def _clearance_size(
     return tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
 
 
+def _slices_beyond_ball(
+    shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig,
+) -> bool:
+    """True when the background ball is one slice thick on its coarse grid (slices further
+    apart than ``background_radius_mm``): it then cannot see lung surfaces that face the
+    next slice."""
+    grid = CoarseGrid.for_volume(
+        shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
+    )
+    return _ball(config.background_radius_mm, grid.spacing_mm).shape[0] == 1
+
+
+def _slice_facing_partial_volume(
+    band: np.ndarray, smooth: np.ndarray, lung: np.ndarray, aerated_max_hu: float
+) -> np.ndarray:
+    """Band voxels on a lung surface that faces the next slice, with aerated lung behind.
+
+    A thick slice through the diaphragm dome or the apex averages lung with the wall over a
+    broad area of the slice, in the lesion bands; a lesion there continues into the slice
+    inward. So a ``band`` voxel is partial volume when its neighbour slice on one side is
+    outside the lung and on the other side is lung below ``aerated_max_hu`` (or outside
+    too: a lung one slice thick). Slices beyond the array are unknown (a lung cut off by
+    the scan's end), never outside.
+    """
+    below_out = np.zeros_like(lung)
+    below_out[1:] = ~lung[:-1]
+    above_out = np.zeros_like(lung)
+    above_out[:-1] = ~lung[1:]
+    below_air = np.zeros_like(lung)
+    below_air[1:] = lung[:-1] & (smooth[:-1] < aerated_max_hu)
+    above_air = np.zeros_like(lung)
+    above_air[:-1] = lung[1:] & (smooth[1:] < aerated_max_hu)
+    return band & (
+        (below_out & (above_air | above_out)) | (above_out & (below_air | below_out))
+    )
+
+
 def _extend_from_cores(
     ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, solid_band: np.ndarray,
     candidates: tuple[tuple[slice, ...], np.ndarray, np.ndarray | None] | None,
@@ -933,6 +971,19 @@ def segment_lesions(
         else:  # plain HU bands
             ggo, solid = ggo_band.copy(), solid_band.copy()
         del hu_b
+        partial_ml = 0.0
+        slice_partial = None
+        if (
+            rules and config.thick_slice_surface_rule
+            and _slices_beyond_ball(lung_b.shape, sp, config)  # type: ignore[arg-type]
+        ):
+            slice_partial = _slice_facing_partial_volume(
+                ggo_band | solid_band, smooth, lung_b, g_lo
+            )
+            partial_ml = float(np.count_nonzero(slice_partial & (ggo | solid)) * voxel_ml)
+            for accepted in (ggo, solid, seeds):
+                accepted &= ~slice_partial
+            ggo_band = ggo_band & ~slice_partial
         # The extension's candidates do not depend on solid lesion: prepared on the pool
         # while the enclosed-solid rule runs.
         cand_future = (
@@ -968,6 +1019,10 @@ def segment_lesions(
         if fill_future is not None:
             solid |= fill_future.result()
             del fill_future
+        if slice_partial is not None:  # nothing grown back into it
+            ggo &= ~slice_partial
+            solid &= ~slice_partial
+            del slice_partial
         vessel_ml = 0.0
         if rules:
             dense_b = smooth >= s_lo
@@ -1023,6 +1078,7 @@ def segment_lesions(
         "enclosed_solid_added_ml": round(grown_ml, 3),
         "pleural_plaques_added_ml": round(plaque_ml, 3),
         "extended_from_cores_ml": round(extended_ml, 3),
+        "slice_facing_partial_volume_removed_ml": round(partial_ml, 3),
         "vessel_segments_removed_ml": round(vessel_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
         "min_component_volume_ml": config.min_component_volume_ml,

@@ -1,0 +1,104 @@
+"""Thick slices: the wall's partial volume at lung surfaces that face the next slice
+(lesions.thick_slice_surface_rule, session 20)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungvol.config import LesionSegmentationConfig
+from lungvol.segmentation import segment_lesions
+from lungvol.segmentation.lesions import _slices_beyond_ball
+from lungvol.types import LESION_GGO, CTVolume, LungMask, SourceInfo
+
+THICK_MM = (5.0, 1.0, 1.0)
+LUNG_HU = -860.0
+TISSUE_HU = 40.0
+OFF = LesionSegmentationConfig(thick_slice_surface_rule=False)
+
+
+def _volume(hu: np.ndarray, spacing_mm=THICK_MM) -> CTVolume:
+    noise = np.random.default_rng(0).normal(0.0, 15.0, hu.shape)
+    return CTVolume(
+        hu=np.rint(hu + noise).astype(np.int16), spacing_mm=spacing_mm,
+        origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
+        source=SourceInfo(path="synthetic", kind="nifti", sha256=""),
+    )
+
+
+def _lung_on_a_dome(n_z: int = 12, floor: int = 2) -> tuple[np.ndarray, LungMask]:
+    """Lung (-860 HU) in slices ``floor``.. over soft tissue (slices below ``floor``:
+    the diaphragm), chest wall around it in-plane."""
+    hu = np.full((n_z, 80, 80), TISSUE_HU, np.float32)
+    lung = np.zeros(hu.shape, bool)
+    lung[floor:, 5:75, 5:75] = True
+    hu[lung] = LUNG_HU
+    return hu, LungMask(lung.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("spacing_mm", "flat"),
+    [((2.0, 0.98, 0.98), False), ((4.0, 0.98, 0.98), False), ((5.0, 0.7, 0.7), True),
+     ((6.0, 0.98, 0.98), True), ((0.8, 0.7, 0.7), False)],
+)
+def test_the_rule_applies_where_the_ball_is_one_slice_thick(spacing_mm, flat):
+    """background_radius_mm 4.5: slices 5 and 6 mm apart are beyond the ball's reach."""
+    assert _slices_beyond_ball((40, 64, 64), spacing_mm, LesionSegmentationConfig()) is flat
+
+
+def test_dome_partial_volume_on_a_thick_slice_is_not_lesion():
+    """A 5 mm slice cutting the diaphragm dome: a broad patch of lung over it reads -450 HU
+    (half lung, half tissue), with aerated lung in the slice above. The one-slice ball
+    keeps it as ground glass without the rule; with it, it is not lesion."""
+    hu, lungs = _lung_on_a_dome()
+    hu[2, 15:65, 15:65] = -450.0
+    patch = np.zeros(hu.shape, bool)
+    patch[2, 15:65, 15:65] = True
+    vol = _volume(hu)
+    without = segment_lesions(vol, lungs, OFF)
+    assert np.count_nonzero(without.labels[patch]) >= 0.5 * patch.sum()  # a real trap
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[patch]) <= 0.02 * patch.sum()
+    assert out.info["slice_facing_partial_volume_removed_ml"] >= 0.5 * patch.sum() * 5e-3
+
+
+def test_ground_glass_that_continues_into_the_next_slice_is_kept():
+    """Ground glass lying on the diaphragm three slices deep (15 mm) is lesion, its lowest
+    slice included."""
+    hu, lungs = _lung_on_a_dome()
+    hu[2:5, 15:65, 15:65] = -600.0
+    layer = np.zeros(hu.shape, bool)
+    layer[2:5, 15:65, 15:65] = True
+    out = segment_lesions(_volume(hu), lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[layer] == LESION_GGO) >= 0.9 * layer.sum()
+    assert np.count_nonzero(out.labels[2, 15:65, 15:65] == LESION_GGO) >= 0.9 * 50 * 50
+    assert out.info["slice_facing_partial_volume_removed_ml"] == 0.0
+
+
+def test_the_apex_side_is_judged_alike():
+    """The same partial volume on the lung's top surface (tissue in the slice above)."""
+    hu, lungs = _lung_on_a_dome()
+    hu, lungs = hu[::-1].copy(), LungMask(lungs.labels[::-1].copy())
+    hu[-3, 15:65, 15:65] = -450.0
+    out = segment_lesions(_volume(hu), lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[-3, 15:65, 15:65]) <= 0.02 * 50 * 50
+
+
+def test_a_lung_cut_off_by_the_scan_end_is_not_a_surface():
+    """Where the lung reaches the first slice, what lies below is unknown: ground glass
+    there is kept."""
+    hu, lungs = _lung_on_a_dome(floor=0)
+    hu[0, 15:65, 15:65] = -450.0
+    out = segment_lesions(_volume(hu), lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(out.labels[0, 15:65, 15:65] == LESION_GGO) >= 0.9 * 50 * 50
+
+
+def test_thin_slices_are_left_to_the_ball():
+    """At 2 mm slices the rule is off: the result is the same with it disabled."""
+    hu, lungs = _lung_on_a_dome(n_z=30, floor=4)
+    hu[4, 15:65, 15:65] = -450.0
+    vol = _volume(hu, spacing_mm=(2.0, 1.0, 1.0))
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    off = segment_lesions(vol, lungs, OFF)
+    assert (on.labels == off.labels).all()
+    assert on.info["slice_facing_partial_volume_removed_ml"] == 0.0
