@@ -199,16 +199,26 @@ def test_real_chest_ct_without_pneumonia_is_a_normal_ct(real_ct: Path, tmp_path:
 @pytest.mark.slow
 def test_thick_slice_scan_is_flagged_phase_sensitive(real_ct: Path, tmp_path: Path) -> None:
     # pyradiomics lung1: 5 mm slices, 0.57 mm pixels (in-plane blocks of 3-4 voxels). Over
-    # four lattice phases its lesion reads 47-62 mL and its solid 7-15 mL (session 13).
+    # four lattice phases its lesion read 47-62 mL and its solid 7-15 mL (session 13). Most
+    # of the solid range was the diaphragm's partial volume: with session 20's thick-slice
+    # surface rule the solid spans 10.2-14.8 mL (4.6 mL, under the 5 mL flag) and the scan
+    # is not flagged. The flag is checked with that rule off.
+    cfg = _with_phase_check()
     metrics = segment_scan(
         real_ct / "chest-ct-tumour-nrrd" / "lung1_image.nrrd", tmp_path / "lung1",
-        config=_with_phase_check(),
+        config=dataclasses.replace(
+            cfg, lesions=dataclasses.replace(cfg.lesions, thick_slice_surface_rule=False)),
     )
     check = metrics.phase_check
     assert check is not None
     flags = [f for f in metrics.qc_flags if f.startswith("phase_sensitive:")]
     assert len(flags) == 1, (check["range"], metrics.qc_flags)
     assert check["solid_volume_range_ml"] > 5.0
+    with_rule = segment_scan(
+        real_ct / "chest-ct-tumour-nrrd" / "lung1_image.nrrd", tmp_path / "lung1-rule",
+        config=cfg,
+    ).phase_check
+    assert with_rule["solid_volume_range_ml"] < check["solid_volume_range_ml"]
     assert all(r["lung_dice_vs_reported"] > 0.99 for r in check["phases"])
     # Its top slices, above the lungs, hold 1.2 mL of metal (>= 2500 HU; neck and jaw),
     # which shares one slice with the lung apex (0.5 mL, 0.02 % of the lung): no flag.
