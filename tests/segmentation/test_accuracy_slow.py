@@ -212,6 +212,55 @@ def _inserted_errors(
     }
 
 
+def _in_slabs(vol: CTVolume, slab_mm: int) -> CTVolume:
+    """``vol`` linearly interpolated to 1 mm slices and averaged into ``slab_mm`` slabs
+    (a thick-slice reconstruction; benchmarks/evaluate_accuracy.py, "thick slices")."""
+    from scipy import ndimage
+
+    fine = ndimage.zoom(vol.hu.astype(np.float32), (vol.spacing_mm[0], 1, 1), order=1,
+                        mode="nearest")
+    n = fine.shape[0] // slab_mm * slab_mm
+    slabs = fine[:n].reshape(n // slab_mm, slab_mm, *fine.shape[1:]).mean(axis=1)
+    return _as_volume(np.rint(slabs).astype(np.int16), (float(slab_mm), *vol.spacing_mm[1:]))
+
+
+@pytest.fixture(scope="module")
+def chest_5mm(chest):
+    """The normal chest in 5 mm slabs: lesion proportion with the thick-slice surface rule
+    and without it."""
+    import dataclasses
+
+    thick = _in_slabs(chest[0], 5)
+    off = dataclasses.replace(CFG, lesions=dataclasses.replace(
+        CFG.lesions, thick_slice_surface_rule=False))
+    out = {}
+    for name, cfg in (("rule", CFG), ("off", off)):
+        lungs, lesions = segment_masks(thick, cfg)
+        out[name] = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(lungs.labels)
+        out[f"{name}_info"] = lesions.info
+    return out
+
+
+def test_thick_slice_surface_rule_on_the_normal_chest_in_5mm_slabs(chest_5mm):
+    """5 mm slabs: the diaphragm dome's and apex's partial volume read as ground glass
+    (3.82 % without the rule, 2.08 % with it; 0.31 % at 2 mm; session 20)."""
+    assert chest_5mm["off"] > 3.0, chest_5mm["off"]
+    assert chest_5mm["rule"] < 2.5, chest_5mm["rule"]
+    assert chest_5mm["rule_info"]["slice_facing_partial_volume_removed_ml"] > 30.0
+    assert chest_5mm["off_info"]["slice_facing_partial_volume_removed_ml"] == 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (2026-12-06 session 20): the normal chest in 5 mm slabs reads 2.08 % "
+    "lesion (0.31 % at 2 mm): hilar vessels smeared across the slice and the dome's partial "
+    "volume under lung that is itself a little dense; flagged thick_slices_lesion_bias "
+    "(docs/segmentation.md, 'Thick slices')",
+)
+def test_real_normal_chest_in_5mm_slabs_is_a_normal_ct(chest_5mm):
+    assert chest_5mm["rule"] < 1.0, chest_5mm["rule"]
+
+
 def test_real_chest_inserted_lesions_15pct(chest):
     """Targets: total <= 10 %, proportion <= 1 pp; measured -1.7 %, -0.16 pp (2026-12-05
     session 12; session 11 -0.6 %, 0.00 pp at another block phase); +0.5 %, +0.13 pp with
