@@ -17,12 +17,13 @@ TISSUE_HU = 40.0
 OFF = LesionSegmentationConfig(thick_slice_surface_rule=False)
 
 
-def _volume(hu: np.ndarray, spacing_mm=THICK_MM) -> CTVolume:
+def _volume(hu: np.ndarray, spacing_mm=THICK_MM, slice_thickness_mm=None) -> CTVolume:
     noise = np.random.default_rng(0).normal(0.0, 15.0, hu.shape)
     return CTVolume(
         hu=np.rint(hu + noise).astype(np.int16), spacing_mm=spacing_mm,
         origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
-        source=SourceInfo(path="synthetic", kind="nifti", sha256=""),
+        source=SourceInfo(path="synthetic", kind="nifti", sha256="",
+                          slice_thickness_mm=slice_thickness_mm),
     )
 
 
@@ -44,6 +45,17 @@ def _lung_on_a_dome(n_z: int = 12, floor: int = 2) -> tuple[np.ndarray, LungMask
 def test_the_rule_applies_where_the_ball_is_one_slice_thick(spacing_mm, flat):
     """background_radius_mm 4.5: slices 5 and 6 mm apart are beyond the ball's reach."""
     assert _slices_beyond_ball((40, 64, 64), spacing_mm, LesionSegmentationConfig()) is flat
+
+
+@pytest.mark.parametrize(("spacing_mm", "thickness_mm", "flat"), [
+    ((5.0, 0.7, 0.7), 5.0, True), ((10.0, 0.7, 0.7), 1.0, False),
+    ((5.0, 0.7, 0.7), 2.5, False), ((2.5, 0.7, 0.7), 5.0, False),
+])
+def test_the_header_thickness_decides_with_the_spacing(spacing_mm, thickness_mm, flat):
+    """Sequential HRCT (1 mm slices 10 mm apart) averages little across a surface: the rule
+    needs slices both far apart and thick (SliceThickness, when the header has it)."""
+    assert _slices_beyond_ball(
+        (40, 64, 64), spacing_mm, LesionSegmentationConfig(), thickness_mm) is flat
 
 
 def test_dome_partial_volume_on_a_thick_slice_is_not_lesion():
@@ -91,6 +103,18 @@ def test_a_lung_cut_off_by_the_scan_end_is_not_a_surface():
     hu[0, 15:65, 15:65] = -450.0
     out = segment_lesions(_volume(hu), lungs, LesionSegmentationConfig())
     assert np.count_nonzero(out.labels[0, 15:65, 15:65] == LESION_GGO) >= 0.9 * 50 * 50
+
+
+def test_thin_slices_far_apart_keep_their_surface_lesion():
+    """1 mm slices every 5 mm (SliceThickness 1): a dense patch on the dome's slice is not
+    the dome's partial volume, and the rule leaves it as it is."""
+    hu, lungs = _lung_on_a_dome()
+    hu[2, 15:65, 15:65] = -450.0
+    vol = _volume(hu, slice_thickness_mm=1.0)
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    off = segment_lesions(vol, lungs, OFF)
+    assert (on.labels == off.labels).all()
+    assert on.info["slice_facing_partial_volume_removed_ml"] == 0.0
 
 
 def test_thin_slices_are_left_to_the_ball():

@@ -607,15 +607,21 @@ def _clearance_size(
 
 def _slices_beyond_ball(
     shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig,
+    config: LesionSegmentationConfig, slice_thickness_mm: float | None = None,
 ) -> bool:
     """True when the background ball is one slice thick on its coarse grid (slices further
-    apart than ``background_radius_mm``): it then cannot see lung surfaces that face the
-    next slice."""
+    apart than ``background_radius_mm``), so it cannot see lung surfaces that face the next
+    slice, and the slices are that thick too (``slice_thickness_mm``, the header's, when
+    known): thin slices far apart (sequential HRCT, 1 mm every 10 mm) average little across
+    the surface."""
     grid = CoarseGrid.for_volume(
         shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
-    return _ball(config.background_radius_mm, grid.spacing_mm).shape[0] == 1
+    thickness_mm = spacing_mm[0] if slice_thickness_mm is None else slice_thickness_mm
+    return (
+        _ball(config.background_radius_mm, grid.spacing_mm).shape[0] == 1
+        and thickness_mm > config.background_radius_mm
+    )
 
 
 def _slice_facing_partial_volume(
@@ -975,7 +981,9 @@ def segment_lesions(
         slice_partial = None
         if (
             rules and config.thick_slice_surface_rule
-            and _slices_beyond_ball(lung_b.shape, sp, config)  # type: ignore[arg-type]
+            and _slices_beyond_ball(
+                lung_b.shape, sp, config, volume.source.slice_thickness_mm  # type: ignore[arg-type]
+            )
         ):
             slice_partial = _slice_facing_partial_volume(
                 ggo_band | solid_band, smooth, lung_b, g_lo
