@@ -48,6 +48,10 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   lesion are neutral), and none longer than ``enclosed_solid_max_length_mm``. Solid
   patches narrower than the opening inside ground glass are enclosed; vessels continue
   into normal lung, where their component follows them;
+- thick slices (slices further apart and thicker than ``background_radius_mm``, when
+  ``thick_slice_surface_rule``): band voxels on a lung surface facing the next slice whose
+  slice inward is aerated lung are the wall's partial volume (diaphragm dome, apex), not
+  lesion: a ball one slice thick cannot see that surface;
 - hysteresis: ground-glass-band voxels connected to ground glass accepted on its own
   ground-glass background (not on one raised by a vessel) within ``lesion_extension_mm``
   are ground glass when ``extension_above_parenchyma_hu`` above the parenchyma level and
