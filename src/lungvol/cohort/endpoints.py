@@ -198,19 +198,20 @@ def acquisition_changes(
 ) -> str:
     """How ``scan`` was acquired differently from the subject's ``baseline`` scan ("" when
     alike, or when a value is not recorded): reconstruction kernel, manufacturer, slice
-    spacing beyond ``trial.acquisition_spacing_tolerance_mm``. The lesion HU bands read the
-    kernel's noise and the slices' partial volume, so such a change moves the lesion
-    proportion by itself."""
+    spacing or slice thickness (the header's) beyond ``trial.acquisition_spacing_tolerance_mm``.
+    The lesion HU bands read the kernel's noise and the slices' partial volume, so such a
+    change moves the lesion proportion by itself."""
     changes = []
     for key, name in (("convolution_kernel", "kernel"), ("manufacturer", "manufacturer")):
         before = str(baseline.get(key) or "").strip()
         after = str(scan.get(key) or "").strip()
         if before and after and before.casefold() != after.casefold():
             changes.append(f"{name} {before} -> {after}")
-    before_mm = _float(baseline.get("slice_spacing_mm"))
-    after_mm = _float(scan.get("slice_spacing_mm"))
-    if abs(after_mm - before_mm) > trial.acquisition_spacing_tolerance_mm:  # False for NaN
-        changes.append(f"slice spacing {before_mm:g} -> {after_mm:g} mm")
+    for key, name in (("slice_spacing_mm", "slice spacing"),
+                      ("slice_thickness_mm", "slice thickness")):
+        before_mm, after_mm = _float(baseline.get(key)), _float(scan.get(key))
+        if abs(after_mm - before_mm) > trial.acquisition_spacing_tolerance_mm:  # NaN: False
+            changes.append(f"{name} {before_mm:g} -> {after_mm:g} mm")
     return "; ".join(changes)
 
 

@@ -104,8 +104,9 @@ class TrialConfig:
     # out consolidation at one visit); the endpoints are not changed.
     lung_volume_change_flag_pct: float = 10.0
     # QC: a measured scan acquired differently from the subject's baseline scan (another
-    # reconstruction kernel or manufacturer, or a slice spacing that differs by more than
-    # this, mm) is listed in the report: the lesion bands read kernel and partial volume.
+    # reconstruction kernel or manufacturer, or a slice spacing or thickness that differs by
+    # more than this, mm) is listed in the report: the lesion bands read kernel and partial
+    # volume.
     acquisition_spacing_tolerance_mm: float = 0.5
     # Measured scans carrying any of these QC flag codes (metrics.json qc_flags, e.g.
     # lung_base_truncated) are excluded from the analysis: treated as visits without a

@@ -277,7 +277,7 @@ def lung_volume_section(table: list[dict[str, Any]], trial: TrialConfig) -> tupl
 
 def acquisition_section(table: list[dict[str, Any]], trial: TrialConfig) -> tuple[str, str]:
     """(heading, body): measured follow-up scans acquired differently from the subject's
-    baseline scan (kernel, manufacturer, slice spacing; ``acquisition_changes``)."""
+    baseline scan (kernel, manufacturer, slice spacing or thickness; ``acquisition_changes``)."""
     changed = [r for r in table if r.get("acquisition_changes")]
     heading = f"Acquisition against baseline: {len(changed)} scans differ"
     if not changed:
