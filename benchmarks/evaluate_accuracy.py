@@ -62,6 +62,7 @@ from lungvol.config import LungvolConfig, load_config
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
 from lungvol.phantom import (
+    average_slabs,
     insert_blobs,
     insert_lesions,
     insert_subpleural_band,
@@ -240,14 +241,6 @@ def _insertion_row(
 THICK_SLICES_MM = (3, 4, 5, 6)
 
 
-def _thicken(a: np.ndarray, slab_mm: int, slice_mm: float) -> np.ndarray:
-    """Slabs of ``slab_mm`` from slices ``slice_mm`` apart: linear interpolation to 1 mm,
-    then means of ``slab_mm`` consecutive 1 mm slices (float32)."""
-    fine = ndimage.zoom(a.astype(np.float32), (slice_mm, 1, 1), order=1, mode="nearest")
-    n = fine.shape[0] // slab_mm * slab_mm
-    return fine[:n].reshape(n // slab_mm, slab_mm, *fine.shape[1:]).mean(axis=1)
-
-
 def _at_half(fraction: np.ndarray, coin: np.ndarray) -> np.ndarray:
     """Truth from a slab-mean fraction: above one half, or exactly one half and heads."""
     return (fraction > 0.5) | ((fraction == 0.5) & coin)
@@ -267,11 +260,11 @@ def thick_slice_cases(shared: Path) -> list[dict[str, Any]]:
             hu, truth = chest.hu, np.zeros(chest.shape, np.uint8)
         for mm in THICK_SLICES_MM:
             spacing = (float(mm), *chest.spacing_mm[1:])
-            thick = np.rint(_thicken(hu, mm, chest.spacing_mm[0])).astype(np.int16)
+            thick = np.rint(average_slabs(hu, mm, chest.spacing_mm[0])).astype(np.int16)
             coin = np.random.default_rng(mm).random(thick.shape) < 0.5
-            ref_lung = _at_half(_thicken(lungs.labels > 0, mm, chest.spacing_mm[0]), coin)
-            any_t = _at_half(_thicken(truth > 0, mm, chest.spacing_mm[0]), coin)
-            solid_t = _at_half(_thicken(truth == 2, mm, chest.spacing_mm[0]), coin)
+            ref_lung = _at_half(average_slabs(lungs.labels > 0, mm, chest.spacing_mm[0]), coin)
+            any_t = _at_half(average_slabs(truth > 0, mm, chest.spacing_mm[0]), coin)
+            solid_t = _at_half(average_slabs(truth == 2, mm, chest.spacing_mm[0]), coin)
             truth_t = np.where(solid_t, 2, np.where(any_t, 1, 0)).astype(np.uint8)
             l2, e2, t2 = _segment(_volume(thick, spacing, f"chest {mm} mm"))
             row: dict[str, Any] = {

@@ -1447,6 +1447,19 @@ def insert_subpleural_band(
 WATER_MU_PER_MM = 0.019
 
 
+def average_slabs(array: np.ndarray, slab_mm: int, slice_mm: float) -> np.ndarray:
+    """A thick-slice reconstruction of ``array`` (z, y, x; slices ``slice_mm`` apart):
+    linear interpolation to 1 mm slices, then means of ``slab_mm`` consecutive ones
+    (float32; a trailing remainder under one slab is dropped). Applied to a mask it gives
+    each slab's fraction."""
+    if slab_mm < 1 or slice_mm <= 0:
+        raise ValueError(f"slab_mm must be >= 1 and slice_mm > 0, got {slab_mm}, {slice_mm}")
+    fine = ndimage.zoom(np.asarray(array, np.float32), (slice_mm, 1, 1), order=1,
+                        mode="nearest")
+    n = fine.shape[0] // slab_mm * slab_mm
+    return fine[:n].reshape(n // slab_mm, slab_mm, *fine.shape[1:]).mean(axis=1)
+
+
 def insert_metal(
     hu: np.ndarray,
     *,

@@ -213,14 +213,11 @@ def _inserted_errors(
 
 
 def _in_slabs(vol: CTVolume, slab_mm: int) -> CTVolume:
-    """``vol`` linearly interpolated to 1 mm slices and averaged into ``slab_mm`` slabs
-    (a thick-slice reconstruction; benchmarks/evaluate_accuracy.py, "thick slices")."""
-    from scipy import ndimage
+    """``vol`` as a thick-slice reconstruction (benchmarks/evaluate_accuracy.py, "thick
+    slices")."""
+    from lungvol.phantom import average_slabs
 
-    fine = ndimage.zoom(vol.hu.astype(np.float32), (vol.spacing_mm[0], 1, 1), order=1,
-                        mode="nearest")
-    n = fine.shape[0] // slab_mm * slab_mm
-    slabs = fine[:n].reshape(n // slab_mm, slab_mm, *fine.shape[1:]).mean(axis=1)
+    slabs = average_slabs(vol.hu, slab_mm, vol.spacing_mm[0])
     return _as_volume(np.rint(slabs).astype(np.int16), (float(slab_mm), *vol.spacing_mm[1:]))
 
 
