@@ -259,6 +259,10 @@ def test_lost_scheduler_stops_the_run_with_a_clear_error(tmp_path: Path) -> None
         assert "\n" not in message
         assert address in message
         assert "run the same command again" in message
+        # The executor let go of the lost scheduler: no reconnect attempts left to log an
+        # error into a later test's output.
+        assert ex._client.status == "closed"
+        ex.close()  # idempotent
     finally:
         scheduler.kill()
         worker.kill()

@@ -113,7 +113,7 @@ def test_cli_writes_a_phantom_and_prints_the_truth(tmp_path: Path) -> None:
     assert "--overwrite" in again.output
     overwritten = runner.invoke(app, [*args, "--overwrite", "--json"])
     assert overwritten.exit_code == 0, overwritten.output
-    assert json.loads(overwritten.output)["seed"] == 3
+    assert json.loads(overwritten.stdout)["seed"] == 3  # --json: stdout only
 
 
 def test_cli_noise_seed_rescans_the_same_chest(tmp_path: Path) -> None:

@@ -195,6 +195,7 @@ class DaskExecutor:
         self.address = address.strip()
         self.retries = int(retries)
         self.max_in_flight_per_thread = int(max_in_flight_per_thread)
+        self._close_timeout_s = float(connect_timeout_s)
         try:
             self._client = Client(self.address, timeout=connect_timeout_s, set_as_default=False)
         except (OSError, TimeoutError) as err:
@@ -285,6 +286,11 @@ class DaskExecutor:
         finally:
             for future in in_flight:
                 future.cancel()
+            if self._client.status != "running":
+                # The scheduler is gone: stop the client's reconnect attempts (for
+                # connect_timeout_s), which would log an error later into whatever else the
+                # process is doing. This executor is done.
+                self.close()
 
     def _scheduler_lost(self, n_done: int, n_total: int, err: BaseException) -> SchedulerLostError:
         return SchedulerLostError(
@@ -307,8 +313,9 @@ class DaskExecutor:
         return outcome.error if outcome.error is not None else outcome.value
 
     def close(self) -> None:
-        """Disconnect from the scheduler (the cluster itself keeps running)."""
-        self._client.close()
+        """Disconnect from the scheduler (the cluster itself keeps running); idempotent."""
+        if self._client.status not in ("closing", "closed"):
+            self._client.close(timeout=self._close_timeout_s)
 
     def __enter__(self) -> DaskExecutor:
         return self
