@@ -304,8 +304,9 @@ class LesionSegmentationConfig:
     # a tumour or consolidation) count as solid.
     fill_enclosed_solid: bool = True
     # Thick slices (session 20): where slices are further apart than background_radius_mm
-    # the background ball is one slice thick and cannot see a lung surface that faces the
-    # next slice (diaphragm dome, apex). A band voxel on such a surface (the next slice
+    # (and as thick: the header's SliceThickness when known) the background ball is one
+    # slice thick and cannot see a lung surface that faces the next slice (diaphragm dome,
+    # apex). A band voxel on such a surface (the next slice
     # outward is outside the lung) whose next slice inward is aerated lung (below the
     # ground-glass band) is partial volume of the wall, not lesion. false disables.
     thick_slice_surface_rule: bool = True

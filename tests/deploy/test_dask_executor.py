@@ -268,3 +268,24 @@ def test_lost_scheduler_stops_the_run_with_a_clear_error(tmp_path: Path) -> None
         worker.kill()
         scheduler.wait(timeout=30)
         worker.wait(timeout=30)
+
+
+def test_close_never_raises_over_the_error_a_run_ended_with(caplog) -> None:
+    """close() runs in ``finally`` blocks: a disconnect that times out is logged, not raised
+    (it would hide the one-line SchedulerLostError), and a closed client is left alone."""
+
+    class StuckClient:
+        status = "running"
+        calls = 0
+
+        def close(self, timeout=None):
+            StuckClient.calls += 1
+            raise TimeoutError("closing took too long")
+
+    ex = object.__new__(DaskExecutor)
+    ex.address, ex._close_timeout_s, ex._client = "tcp://127.0.0.1:1", 0.1, StuckClient()
+    ex.close()
+    assert "could not disconnect cleanly" in caplog.text
+    ex._client.status = "closed"
+    ex.close()
+    assert StuckClient.calls == 1

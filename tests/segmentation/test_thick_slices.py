@@ -126,3 +126,17 @@ def test_thin_slices_are_left_to_the_ball():
     off = segment_lesions(vol, lungs, OFF)
     assert (on.labels == off.labels).all()
     assert on.info["slice_facing_partial_volume_removed_ml"] == 0.0
+
+
+def test_solid_partial_volume_is_counted_once_in_info():
+    """The dome's denser partial volume (solid band, -200 HU) goes too, and `info` counts it
+    under the rule's entry only, not again as rejected by the background rules."""
+    hu, lungs = _lung_on_a_dome()
+    hu[2, 15:65, 15:65] = -200.0
+    vol = _volume(hu)
+    off = segment_lesions(vol, lungs, OFF)
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(off.labels[2, 15:65, 15:65]) >= 0.5 * 50 * 50  # a real trap
+    assert np.count_nonzero(on.labels[2, 15:65, 15:65]) <= 0.02 * 50 * 50
+    assert on.info["slice_facing_partial_volume_removed_ml"] >= 0.5 * 50 * 50 * 5e-3
+    assert on.info["background_removed_ml"] <= off.info["background_removed_ml"] + 0.1

@@ -313,9 +313,15 @@ class DaskExecutor:
         return outcome.error if outcome.error is not None else outcome.value
 
     def close(self) -> None:
-        """Disconnect from the scheduler (the cluster itself keeps running); idempotent."""
-        if self._client.status not in ("closing", "closed"):
+        """Disconnect from the scheduler (the cluster itself keeps running); idempotent.
+        Never raises: a disconnect that times out must not hide the error the run ended
+        with (it is called from ``finally`` blocks)."""
+        if self._client.status in ("closing", "closed"):
+            return
+        try:
             self._client.close(timeout=self._close_timeout_s)
+        except (OSError, TimeoutError) as err:  # dask's TimeoutError is the builtin one
+            logger.warning("could not disconnect cleanly from %s: %s", self.address, err)
 
     def __enter__(self) -> DaskExecutor:
         return self

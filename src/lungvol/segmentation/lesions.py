@@ -1025,9 +1025,15 @@ def segment_lesions(
                 ggo, solid, seeds, solid_band, cand_future.result(), sp, config  # type: ignore[arg-type]
             )
             del seeds, paren, cand_future
+        # Band voxels the background rules rejected (the thick-slice rule's are counted in
+        # its own entry, not again here).
+        rejected_solid = solid_band & ~solid
+        if slice_partial is not None:
+            rejected_solid &= ~slice_partial
         background_ml = float(
-            (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(solid_band & ~solid)) * voxel_ml
+            (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(rejected_solid)) * voxel_ml
         )
+        del rejected_solid
         if fill_future is not None:
             solid |= fill_future.result()
             del fill_future
