@@ -293,10 +293,13 @@ class LesionSegmentationConfig:
     # Hysteresis: ground-glass-band voxels connected to ground-glass cores within
     # lesion_extension_mm are ground glass (rims and fingers narrower than the ball) when
     # extension_above_parenchyma_hu above normal lung, and not within
-    # extension_vessel_clearance_mm of a rejected vessel / airway wall. 0 disables.
-    lesion_extension_mm: float = 5.0
+    # extension_vessel_clearance_mm of a rejected vessel / airway wall, and where the
+    # grown lesion is at least extension_min_width_mm wide in-plane (skirts of small
+    # vessels are narrower; 0 disables). lesion_extension_mm 0 disables the extension.
+    lesion_extension_mm: float = 6.5
     extension_above_parenchyma_hu: float = 90.0
     extension_vessel_clearance_mm: float = 2.0
+    extension_min_width_mm: float = 3.0
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
@@ -369,7 +372,8 @@ class LesionSegmentationConfig:
             )
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
-            "lesion_extension_mm", "extension_vessel_clearance_mm", "noise_target_hu",
+            "lesion_extension_mm", "extension_vessel_clearance_mm", "extension_min_width_mm",
+            "noise_target_hu",
             "noise_max_smoothing_mm", "vessel_max_radius_mm",
         ):
             if getattr(self, key) < 0:

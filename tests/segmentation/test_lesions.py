@@ -272,6 +272,36 @@ def test_finger_of_ground_glass_narrower_than_the_ball_is_kept_by_the_extension(
     assert np.count_nonzero(on[finger] == LESION_GGO) >= 0.85 * finger.sum()
 
 
+def test_extension_does_not_run_along_a_thin_skirt_but_keeps_a_wide_finger():
+    """A 2 mm-wide tube at -560 HU (the partial-volume skirt of a vessel too thin for the
+    solid band) leaving a ground-glass patch: the hysteresis runs along it unless grown
+    lesion must be extension_min_width_mm (3 mm) wide; a 4 mm finger beside it is kept."""
+    hu, lungs = _lung_cube()
+    hu[10:30, 10:40, 10:40] = -620.0
+    tube = _fill_box(hu, np.s_[18:20, 40:46, 14:16], -560.0)
+    finger = _fill_box(hu, np.s_[18:22, 40:46, 30:34], -620.0)
+    vol = _noisy_volume(hu, seed=5)
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(extension_min_width_mm=0.0)).labels
+    tip = tube.copy()
+    tip[:, :42] = False  # beyond the one-coarse-voxel dilation of the patch's background
+    assert np.count_nonzero(off[tip] > 0) >= 0.7 * tip.sum()  # a real trap
+    assert np.count_nonzero(on[tip] > 0) <= 0.2 * tip.sum()
+    assert np.count_nonzero(on[finger] == LESION_GGO) >= 0.85 * finger.sum()
+    # The patch itself is unchanged by the rule.
+    assert np.count_nonzero((on > 0)[10:30, 10:40, 10:40]) == np.count_nonzero(
+        (off > 0)[10:30, 10:40, 10:40])
+
+
+def test_min_width_radius_leaves_coarse_grids_alone():
+    from lungvol.segmentation.lesions import _min_width_radius_px
+
+    assert _min_width_radius_px(3.0, (2.0, 0.98, 0.98)) == (1, 1)  # 2.9 mm square
+    assert _min_width_radius_px(3.0, (1.0, 0.6, 0.6)) == (2, 2)  # 3.0 mm
+    assert _min_width_radius_px(3.0, (1.6, 1.4, 1.4)) == (0, 0)  # a 4.2 mm square is too wide
+    assert _min_width_radius_px(0.0, (1.0, 0.6, 0.6)) == (0, 0)
+
+
 def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
     """Posterior (dependent) lung at -780 HU with a 12 mm strip at -690 HU (inside the GGO
     band, above the region floor): the region test relative to the local parenchyma
@@ -293,7 +323,7 @@ def test_new_lesion_settings_are_validated():
     from lungvol.errors import ConfigError
 
     for key in ("pleural_extrapolation_mm", "lesion_extension_mm",
-                "extension_vessel_clearance_mm"):
+                "extension_vessel_clearance_mm", "extension_min_width_mm"):
         with pytest.raises(ConfigError, match=key):
             LesionSegmentationConfig(**{key: -1.0})
     with pytest.raises(ConfigError, match="parenchyma_block_mm"):

@@ -609,6 +609,17 @@ def _clearance_size(
     return tuple(2 * int(config.extension_vessel_clearance_mm / s) + 1 for s in spacing_mm)
 
 
+def _min_width_radius_px(
+    width_mm: float, spacing_mm: tuple[float, float, float]
+) -> tuple[int, int]:
+    """In-plane half-widths (y, x) of the largest square no wider than ``width_mm``: an
+    opening with it removes structures narrower than about ``width_mm`` (0 where a voxel
+    is wider than a third of it: coarse grids are left alone)."""
+    return tuple(  # type: ignore[return-value]
+        max(0, int((width_mm / s - 1.0) / 2.0)) if width_mm > 0 else 0 for s in spacing_mm[1:]
+    )
+
+
 def _slices_beyond_ball(
     shape: tuple[int, int, int], spacing_mm: tuple[float, float, float],
     config: LesionSegmentationConfig, slice_thickness_mm: float | None = None,
@@ -669,7 +680,9 @@ def _extend_from_cores(
     :func:`_extension_candidates`), and they are not within
     ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
     wall: growth must not run along their partial-volume skirts; the dense rim along the
-    pleura is not counted as a vessel). Returns the number of voxels added.
+    pleura is not counted as a vessel). Voxels grown where the lesion is narrower in-plane
+    than ``extension_min_width_mm`` (an opening of grown and accepted lesion) are dropped:
+    skirts of vessels too thin for the solid band. Returns the number of voxels added.
     """
     if candidates is None:
         return 0
@@ -683,6 +696,11 @@ def _extend_from_cores(
     _grow_geodesic(grown, cand, spacing_mm, config.lesion_extension_mm)
     ggo_b = ggo[box]
     add = grown & ~ggo_b & ~solid_b
+    radius_px = _min_width_radius_px(config.extension_min_width_mm, spacing_mm)
+    if any(radius_px):
+        # Growth along the partial-volume skirt of a vessel below the solid band is a tube
+        # or a hollow sleeve a voxel or two wide; a lesion's rim lies against its core.
+        add &= _opening_in_plane(grown | ggo_b | solid_b, radius_px)
     ggo_b |= add
     return int(np.count_nonzero(add))
 
