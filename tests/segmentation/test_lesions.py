@@ -257,17 +257,33 @@ def test_thin_subpleural_band_against_the_ribs_is_ground_glass(bone):
     assert np.count_nonzero(on[:, :, 20:] > 0) <= 0.002 * on[:, :, 20:].size
 
 
+def _patch_with_protrusions(boxes, off_settings):
+    """A 20 x 30 x 30 mm ground-glass patch (-620 HU) with protrusions ``(index, hu)``
+    leaving it at y = 40, segmented with the default settings and with ``off_settings``.
+    Returns ``(on_labels, off_labels, protrusion_masks)``."""
+    hu, lungs = _lung_cube()
+    hu[10:30, 10:40, 10:40] = -620.0
+    masks = [_fill_box(hu, index, value) for index, value in boxes]
+    vol = _noisy_volume(hu, seed=5)
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(**off_settings)).labels
+    return on, off, masks
+
+
+def _beyond_patch(protrusion):
+    """The part of a protrusion beyond the one-coarse-voxel dilation of the patch's
+    background (which the background rules alone may accept)."""
+    tip = protrusion.copy()
+    tip[:, :42] = False
+    return tip
+
+
 def test_finger_of_ground_glass_narrower_than_the_ball_is_kept_by_the_extension():
     """A 4 mm-thick, 6 mm-long finger leaving a ground-glass patch is lost by the opening and
     recovered by the hysteresis from the patch (lesion_extension_mm)."""
-    hu, lungs = _lung_cube()
-    hu[10:30, 10:40, 10:40] = -620.0
-    finger = _fill_box(hu, np.s_[18:22, 40:46, 23:27], -620.0)
-    vol = _noisy_volume(hu, seed=5)
-    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
-    off = segment_lesions(vol, lungs, LesionSegmentationConfig(lesion_extension_mm=0.0)).labels
-    tip = finger.copy()
-    tip[:, :42] = False  # beyond the one-coarse-voxel dilation of the patch's background
+    on, off, (finger,) = _patch_with_protrusions(
+        [(np.s_[18:22, 40:46, 23:27], -620.0)], {"lesion_extension_mm": 0.0})
+    tip = _beyond_patch(finger)
     assert np.count_nonzero(off[tip] == LESION_GGO) <= 0.3 * tip.sum()
     assert np.count_nonzero(on[finger] == LESION_GGO) >= 0.85 * finger.sum()
 
@@ -276,15 +292,10 @@ def test_extension_does_not_run_along_a_thin_skirt_but_keeps_a_wide_finger():
     """A 2 mm-wide tube at -560 HU (the partial-volume skirt of a vessel too thin for the
     solid band) leaving a ground-glass patch: the hysteresis runs along it unless grown
     lesion must be extension_min_width_mm (3 mm) wide; a 4 mm finger beside it is kept."""
-    hu, lungs = _lung_cube()
-    hu[10:30, 10:40, 10:40] = -620.0
-    tube = _fill_box(hu, np.s_[18:20, 40:46, 14:16], -560.0)
-    finger = _fill_box(hu, np.s_[18:22, 40:46, 30:34], -620.0)
-    vol = _noisy_volume(hu, seed=5)
-    on = segment_lesions(vol, lungs, LesionSegmentationConfig()).labels
-    off = segment_lesions(vol, lungs, LesionSegmentationConfig(extension_min_width_mm=0.0)).labels
-    tip = tube.copy()
-    tip[:, :42] = False  # beyond the one-coarse-voxel dilation of the patch's background
+    on, off, (tube, finger) = _patch_with_protrusions(
+        [(np.s_[18:20, 40:46, 14:16], -560.0), (np.s_[18:22, 40:46, 30:34], -620.0)],
+        {"extension_min_width_mm": 0.0})
+    tip = _beyond_patch(tube)
     assert np.count_nonzero(off[tip] > 0) >= 0.7 * tip.sum()  # a real trap
     assert np.count_nonzero(on[tip] > 0) <= 0.2 * tip.sum()
     assert np.count_nonzero(on[finger] == LESION_GGO) >= 0.85 * finger.sum()
