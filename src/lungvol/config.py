@@ -296,10 +296,13 @@ class LesionSegmentationConfig:
     # extension_vessel_clearance_mm of a rejected vessel / airway wall, and where the
     # grown lesion is at least extension_min_width_mm wide in-plane (skirts of small
     # vessels are narrower; 0 disables). lesion_extension_mm 0 disables the extension.
-    lesion_extension_mm: float = 6.5
+    # Where the width gate acts (in-plane voxels at most a third of extension_min_width_mm)
+    # the reach is extension_gated_mm instead: the skirt growth that held it short is gone.
+    lesion_extension_mm: float = 5.0
     extension_above_parenchyma_hu: float = 90.0
     extension_vessel_clearance_mm: float = 2.0
     extension_min_width_mm: float = 3.0
+    extension_gated_mm: float = 6.5
     # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
     # glass are solid components even on a ground-glass background.
     thin_structure_radius_mm: float = 1.5
@@ -373,6 +376,7 @@ class LesionSegmentationConfig:
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
             "lesion_extension_mm", "extension_vessel_clearance_mm", "extension_min_width_mm",
+            "extension_gated_mm",
             "noise_target_hu",
             "noise_max_smoothing_mm", "vessel_max_radius_mm",
         ):

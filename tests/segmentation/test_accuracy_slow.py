@@ -59,10 +59,16 @@ def _lesion_xfail(reason: str) -> pytest.MarkDecorator:
 @pytest.mark.parametrize(
     ("seed", "lesion_pct", "solid_pct", "size"),
     [
-        # -8.9 % and -7.8 % until session 21 (the extension's width gate and 6.5 mm
-        # reach): -4.6 % and -4.5 %.
-        pytest.param(0, 5.0, 1.0, "small"),
-        pytest.param(5, 10.0, 2.0, "fine"),
+        pytest.param(0, 5.0, 1.0, "small", marks=_lesion_xfail(
+            "lesion -8.9 % at 5 % on the 3 mm-voxel phantom (recall 0.72, 41 mL of false "
+            "positives): lesion parts thinner than the 9 mm background ball have no core to "
+            "grow from (docs/segmentation.md, 'Vessel segments'). Session 21's 6.5 mm reach "
+            "would read -4.6 % here, but it is kept to grids where the width gate acts: on "
+            "these voxels it made the simulated trial read 0.3 pp higher per scan")),
+        pytest.param(5, 10.0, 2.0, "fine", marks=_lesion_xfail(
+            "lesion -7.8 % at 10 % on the 1.6 x 1.4 x 1.4 mm phantom (recall 0.81, 49 mL of "
+            "false positives, 98 % of the truth inside the lung mask); -4.5 % with the gated "
+            "6.5 mm reach, which these voxels are too coarse for")),
         pytest.param(0, 5.0, 1.0, "full", marks=_lesion_xfail(
             "lesion -18.0 % at 5 % on the HRCT-voxel phantom (-14.2 % before session 21's "
             "width gate took 10 mL of false positives away; recall 0.67; 93 % of the truth "

@@ -313,6 +313,20 @@ def test_min_width_radius_leaves_coarse_grids_alone():
     assert _min_width_radius_px(0.0, (1.0, 0.6, 0.6)) == (0, 0)
 
 
+def test_extension_reaches_further_only_where_the_width_gate_acts():
+    from lungvol.segmentation.lesions import _extension_reach_mm
+
+    cfg = LesionSegmentationConfig()
+    assert _extension_reach_mm((2.0, 0.98, 0.98), cfg) == cfg.extension_gated_mm == 6.5
+    # The 3 mm and 1.4 mm phantoms: no gate, the reach of lungvol 0.6.0.
+    assert _extension_reach_mm((3.0, 2.8, 2.8), cfg) == cfg.lesion_extension_mm == 5.0
+    assert _extension_reach_mm((1.6, 1.4, 1.4), cfg) == 5.0
+    assert _extension_reach_mm((2.0, 0.98, 0.98), LesionSegmentationConfig(
+        extension_min_width_mm=0.0)) == 5.0
+    assert _extension_reach_mm((2.0, 0.98, 0.98), LesionSegmentationConfig(
+        lesion_extension_mm=0.0)) == 0.0
+
+
 def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
     """Posterior (dependent) lung at -780 HU with a 12 mm strip at -690 HU (inside the GGO
     band, above the region floor): the region test relative to the local parenchyma
@@ -334,7 +348,8 @@ def test_new_lesion_settings_are_validated():
     from lungvol.errors import ConfigError
 
     for key in ("pleural_extrapolation_mm", "lesion_extension_mm",
-                "extension_vessel_clearance_mm", "extension_min_width_mm"):
+                "extension_vessel_clearance_mm", "extension_min_width_mm",
+                "extension_gated_mm"):
         with pytest.raises(ConfigError, match=key):
             LesionSegmentationConfig(**{key: -1.0})
     with pytest.raises(ConfigError, match="parenchyma_block_mm"):

@@ -579,7 +579,8 @@ def _extension_candidates(
         return None
     # Only voxels within reach of a seed matter: work in that box.
     reach = tuple(
-        int(np.ceil((config.lesion_extension_mm + config.extension_vessel_clearance_mm) / s)) + 1
+        int(np.ceil((_extension_reach_mm(spacing_mm, config)
+                     + config.extension_vessel_clearance_mm) / s)) + 1
         for s in spacing_mm
     )
     box = bounding_box(seeds, reach)
@@ -619,6 +620,18 @@ def _min_width_radius_px(
     return tuple(  # type: ignore[return-value]
         max(0, int((width_mm / s - 1.0) / 2.0)) if width_mm > 0 else 0 for s in spacing_mm[1:]
     )
+
+
+def _extension_reach_mm(
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
+) -> float:
+    """The hysteresis's reach (mm): ``extension_gated_mm`` where the width gate acts on this
+    grid, ``lesion_extension_mm`` elsewhere (and 0 when that is 0: the extension is off)."""
+    if config.lesion_extension_mm <= 0:
+        return 0.0
+    if any(_min_width_radius_px(config.extension_min_width_mm, spacing_mm)):
+        return config.extension_gated_mm
+    return config.lesion_extension_mm
 
 
 def _slices_beyond_ball(
@@ -675,7 +688,8 @@ def _extend_from_cores(
     The opening keeps lesion only where its ball fits, so rims and fingers of irregular
     lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
     accepted on its own ground-glass background, not on a vessel-raised one) through such
-    voxels, within ``lesion_extension_mm``, become ground glass when their lightly
+    voxels, within ``lesion_extension_mm`` (``extension_gated_mm`` where the width gate
+    below acts), become ground glass when their lightly
     denoised HU is at least ``extension_above_parenchyma_hu``
     above the local normal-lung level (``candidates``, from
     :func:`_extension_candidates`), and they are not within
@@ -694,7 +708,7 @@ def _extend_from_cores(
         size = _clearance_size(spacing_mm, config)
         cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
     grown = seeds[box].copy()
-    _grow_geodesic(grown, cand, spacing_mm, config.lesion_extension_mm)
+    _grow_geodesic(grown, cand, spacing_mm, _extension_reach_mm(spacing_mm, config))
     ggo_b = ggo[box]
     add = grown & ~ggo_b & ~solid_b
     radius_px = _min_width_radius_px(config.extension_min_width_mm, spacing_mm)
