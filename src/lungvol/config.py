@@ -376,9 +376,8 @@ class LesionSegmentationConfig:
         for key in (
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
             "lesion_extension_mm", "extension_vessel_clearance_mm", "extension_min_width_mm",
-            "extension_gated_mm",
-            "noise_target_hu",
-            "noise_max_smoothing_mm", "vessel_max_radius_mm",
+            "extension_gated_mm", "noise_target_hu", "noise_max_smoothing_mm",
+            "vessel_max_radius_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

@@ -689,10 +689,9 @@ def _extend_from_cores(
     lesions are lost. Ground-glass-band voxels connected to ``seeds`` (ground glass
     accepted on its own ground-glass background, not on a vessel-raised one) through such
     voxels, within ``lesion_extension_mm`` (``extension_gated_mm`` where the width gate
-    below acts), become ground glass when their lightly
-    denoised HU is at least ``extension_above_parenchyma_hu``
-    above the local normal-lung level (``candidates``, from
-    :func:`_extension_candidates`), and they are not within
+    below acts), become ground glass when their lightly denoised HU is at least
+    ``extension_above_parenchyma_hu`` above the local normal-lung level (``candidates``,
+    from :func:`_extension_candidates`), and they are not within
     ``extension_vessel_clearance_mm`` of a rejected solid-band voxel (a vessel or airway
     wall: growth must not run along their partial-volume skirts; the dense rim along the
     pleura is not counted as a vessel). Voxels grown where the lesion is narrower in-plane
