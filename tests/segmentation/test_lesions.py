@@ -327,6 +327,17 @@ def test_extension_reaches_further_only_where_the_width_gate_acts():
         lesion_extension_mm=0.0)) == 0.0
 
 
+def test_lesion_info_records_the_reach_used_on_the_grid():
+    hu, lungs = _lung_cube()
+    hu[10:30, 10:40, 10:40] = -620.0
+    # 1 mm voxels: a 3 x 3 square is 3 mm wide, the gate acts.
+    info = segment_lesions(_noisy_volume(hu), lungs, LesionSegmentationConfig()).info
+    assert info["extension_reach_mm"] == 6.5
+    coarse = _volume(_noisy_volume(hu).hu, spacing_mm=(1.6, 1.4, 1.4))
+    assert segment_lesions(coarse, lungs, LesionSegmentationConfig()).info[
+        "extension_reach_mm"] == 5.0
+
+
 def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():
     """Posterior (dependent) lung at -780 HU with a 12 mm strip at -690 HU (inside the GGO
     band, above the region floor): the region test relative to the local parenchyma

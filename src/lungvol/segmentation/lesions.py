@@ -1128,6 +1128,8 @@ def segment_lesions(
         "enclosed_solid_added_ml": round(grown_ml, 3),
         "pleural_plaques_added_ml": round(plaque_ml, 3),
         "extended_from_cores_ml": round(extended_ml, 3),
+        # The hysteresis's reach on this grid (longer where its width gate acts).
+        "extension_reach_mm": _extension_reach_mm(sp, config) if rules else 0.0,  # type: ignore[arg-type]
         "slice_facing_partial_volume_removed_ml": round(partial_ml, 3),
         "vessel_segments_removed_ml": round(vessel_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
