@@ -409,7 +409,7 @@ def spacing_flags(
             f"thick_slices_lesion_bias: slices are {thickness_mm:g} mm thick or apart (> "
             f"{config.lesion_bias_slice_mm:g} mm); partial volume smears vessels into the "
             "lesion HU bands, so lesion proportions read high (a normal chest read 0.3 % at "
-            "2 mm, about 1 % at 3-4 mm, 1.5-2.1 % at 5-6 mm); compare only scans of the same "
+            "2 mm, about 1 % at 3-4 mm, 1.7-1.9 % at 5-6 mm); compare only scans of the same "
             "thickness, or use a thin-slice reconstruction"
         )
     return flags
