@@ -313,29 +313,68 @@ def test_min_width_radius_leaves_coarse_grids_alone():
     assert _min_width_radius_px(0.0, (1.0, 0.6, 0.6)) == (0, 0)
 
 
-def test_extension_reaches_further_only_where_the_width_gate_acts():
+def test_width_gate_per_grid():
+    """Clinical CT gets the 3 mm square; voxels coarser than the 2 mm vessel clearance (the
+    3 mm phantoms, where the clearance box is one voxel) the two-voxel gate; 1-2 mm voxels,
+    where the clearance acts, none."""
+    from lungvol.segmentation.lesions import _width_gate
+
+    cfg = LesionSegmentationConfig()
+    assert _width_gate((2.0, 0.98, 0.98), cfg) == "square"
+    assert _width_gate((3.0, 2.8, 2.8), cfg) == "pair"
+    assert _width_gate((1.6, 1.4, 1.4), cfg) == "none"
+    assert _width_gate((3.0, 2.8, 2.8), LesionSegmentationConfig(
+        extension_min_width_mm=0.0)) == "none"
+    assert _width_gate((3.0, 2.8, 2.8), LesionSegmentationConfig(
+        extension_vessel_clearance_mm=0.0)) == "none"
+
+
+def test_pair_gate_drops_one_voxel_lines_beyond_the_first_ring():
+    """A one-voxel line leaving accepted lesion keeps its first voxel (in-plane next to the
+    lesion) and loses the rest; a two-voxel-wide finger and a diagonal step of a wide rim
+    are kept whole."""
+    from lungvol.segmentation.lesions import _pair_gate
+
+    accepted = np.zeros((3, 20, 20), bool)
+    accepted[:, 5:10, 5:10] = True
+    lesion = accepted.copy()
+    lesion[1, 7, 10:16] = True  # one-voxel line along x
+    lesion[1, 10:16, 5:7] = True  # two-voxel finger along y
+    lesion[0, 4, 5:10] = True  # a rim row on top of the block
+    lesion[2, 3:5, 12:14] = True  # an isolated 2 x 2 (a neighbour slice's growth)
+    kept = _pair_gate(lesion, accepted)
+    assert kept[1, 7, 10]
+    assert not kept[1, 7, 11:16].any()
+    assert kept[1, 10:16, 5:7].all()
+    assert kept[0, 4, 5:10].all()
+    assert kept[2, 3:5, 12:14].all()
+    assert (kept & ~lesion).sum() == 0
+    assert kept[accepted].all()
+
+
+def test_extension_reaches_further_only_where_a_width_gate_acts():
     from lungvol.segmentation.lesions import _extension_reach_mm
 
     cfg = LesionSegmentationConfig()
     assert _extension_reach_mm((2.0, 0.98, 0.98), cfg) == cfg.extension_gated_mm == 6.5
-    # The 3 mm and 1.4 mm phantoms: no gate, the reach of lungvol 0.6.0.
-    assert _extension_reach_mm((3.0, 2.8, 2.8), cfg) == cfg.lesion_extension_mm == 5.0
-    assert _extension_reach_mm((1.6, 1.4, 1.4), cfg) == 5.0
+    assert _extension_reach_mm((3.0, 2.8, 2.8), cfg) == 6.5  # the two-voxel gate
+    # The 1.4 mm phantoms: no gate, the reach of lungvol 0.6.0.
+    assert _extension_reach_mm((1.6, 1.4, 1.4), cfg) == cfg.lesion_extension_mm == 5.0
     assert _extension_reach_mm((2.0, 0.98, 0.98), LesionSegmentationConfig(
         extension_min_width_mm=0.0)) == 5.0
     assert _extension_reach_mm((2.0, 0.98, 0.98), LesionSegmentationConfig(
         lesion_extension_mm=0.0)) == 0.0
 
 
-def test_lesion_info_records_the_reach_used_on_the_grid():
+def test_lesion_info_records_the_gate_and_reach_used_on_the_grid():
     hu, lungs = _lung_cube()
     hu[10:30, 10:40, 10:40] = -620.0
     # 1 mm voxels: a 3 x 3 square is 3 mm wide, the gate acts.
     info = segment_lesions(_noisy_volume(hu), lungs, LesionSegmentationConfig()).info
-    assert info["extension_reach_mm"] == 6.5
+    assert (info["extension_width_gate"], info["extension_reach_mm"]) == ("square", 6.5)
     coarse = _volume(_noisy_volume(hu).hu, spacing_mm=(1.6, 1.4, 1.4))
-    assert segment_lesions(coarse, lungs, LesionSegmentationConfig()).info[
-        "extension_reach_mm"] == 5.0
+    info = segment_lesions(coarse, lungs, LesionSegmentationConfig()).info
+    assert (info["extension_width_gate"], info["extension_reach_mm"]) == ("none", 5.0)
 
 
 def test_dependent_density_is_not_lesion_but_ground_glass_on_it_is():

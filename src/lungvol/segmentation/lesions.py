@@ -622,16 +622,58 @@ def _min_width_radius_px(
     )
 
 
+def _width_gate(
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
+) -> str:
+    """Which width gate the hysteresis has on this grid.
+
+    ``"square"``: in-plane voxels of at most a third of ``extension_min_width_mm`` (clinical
+    CT), an opening with :func:`_min_width_radius_px`'s square. ``"pair"``: in-plane voxels
+    wider than ``extension_vessel_clearance_mm``, where the clearance box is one voxel and
+    keeps nothing off a vessel: growth beyond the first in-plane ring around accepted
+    lesion must lie in a 2 x 2 in-plane square (:func:`_pair_gate`). ``"none"`` between
+    the two (1-2 mm voxels, where the clearance acts) and when the gate is off
+    (``extension_min_width_mm`` 0).
+    """
+    if config.extension_min_width_mm <= 0:
+        return "none"
+    if any(_min_width_radius_px(config.extension_min_width_mm, spacing_mm)):
+        return "square"
+    if config.extension_vessel_clearance_mm > 0 and _clearance_size(spacing_mm, config)[1:] == (
+        1, 1
+    ):
+        return "pair"
+    return "none"
+
+
 def _extension_reach_mm(
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
 ) -> float:
-    """The hysteresis's reach (mm): ``extension_gated_mm`` where the width gate acts on this
-    grid, ``lesion_extension_mm`` elsewhere (and 0 when that is 0: the extension is off)."""
+    """The hysteresis's reach (mm): ``extension_gated_mm`` where a width gate acts on this
+    grid (:func:`_width_gate`), ``lesion_extension_mm`` elsewhere (and 0 when that is 0:
+    the extension is off)."""
     if config.lesion_extension_mm <= 0:
         return 0.0
-    if any(_min_width_radius_px(config.extension_min_width_mm, spacing_mm)):
+    if _width_gate(spacing_mm, config) != "none":
         return config.extension_gated_mm
     return config.lesion_extension_mm
+
+
+def _pair_gate(lesion: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Voxels of ``lesion`` in a 2 x 2 in-plane square of it, or in-plane next to
+    ``accepted`` (new mask).
+
+    On voxels of 2-3 mm a vessel too thin for the solid band reads in the ground-glass band
+    with a one-voxel skirt, and growth runs along it, mostly from the next slice (simulated
+    trial, session 22). An even-sized opening: scipy's minimum filter of size 2 takes the
+    voxel and the one before it, so the maximum filter that undoes it is shifted one voxel
+    back (origin -1).
+    """
+    size = (1, 2, 2)
+    eroded = ndimage.minimum_filter(lesion.view(np.uint8), size=size, mode="nearest")
+    keep = ndimage.maximum_filter(eroded, size=size, origin=(0, -1, -1), mode="constant")
+    ring = ndimage.maximum_filter(accepted.view(np.uint8), size=(1, 3, 3), mode="constant")
+    return lesion & (keep | ring).astype(bool)
 
 
 def _slices_beyond_ball(
@@ -696,7 +738,9 @@ def _extend_from_cores(
     wall: growth must not run along their partial-volume skirts; the dense rim along the
     pleura is not counted as a vessel). Voxels grown where the lesion is narrower in-plane
     than ``extension_min_width_mm`` (an opening of grown and accepted lesion) are dropped:
-    skirts of vessels too thin for the solid band. Returns the number of voxels added.
+    skirts of vessels too thin for the solid band. On voxels too coarse for that square and
+    for the clearance, growth beyond the first in-plane ring must be two voxels wide
+    (:func:`_width_gate`). Returns the number of voxels added.
     """
     if candidates is None:
         return 0
@@ -710,11 +754,16 @@ def _extend_from_cores(
     _grow_geodesic(grown, cand, spacing_mm, _extension_reach_mm(spacing_mm, config))
     ggo_b = ggo[box]
     add = grown & ~ggo_b & ~solid_b
-    radius_px = _min_width_radius_px(config.extension_min_width_mm, spacing_mm)
-    if any(radius_px):
+    gate = _width_gate(spacing_mm, config)
+    if gate == "square":
         # Growth along the partial-volume skirt of a vessel below the solid band is a tube
         # or a hollow sleeve a voxel or two wide; a lesion's rim lies against its core.
-        add &= _opening_in_plane(grown | ggo_b | solid_b, radius_px)
+        add &= _opening_in_plane(
+            grown | ggo_b | solid_b,
+            _min_width_radius_px(config.extension_min_width_mm, spacing_mm),
+        )
+    elif gate == "pair":
+        add &= _pair_gate(grown | ggo_b | solid_b, ggo_b | solid_b)
     ggo_b |= add
     return int(np.count_nonzero(add))
 
@@ -1128,7 +1177,8 @@ def segment_lesions(
         "enclosed_solid_added_ml": round(grown_ml, 3),
         "pleural_plaques_added_ml": round(plaque_ml, 3),
         "extended_from_cores_ml": round(extended_ml, 3),
-        # The hysteresis's reach on this grid (longer where its width gate acts).
+        # The hysteresis's width gate and reach on this grid (longer where a gate acts).
+        "extension_width_gate": _width_gate(sp, config) if rules else "none",  # type: ignore[arg-type]
         "extension_reach_mm": _extension_reach_mm(sp, config) if rules else 0.0,  # type: ignore[arg-type]
         "slice_facing_partial_volume_removed_ml": round(partial_ml, 3),
         "vessel_segments_removed_ml": round(vessel_ml, 3),
