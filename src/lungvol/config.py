@@ -296,7 +296,8 @@ class LesionSegmentationConfig:
     # extension_vessel_clearance_mm of a rejected vessel / airway wall, and where the
     # grown lesion is at least extension_min_width_mm wide in-plane (skirts of small
     # vessels are narrower; 0 disables). lesion_extension_mm 0 disables the extension.
-    # Where the width gate acts (in-plane voxels at most a third of extension_min_width_mm)
+    # On in-plane voxels wider than extension_vessel_clearance_mm the gate is two voxels
+    # beyond the first ring around accepted lesion (lesions._width_gate). Where a gate acts
     # the reach is extension_gated_mm instead: the skirt growth that held it short is gone.
     lesion_extension_mm: float = 5.0
     extension_above_parenchyma_hu: float = 90.0
