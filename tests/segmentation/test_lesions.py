@@ -327,6 +327,8 @@ def test_width_gate_per_grid():
         extension_min_width_mm=0.0)) == "none"
     assert _width_gate((3.0, 2.8, 2.8), LesionSegmentationConfig(
         extension_vessel_clearance_mm=0.0)) == "none"
+    assert _width_gate((2.0, 0.98, 0.98), LesionSegmentationConfig(
+        lesion_extension_mm=0.0)) == "none"
 
 
 def test_pair_gate_drops_one_voxel_lines_beyond_the_first_ring():
@@ -350,6 +352,28 @@ def test_pair_gate_drops_one_voxel_lines_beyond_the_first_ring():
     assert kept[2, 3:5, 12:14].all()
     assert (kept & ~lesion).sum() == 0
     assert kept[accepted].all()
+
+
+def test_on_coarse_voxels_the_extension_stops_at_a_one_voxel_tube():
+    """3 x 2.8 x 2.8 mm voxels (the simulated trial's): a one-voxel tube at -560 HU leaving
+    a ground-glass patch is grown into beyond the first ring without the gate, and not with
+    it; the patch itself is whole either way."""
+    spacing = (3.0, 2.8, 2.8)
+    hu, lungs = _lung_cube(n=(20, 32, 32))
+    patch = _fill_box(hu, np.s_[5:15, 8:20, 8:20], -620.0)
+    _fill_box(hu, np.s_[6:14, 20:27, 14], -560.0)  # leaves the patch at y = 20
+    vol = _volume(_noisy_volume(hu, seed=5).hu, spacing_mm=spacing)
+    on = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(extension_min_width_mm=0.0))
+    assert on.info["extension_width_gate"] == "pair"
+    # y = 20 is next to the patch (accepted on its background) and y = 21 is in-plane next
+    # to that: the first ring. Further out only the ungated growth goes.
+    beyond = np.zeros(hu.shape, bool)
+    beyond[6:14, 22:27, 14] = True
+    assert np.count_nonzero(off.labels[beyond]) >= 6  # a real trap
+    assert np.count_nonzero(on.labels[beyond]) == 0
+    assert (on.labels[patch] > 0).all()
+    assert (off.labels[patch] > 0).all()
 
 
 def test_extension_reaches_further_only_where_a_width_gate_acts():

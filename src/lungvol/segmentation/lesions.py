@@ -632,10 +632,10 @@ def _width_gate(
     wider than ``extension_vessel_clearance_mm``, where the clearance box is one voxel and
     keeps nothing off a vessel: growth beyond the first in-plane ring around accepted
     lesion must lie in a 2 x 2 in-plane square (:func:`_pair_gate`). ``"none"`` between
-    the two (1-2 mm voxels, where the clearance acts) and when the gate is off
-    (``extension_min_width_mm`` 0).
+    the two (1-2 mm voxels, where the clearance acts) and when the gate or the extension is
+    off (``extension_min_width_mm`` or ``lesion_extension_mm`` 0).
     """
-    if config.extension_min_width_mm <= 0:
+    if config.extension_min_width_mm <= 0 or config.lesion_extension_mm <= 0:
         return "none"
     if any(_min_width_radius_px(config.extension_min_width_mm, spacing_mm)):
         return "square"
