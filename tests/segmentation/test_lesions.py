@@ -333,8 +333,8 @@ def test_width_gate_per_grid():
 
 def test_pair_gate_drops_one_voxel_lines_beyond_the_first_ring():
     """A one-voxel line leaving accepted lesion keeps its first voxel (in-plane next to the
-    lesion) and loses the rest; a two-voxel-wide finger and a diagonal step of a wide rim
-    are kept whole."""
+    lesion) and loses the rest; a two-voxel-wide finger, a one-voxel rim row along the
+    accepted block (the first ring) and an isolated 2 x 2 square are kept whole."""
     from lungvol.segmentation.lesions import _pair_gate
 
     accepted = np.zeros((3, 20, 20), bool)

@@ -57,7 +57,9 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   are ground glass when ``extension_above_parenchyma_hu`` above the parenchyma level and
   not within ``extension_vessel_clearance_mm`` of a rejected vessel / airway wall, where
   the lesion is at least ``extension_min_width_mm`` wide in-plane (rims and fingers of
-  lesions narrower than the ball, not the skirts of thin vessels);
+  lesions narrower than the ball, not the skirts of thin vessels); on voxels too coarse
+  for that and for the clearance, growth beyond the first in-plane ring must be two voxels
+  wide;
 - voxels above the solid band enclosed in-plane by solid lesion (noise peaks, vessels
   inside a tumour or consolidation) are solid when ``fill_enclosed_solid``;
 - vessel segments: solid components wider than the ball that lie in normal lung, continue
