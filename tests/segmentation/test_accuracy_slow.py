@@ -92,6 +92,42 @@ def test_phantom_lesion_volume_on_the_other_evaluation_phantoms(seed, lesion_pct
     assert abs(measured - truth) <= 0.05 * truth, f"{100 * (measured - truth) / truth:+.1f} %"
 
 
+def _seed_errors_pct(lesion_pct: float, seeds: range) -> list[float]:
+    """Lesion volume error (%) of ``segment_masks`` on the small phantom, per seed."""
+    errors = []
+    for seed in seeds:
+        ph = make_phantom(seed=seed, lesion_pct=lesion_pct, solid_pct=lesion_pct / 5.0)
+        _lungs, lesions = segment_masks(_as_volume(ph.hu, ph.spacing_mm), CFG)
+        truth = np.count_nonzero(ph.lesions)
+        errors.append(round(100.0 * (np.count_nonzero(lesions.labels) - truth) / truth, 1))
+    return errors
+
+
+def _seeds_xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(strict=True, reason=f"known gap (2026-12-06, session 23): {reason}")
+
+
+@pytest.mark.parametrize(
+    "lesion_pct",
+    [
+        pytest.param(5.0, marks=_seeds_xfail(
+            "seeds 0-5 at 5 % read -5.8 to -20.7 % (none within 5 %; 12 seeds: mean -11.4 %, "
+            "benchmarks/evaluate_accuracy.py, 'phantom_seeds'): lesion parts thinner than the "
+            "background ball have no core, and growing further from the cores adds more "
+            "false ground glass than truth (docs/segmentation.md, 'Known limitations')")),
+        pytest.param(15.0, marks=_seeds_xfail(
+            "seeds 0-5 at 15 % read -2.0 to -9.7 % (two within 5 %; 12 seeds: mean -6.0 %, 4 "
+            "of 12 within 5 %), for the same reason")),
+        30.0,
+    ],
+)
+def test_phantom_lesion_volume_over_seeds(lesion_pct):
+    """The <= 5 % phantom target for every seed 0-5 of the small phantom, not for one chosen
+    seed: at 30 % all read within -2.6..+0.8 % (session 23)."""
+    errors = _seed_errors_pct(lesion_pct, range(6))
+    assert all(abs(e) <= 5.0 for e in errors), errors
+
+
 @pytest.fixture(scope="module")
 def chest(real_ct):
     vol = read_ct(real_ct / "chest-ct-full-dicom" / "dicom")
