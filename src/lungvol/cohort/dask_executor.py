@@ -267,6 +267,7 @@ class DaskExecutor:
             return submitted
 
         n_done = 0
+        lost = False
         try:
             # This executor's client is deliberately not the process default: pass its loop.
             completed = as_completed(submit_more(), loop=self._client.loop)
@@ -275,6 +276,7 @@ class DaskExecutor:
                 item = jobs[index]
                 result = self._outcome(future, item, KilledWorker)
                 if isinstance(result, CancelledError) and self._client.status != "running":
+                    lost = True
                     raise self._scheduler_lost(n_done, len(jobs), result)
                 n_done += 1
                 yield item, result
@@ -282,11 +284,14 @@ class DaskExecutor:
                 for new in submit_more():
                     completed.add(new)
         except OSError as err:  # distributed's CommClosedError is an OSError
+            lost = True
             raise self._scheduler_lost(n_done, len(jobs), err) from err
         finally:
             for future in in_flight:
                 future.cancel()
-            if self._client.status != "running":
+            # The client may still read "running" when the lost connection surfaces as an
+            # error first (its status changes on its own loop, a moment later).
+            if lost or self._client.status != "running":
                 # The scheduler is gone: stop the client's reconnect attempts (for
                 # connect_timeout_s), which would log an error later into whatever else the
                 # process is doing. This executor is done.
