@@ -1179,7 +1179,7 @@ def segment_lesions(
         )
         if _single_pixel_blocks(sp, config):  # type: ignore[arg-type]
             warnings.append(
-                f"noisy_coarse_pixels: a noisy scan on {min(sp[1:]):.2f} mm pixels; on pixels "
+                f"noisy_coarse_pixels: a noisy scan on {max(sp[1:]):.2f} mm pixels; on pixels "
                 f"wider than 2/3 of lesions.background_working_spacing_mm "
                 f"({config.background_working_spacing_mm:g} mm) the background grid is single "
                 "pixels, where the noise adaptation was not calibrated, and lesion can read far "
