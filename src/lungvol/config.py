@@ -266,6 +266,13 @@ class LesionSegmentationConfig:
     # noise SD of 60 / 100 HU read inserted lesion -21 / -51 %. 0 disables.
     noise_target_hu: float = 21.0
     noise_max_smoothing_mm: float = 2.0
+    # The other end: an index below soft_image_noise_floor_hu means a smooth image (soft
+    # reconstruction kernel, or a volume interpolated onto a finer grid), where vessel
+    # skirts widen into the ground-glass band and lesion reads high (the real chest
+    # blurred in-plane to an index of 9.7 / 8.2 / 7.0 HU: inserted 15 % lesion +9.9 /
+    # +11.0 / +15.8 %, the normal chest 0.66 / 1.04 / 1.71 %; session 24). Flagged
+    # soft_image_lesion_bias, nothing corrected. 0 disables.
+    soft_image_noise_floor_hu: float = 10.0
     # Background density: grey-level opening with a ball of this radius on a coarse grid;
     # bright structures thinner than the ball (vessels, halos, airway walls) vanish from it.
     # 0 = no background gating (plain HU bands).
@@ -378,7 +385,7 @@ class LesionSegmentationConfig:
             "pleural_extrapolation_mm", "pleural_core_depth_mm", "pleural_bone_distance_mm",
             "lesion_extension_mm", "extension_vessel_clearance_mm", "extension_min_width_mm",
             "extension_gated_mm", "noise_target_hu", "noise_max_smoothing_mm",
-            "vessel_max_radius_mm",
+            "soft_image_noise_floor_hu", "vessel_max_radius_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

@@ -137,7 +137,9 @@ def test_faint_ground_glass_in_a_noisy_scan_is_found():
     assert plain.info["warnings"] == []
 
 
-@pytest.mark.parametrize("key", ["noise_target_hu", "noise_max_smoothing_mm"])
+@pytest.mark.parametrize(
+    "key", ["noise_target_hu", "noise_max_smoothing_mm", "soft_image_noise_floor_hu"]
+)
 def test_noise_settings_are_validated(key):
     with pytest.raises(ConfigError, match=key):
         LesionSegmentationConfig(**{key: -1.0})
@@ -158,7 +160,55 @@ def test_a_noisy_scan_on_coarse_pixels_is_flagged():
     assert codes == ["noisy_scan_smoothed", "noisy_coarse_pixels"]
     assert "1.02 mm pixels" in lesions.info["warnings"][1]
     quiet = CTVolume(
-        hu=np.full(SHAPE, -860, np.int16), spacing_mm=(1.0, 1.02, 1.02),
+        hu=_noisy_lung(20.0).astype(np.int16), spacing_mm=(1.0, 1.02, 1.02),
         origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3), source=volume.source,
     )
     assert segment_lesions(quiet, lungs, LesionSegmentationConfig()).info["warnings"] == []
+
+
+def _lung_volume(sd_hu: float, kernel: str | None = None) -> tuple[CTVolume, LungMask]:
+    source = SourceInfo(path="synthetic", kind="dicom", sha256="", convolution_kernel=kernel)
+    volume = CTVolume(
+        hu=np.rint(_noisy_lung(sd_hu)).astype(np.int16), spacing_mm=SPACING_MM,
+        origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3), source=source,
+    )
+    return volume, LungMask(np.ones(SHAPE, np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("sd_hu", "codes"),
+    [
+        (20.0, ["soft_image_lesion_bias"]),  # index 20 / sqrt(8) = 7.1 HU
+        (40.0, []),  # 14.1 HU: the calibrated range
+        (120.0, ["noisy_scan_smoothed"]),  # 42 HU: smoothed, and not soft
+    ],
+)
+def test_a_smooth_image_is_flagged_by_its_noise_index(sd_hu, codes):
+    """An index below lesions.soft_image_noise_floor_hu (10 HU) is a soft kernel or an
+    interpolated volume, where lesion reads high (session 24): flagged, nothing changed."""
+    volume, lungs = _lung_volume(sd_hu)
+    lesions = segment_lesions(volume, lungs, LesionSegmentationConfig())
+    assert [w.split(":")[0] for w in lesions.info["warnings"]] == codes
+    if codes == ["soft_image_lesion_bias"]:
+        assert f"{lesions.info['lung_noise_hu']:.1f} HU (< " in lesions.info["warnings"][0]
+        assert "(reconstruction kernel" not in lesions.info["warnings"][0]
+        off = segment_lesions(
+            volume, lungs, LesionSegmentationConfig(soft_image_noise_floor_hu=0.0)
+        )
+        assert off.info["warnings"] == []
+        assert np.array_equal(off.labels, lesions.labels)  # a flag only
+
+
+def test_the_soft_image_flag_names_the_kernel_when_known():
+    volume, lungs = _lung_volume(20.0, kernel="B30f")
+    (warning,) = segment_lesions(volume, lungs, LesionSegmentationConfig()).info["warnings"]
+    assert "(reconstruction kernel B30f)" in warning
+
+
+def test_too_little_lung_to_measure_is_not_called_soft():
+    volume, _ = _lung_volume(0.0)
+    lung = np.zeros(SHAPE, np.uint8)
+    lung[15:25, 20:40, 20:40] = 1  # too few interior blocks: no index
+    lesions = segment_lesions(volume, LungMask(lung), LesionSegmentationConfig())
+    assert lesions.info["lung_noise_hu"] is None
+    assert lesions.info["warnings"] == []
