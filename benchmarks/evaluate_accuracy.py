@@ -37,8 +37,9 @@ Cases (each reported with its timings):
    one half (ties broken by a seeded coin). Against the 2 mm result: what thick-slice
    partial volume costs (``thick_slices_lesion_bias`` flags it).
 11. Softer kernels (session 20): the same chest (and 15 % inserted first) blurred in-plane
-   by a Gaussian of 0.7 / 1.2 mm, as a smoother reconstruction kernel would: wider vessel
-   skirts and lesion borders against the same HU bands.
+   by a Gaussian of 0.7 / 1.0 / 1.2 mm, as a smoother reconstruction kernel would: wider
+   vessel skirts and lesion borders against the same HU bands; whether the scan is flagged
+   ``soft_image_lesion_bias`` (session 24).
 12. The phantom target over seeds (session 23): seeds 0..N-1 (``--phantom-seeds``, 12) of
    the small phantom at 5 / 15 / 30 % lesion and of the fine one at 10 % (a third as many):
    mean, SD and worst lesion volume error, and how many seeds meet the 5 % target. The
@@ -337,7 +338,7 @@ def thick_slice_cases(shared: Path) -> list[dict[str, Any]]:
     return out
 
 
-SOFT_KERNEL_SIGMAS_MM = (0.7, 1.2)
+SOFT_KERNEL_SIGMAS_MM = (0.7, 1.0, 1.2)
 
 
 def soft_kernel_cases(shared: Path) -> list[dict[str, Any]]:
@@ -359,6 +360,9 @@ def soft_kernel_cases(shared: Path) -> list[dict[str, Any]]:
                 "case": f"real chest, in-plane blur {sigma_mm:g} mm, {name}",
                 "dice_lungs_vs_original_mask": round(_dice(l2.labels > 0, lungs.labels > 0), 4),
                 "lung_noise_hu": e2.info.get("lung_noise_hu"),
+                # lesions.soft_image_noise_floor_hu (session 24): flagged or not.
+                "soft_image_flagged": any(
+                    w.startswith("soft_image_lesion_bias") for w in e2.info["warnings"]),
             }
             if truth is None:
                 lung_ml = np.count_nonzero(l2.labels) * chest.voxel_volume_ml

@@ -6,8 +6,11 @@ is a strict expected failure with the measured number as its reason (docs/segmen
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from lungvol.config import IOConfig, LungvolConfig
 from lungvol.io import read_ct
@@ -142,6 +145,23 @@ def chest_lesions(chest):
     return segment_lesions(vol, lungs, CFG.lesions)
 
 
+def test_a_soft_kernel_chest_is_flagged_and_the_sharp_one_is_not(chest, chest_lesions):
+    """The real chest (lung noise index 15.6 HU) is not flagged soft_image_lesion_bias;
+    blurred in-plane by 1.0 mm, as a soft kernel, its index falls to about 8 HU, it reads
+    1.04 % lesion (0.32 % sharp) and is flagged (session 24)."""
+    vol, lungs = chest
+    codes = [w.split(":")[0] for w in chest_lesions.info["warnings"]]
+    assert "soft_image_lesion_bias" not in codes
+    assert chest_lesions.info["lung_noise_hu"] > CFG.lesions.soft_image_noise_floor_hu + 3.0
+    sigma_px = (0.0, 1.0 / vol.spacing_mm[1], 1.0 / vol.spacing_mm[2])
+    soft_hu = np.rint(ndimage.gaussian_filter(vol.hu.astype(np.float32), sigma_px))
+    soft = dataclasses.replace(vol, hu=soft_hu.astype(np.int16))
+    lesions = segment_lesions(soft, lungs, CFG.lesions)
+    (flag,) = [w for w in lesions.info["warnings"] if w.startswith("soft_image_lesion_bias")]
+    assert lesions.info["lung_noise_hu"] < CFG.lesions.soft_image_noise_floor_hu
+    assert np.count_nonzero(lesions.labels) > 2 * np.count_nonzero(chest_lesions.labels)
+
+
 def test_real_chest_lungs_are_plausible(chest):
     vol, lungs = chest
     right = np.count_nonzero(lungs.labels == 1) * vol.voxel_volume_ml
@@ -265,7 +285,6 @@ def _in_slabs(vol: CTVolume, slab_mm: int) -> CTVolume:
 def chest_5mm(chest):
     """The normal chest in 5 mm slabs: lesion proportion with the thick-slice surface rule
     and without it."""
-    import dataclasses
 
     thick = _in_slabs(chest[0], 5)
     off = dataclasses.replace(CFG, lesions=dataclasses.replace(
@@ -365,7 +384,6 @@ def test_real_normal_chest_in_noise_stays_near_normal(chest):
 
 def _inplane_depth_mm(mask: np.ndarray, spacing_mm) -> np.ndarray:
     """Depth inside ``mask`` (mm) measured within each axial slice."""
-    from scipy import ndimage
 
     depth = np.zeros(mask.shape, np.float32)
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
@@ -379,7 +397,6 @@ def _simulated_effusion(vol: CTVolume, lungs: np.ndarray):
     distance behind a coronal level at 55 % of the lung's AP extent) become fluid
     (12 +/- 15 HU), and 4 mm of lung next to it compressive atelectasis (35 +/- 20 HU).
     Returns (CT, fluid, atelectasis)."""
-    from scipy import ndimage
 
     right = lungs == 1
     zs = np.flatnonzero(right.any(axis=(1, 2)))
@@ -889,7 +906,6 @@ def _enhance_mediastinum(hu: np.ndarray, lungs: np.ndarray, delta_hu: float) -> 
     """Simulated contrast: soft tissue (0-100 HU) between the lungs (per-slice convex hull of
     the lung mask, opened twice) + ``delta_hu``, blurred by 1 voxel; vessels inside the lungs
     (>= -100 HU) + half of it."""
-    from scipy import ndimage
 
     from lungvol.segmentation.lungs import _convex_hulls_2d
 
