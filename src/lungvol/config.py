@@ -271,8 +271,12 @@ class LesionSegmentationConfig:
     # skirts widen into the ground-glass band and lesion reads high (the real chest
     # blurred in-plane to an index of 9.7 / 8.2 / 7.0 HU: inserted 15 % lesion +9.9 /
     # +11.0 / +15.8 %, the normal chest 0.66 / 1.04 / 1.71 %; session 24). Flagged
-    # soft_image_lesion_bias, nothing corrected. 0 disables.
+    # soft_image_lesion_bias, nothing corrected. 0 disables. Not where the lung's median HU
+    # is below soft_image_min_lung_hu: a lung that is mostly air (severe emphysema, values
+    # clipped at -1024 HU) has little texture whatever the kernel (the real chest's aerated
+    # lung darkened by 200 HU, median -1004 HU: index under 10, reads 0.27 %).
     soft_image_noise_floor_hu: float = 10.0
+    soft_image_min_lung_hu: float = -950.0
     # Background density: grey-level opening with a ball of this radius on a coarse grid;
     # bright structures thinner than the ball (vessels, halos, airway walls) vanish from it.
     # 0 = no background gating (plain HU bands).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -212,3 +214,17 @@ def test_too_little_lung_to_measure_is_not_called_soft():
     lesions = segment_lesions(volume, LungMask(lung), LesionSegmentationConfig())
     assert lesions.info["lung_noise_hu"] is None
     assert lesions.info["warnings"] == []
+
+
+def test_a_lung_that_is_mostly_air_is_not_called_soft():
+    """Severe emphysema: lung near -1000 HU has little texture whatever the kernel (the
+    real chest's aerated lung darkened by 200 HU read an index under 10 HU and 0.27 %
+    lesion): below lesions.soft_image_min_lung_hu (-950 HU) the index is not read."""
+    volume, lungs = _lung_volume(20.0)
+    airy = dataclasses.replace(volume, hu=(volume.hu - 140).astype(np.int16))  # -1000 HU
+    lesions = segment_lesions(airy, lungs, LesionSegmentationConfig())
+    assert lesions.info["lung_noise_hu"] < 10.0
+    assert lesions.info["warnings"] == []
+    lower = LesionSegmentationConfig(soft_image_min_lung_hu=-1010.0)
+    codes = [w.split(":")[0] for w in segment_lesions(airy, lungs, lower).info["warnings"]]
+    assert codes == ["soft_image_lesion_bias"]
