@@ -159,11 +159,6 @@ def _flat_filter(
     return out  # type: ignore[return-value]  # rows is never empty
 
 
-# Every n-th lung voxel for the lung's median HU (a level, not a count: 1.5 M voxels of a
-# 5 L lung at 0.7 x 0.7 x 1 mm are plenty).
-_LEVEL_STRIDE = 7
-
-
 def _grey_opening(array: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """``ndimage.grey_opening(array, footprint=footprint, mode="nearest")``.
 
@@ -641,6 +636,11 @@ def _single_pixel_blocks(
         (1, 1, 1), spacing_mm, working_spacing_mm=config.background_working_spacing_mm
     )
     return 1 in grid.factors[1:]
+
+
+# Every n-th lung voxel for the lung's median HU (a level, not a count: 1.5 M voxels of a
+# 5 L lung at 0.7 x 0.7 x 1 mm are plenty).
+_LEVEL_STRIDE = 7
 
 
 def _soft_image_warnings(
