@@ -466,15 +466,15 @@ def test_hand_written_opening_equals_scipy_grey_opening(spacing_mm):
     scipy's, also at the edges (mode "nearest") and on volumes thinner than the ball."""
     from scipy import ndimage
 
-    from lungvol.segmentation.lesions import _ball, _grey_opening
+    from lungvol.segmentation.opening import ball, grey_opening
 
     rng = np.random.default_rng(5)
-    ball = _ball(4.5, spacing_mm)
+    footprint = ball(4.5, spacing_mm)
     for shape in [(2, 9, 30), (21, 17, 31)]:
         coarse = rng.normal(-700.0, 150.0, shape).astype(np.float32)
         coarse[rng.random(shape) < 0.3] = -1000.0
-        expected = ndimage.grey_opening(coarse, footprint=ball, mode="nearest")
-        assert np.array_equal(_grey_opening(coarse, ball), expected)
+        expected = ndimage.grey_opening(coarse, footprint=footprint, mode="nearest")
+        assert np.array_equal(grey_opening(coarse, footprint), expected)
 
 
 def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():

@@ -87,6 +87,7 @@ from scipy import ndimage
 from lungvol.config import LesionSegmentationConfig
 from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.segmentation.noise import adapt_to_noise
+from lungvol.segmentation.opening import ball, grey_opening
 from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMask, check_same_grid
 
 logger = logging.getLogger(__name__)
@@ -101,75 +102,6 @@ _T = TypeVar("_T")
 # Steps that run beside another one on the pool work in slabs of about this many voxels
 # (memory): the in-plane hole filling and the ground-glass background's input.
 _SLAB_VOXELS = 8_000_000
-
-
-def _ball(radius_mm: float, spacing_mm: tuple[float, ...]) -> np.ndarray:
-    """Boolean ball footprint of ``radius_mm`` on an anisotropic grid (at least 1 voxel)."""
-    half = [int(radius_mm / s) for s in spacing_mm]
-    axes = [np.arange(-k, k + 1) * s for k, s in zip(half, spacing_mm, strict=True)]
-    grids = np.meshgrid(*axes, indexing="ij")
-    return sum(g**2 for g in grids) <= radius_mm**2 + 1e-6
-
-
-def _footprint_rows(footprint: np.ndarray) -> dict[int, list[tuple[int, int]]] | None:
-    """Offsets (plane, row) of a 3-D footprint's rows along its last axis, by half-width.
-
-    None unless the footprint is odd-sized, point-symmetric and each row is a run centred
-    on the middle (a ball is).
-    """
-    if any(k % 2 == 0 for k in footprint.shape) or not np.array_equal(
-        footprint, footprint[::-1, ::-1, ::-1]
-    ):
-        return None
-    x = np.abs(np.arange(footprint.shape[2]) - footprint.shape[2] // 2)
-    rows: dict[int, list[tuple[int, int]]] = {}
-    for (dz, dy), nonempty in np.ndenumerate(footprint.any(axis=2)):
-        if nonempty:
-            width = int(x[footprint[dz, dy]].max())
-            if not np.array_equal(footprint[dz, dy], x <= width):
-                return None
-            rows.setdefault(width, []).append((dz, dy))
-    return rows or None
-
-
-def _flat_filter(
-    array: np.ndarray, rows: dict[int, list[tuple[int, int]]], shape: tuple[int, ...], *,
-    dilate: bool,
-) -> np.ndarray:
-    """Grey erosion (or dilation) by the footprint of ``shape`` with ``rows``
-    (:func:`_footprint_rows`), ``mode="nearest"``.
-
-    Each row is a shifted view of one 1-D min (max) filter of the edge-padded array per
-    row width: one elementwise min (max) per row, where scipy compares every footprint
-    voxel. Min and max are exact: the result equals ``ndimage.grey_erosion``
-    (``grey_dilation``, the same for a point-symmetric footprint).
-    """
-    half = tuple(k // 2 for k in shape)
-    nz, ny, nx = array.shape
-    padded = np.pad(array, [(h, h) for h in half], mode="edge")
-    filter1d = ndimage.maximum_filter1d if dilate else ndimage.minimum_filter1d
-    combine = np.maximum if dilate else np.minimum
-    out = None
-    for width, offsets in rows.items():
-        runs = filter1d(padded, 2 * width + 1, axis=2, mode="nearest") if width else padded
-        for dz, dy in offsets:
-            view = runs[dz:dz + nz, dy:dy + ny, half[2]:half[2] + nx]
-            out = view.copy() if out is None else combine(out, view, out=out)
-        del runs
-    return out  # type: ignore[return-value]  # rows is never empty
-
-
-def _grey_opening(array: np.ndarray, footprint: np.ndarray) -> np.ndarray:
-    """``ndimage.grey_opening(array, footprint=footprint, mode="nearest")``.
-
-    Hand-written for ball footprints (:func:`_flat_filter`, about twice as fast on the
-    background grid); other footprints go to scipy.
-    """
-    rows = _footprint_rows(footprint)
-    if rows is None:
-        return ndimage.grey_opening(array, footprint=footprint, mode="nearest")
-    eroded = _flat_filter(array, rows, footprint.shape, dilate=False)
-    return _flat_filter(eroded, rows, footprint.shape, dilate=True)
 
 
 def _background(
@@ -208,7 +140,7 @@ def _background(
     ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
     near_bone = _near_bone(grid, coarse_hu, config)
     source = _pleural_extrapolation(grid, outside, near_bone, config)
-    ball = _ball(config.background_radius_mm, grid.spacing_mm)
+    footprint = ball(config.background_radius_mm, grid.spacing_mm)
 
     def opened(coarse: np.ndarray) -> np.ndarray:
         if source is None:
@@ -217,7 +149,7 @@ def _background(
         else:
             coarse = coarse[source[0]]
             coarse[source[1]] = _OUTSIDE_HU
-        return _grey_opening(coarse, ball)
+        return grey_opening(coarse, footprint)
 
     def pure_ggo_level() -> np.ndarray:
         return ndimage.maximum_filter(opened(ggo_hu_future.result()), size=3, mode="nearest")
@@ -291,7 +223,7 @@ def _pleural_extrapolation(
     if config.pleural_extrapolation_mm <= 0:
         return None
     sp = grid.spacing_mm
-    core_ball = _ball(config.pleural_core_depth_mm, sp)
+    core_ball = ball(config.pleural_core_depth_mm, sp)
     core = ndimage.binary_erosion(~outside, structure=core_ball, border_value=0)
     if not core.any():
         return None
@@ -742,7 +674,7 @@ def _slices_beyond_ball(
     )
     thickness_mm = spacing_mm[0] if slice_thickness_mm is None else slice_thickness_mm
     return (
-        _ball(config.background_radius_mm, grid.spacing_mm).shape[0] == 1
+        ball(config.background_radius_mm, grid.spacing_mm).shape[0] == 1
         and thickness_mm > config.background_radius_mm
     )
 
@@ -1085,8 +1017,10 @@ def segment_lesions(
     hu_b = volume.hu[box].astype(np.float32)
     noise = adapt_to_noise(
         hu_b, lung_b, sp,  # type: ignore[arg-type]
+        bias_target_hu=config.opening_bias_target_hu if config.background_radius_mm > 0 else 0.0,
         target_hu=config.noise_target_hu, max_sigma_mm=config.noise_max_smoothing_mm,
-        block_mm=config.background_working_spacing_mm, aerated_max_hu=config.parenchyma_max_hu,
+        block_mm=config.background_working_spacing_mm, radius_mm=config.background_radius_mm,
+        level_mm=config.parenchyma_block_mm, aerated_max_hu=config.parenchyma_max_hu,
         first_index=first,  # type: ignore[arg-type]
     )
     t_noise = time.perf_counter()
@@ -1205,23 +1139,34 @@ def segment_lesions(
     solid_ml = float(np.count_nonzero(sub == LESION_SOLID) * voxel_ml)
     t_end = time.perf_counter()
     warnings = []
-    if noise.smoothing_sigma_mm > 0:
+    if noise.smoothing_sigma_mm > 0 and noise.measure == "opening_bias":
+        warnings.append(
+            f"noisy_scan_smoothed: the background opening lies {noise.opening_bias_hu:.0f} HU "
+            f"below normal lung (> lesions.opening_bias_target_hu = "
+            f"{config.opening_bias_target_hu:g} HU; noise index {noise.lung_noise_hu:.0f} HU: "
+            "sharp kernel, low dose, or pixels over 1.0 mm); the CT was smoothed (Gaussian "
+            f"sigma {noise.smoothing_sigma_mm:.2f} mm) before the lesion bands, so lesion "
+            "borders are smoother; prefer a softer reconstruction kernel when one exists"
+        )
+    elif noise.smoothing_sigma_mm > 0:
         warnings.append(
             f"noisy_scan_smoothed: the aerated-lung noise index is {noise.lung_noise_hu:.0f} HU "
             f"(> lesions.noise_target_hu = {config.noise_target_hu:g} HU: sharp kernel or low "
-            f"dose); the CT was smoothed (Gaussian sigma {noise.smoothing_sigma_mm:.2f} mm) "
-            "before the lesion bands, so lesion borders are smoother; prefer a softer "
-            "reconstruction kernel when one exists"
+            f"dose; too little lung deep inside to measure the opening bias); the CT was "
+            f"smoothed (Gaussian sigma {noise.smoothing_sigma_mm:.2f} mm) before the lesion "
+            "bands, so lesion borders are smoother; prefer a softer reconstruction kernel when "
+            "one exists"
         )
         if _single_pixel_blocks(sp, config):  # type: ignore[arg-type]
             warnings.append(
-                f"noisy_coarse_pixels: a noisy scan on {max(sp[1:]):.2f} mm pixels; on pixels "
-                f"wider than 2/3 of lesions.background_working_spacing_mm "
+                f"noisy_coarse_pixels: a noisy scan on {max(sp[1:]):.2f} mm pixels, smoothed by "
+                "its noise index; on pixels wider than 2/3 of "
+                f"lesions.background_working_spacing_mm "
                 f"({config.background_working_spacing_mm:g} mm) the background grid is single "
-                "pixels, where the noise adaptation was not calibrated, and lesion can read far "
-                "low (the real chest with 15 % lesion and noise of SD 100 HU: -30 % at 1.02 mm "
-                "pixels, -2 % at 0.98 mm); compare visits of one pixel size, or reconstruct "
-                "with a smaller field of view"
+                "pixels, where that index was not calibrated, and lesion can read far low (the "
+                "real chest with 15 % lesion and noise of SD 100 HU smoothed by the index: -30 % "
+                "at 1.02 mm pixels, -2 % at 0.98 mm); compare visits of one pixel size, or "
+                "reconstruct with a smaller field of view"
             )
     warnings += _soft_image_warnings(
         noise.lung_noise_hu, volume.source.convolution_kernel, config,
@@ -1234,7 +1179,11 @@ def segment_lesions(
         "lying on the costal pleura (plaques) kept; vessel segments wider than the ball "
         "removed by shape and surroundings; minimum component volume",
         "lung_noise_hu": None if noise.lung_noise_hu is None else round(noise.lung_noise_hu, 2),
+        "lung_opening_bias_hu": (
+            None if noise.opening_bias_hu is None else round(noise.opening_bias_hu, 2)
+        ),
         "noise_smoothing_sigma_mm": noise.smoothing_sigma_mm,
+        "noise_smoothing_measure": noise.measure,
         "warnings": warnings,
         "ggo_band_hu": [g_lo, g_hi],
         "solid_band_hu": [s_lo, s_hi],
