@@ -30,7 +30,8 @@ Cases (each reported with its timings):
    3. and 9. bracket how a lesion at a vessel or the pleura is counted.
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
-   adaptation's settings and with it disabled (``lesions.noise_target_hu = 0``).
+   adaptation's settings, by the noise index (the rule before 0.6.5:
+   ``lesions.opening_bias_target_hu = 0``) and with it disabled (both targets 0).
 10. Thick slices (session 20): the real chest (2 mm slices) interpolated linearly to 1 mm and
    averaged into 3 / 4 / 5 / 6 mm slabs, as is and with 15 % / 30 % lesion inserted on the
    2 mm scan first; truth and reference lung are the slab means of the 2 mm masks at
@@ -44,6 +45,11 @@ Cases (each reported with its timings):
    the small phantom at 5 / 15 / 30 % lesion and of the fine one at 10 % (a third as many):
    mean, SD and worst lesion volume error, and how many seeds meet the 5 % target. The
    fixed cases of 1. are single draws of a distribution that is wide at low burden.
+13. Pixel sizes (session 25, with 7.; ``--skip-noise`` skips both): the noisy chest of 7.
+   (white, SD 100 HU), as is and with 15 % inserted, resampled in-plane (linear) to 0.95 /
+   1.02 / 1.05 / 1.46 / 1.95 mm pixels, read with the noise adaptation by the opening bias
+   and by the noise index (the rule before 0.6.5). Over 1.0 mm the background grid's
+   blocks are single pixels.
 
 Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
 
@@ -557,27 +563,91 @@ def noise_cases(shared: Path) -> list[dict[str, Any]]:
     )
     t_les, t_sol = np.count_nonzero(truth) * vml, np.count_nonzero(truth == 2) * vml
     t_prop = 100.0 * t_les / (np.count_nonzero(lungs.labels) * vml)
-    off = replace(CFG.lesions, noise_target_hu=0.0)
+    by_index = replace(CFG.lesions, opening_bias_target_hu=0.0)
+    off = replace(by_index, noise_target_hu=0.0)
     out = []
     for kind, sd in (("white", 60.0), ("white", 100.0), ("corr", 60.0)):
         for base, name in ((chest.hu, "normal"), (hu_ins, "inserted 15%")):
             vol = _volume(_add_noise(base, kind, sd), chest.spacing_mm, name)
             l2 = segment_lungs(vol, CFG.lungs)
-            lung_ml = np.count_nonzero(l2.labels) * vml
             row: dict[str, Any] = {"case": f"noise {kind} {sd:g} HU, {name}"}
-            for label, cfg in (("", CFG.lesions), ("no_adaptation_", off)):
+            for label, cfg in (("", CFG.lesions), ("by_index_", by_index),
+                               ("no_adaptation_", off)):
+                # Every reading starts from the same lung mask (until session 25 the second
+                # reading started from the first one's subpleural recovery).
                 e2 = segment_lesions(vol, l2, cfg)
-                l2, e2 = recover_subpleural_layer(vol, l2, e2, replace(CFG, lesions=cfg))
+                l3, e2 = recover_subpleural_layer(vol, l2, e2, replace(CFG, lesions=cfg))
+                lung_ml = np.count_nonzero(l3.labels) * vml
                 les_ml = np.count_nonzero(e2.labels) * vml
                 sol_ml = np.count_nonzero(e2.labels == 2) * vml
                 if label == "":
                     row["lung_noise_hu"] = e2.info["lung_noise_hu"]
-                    row["smoothing_sigma_mm"] = e2.info["noise_smoothing_sigma_mm"]
+                    row["opening_bias_hu"] = e2.info["lung_opening_bias_hu"]
+                if label != "no_adaptation_":
+                    row[f"{label}smoothing_sigma_mm"] = e2.info["noise_smoothing_sigma_mm"]
                 row[f"{label}proportion_pct"] = round(100.0 * les_ml / lung_ml, 2)
                 if name != "normal":
                     row[f"{label}lesion_err_pct"] = _round(_pct_err(les_ml, t_les))
                     row[f"{label}solid_err_pct"] = _round(_pct_err(sol_ml, t_sol))
                     row[f"{label}proportion_err_pp"] = round(100.0 * les_ml / lung_ml - t_prop, 2)
+            out.append(row)
+            print(_fmt(row), flush=True)
+    return out
+
+
+PIXEL_SIZES_MM = (0.95, 1.02, 1.05, 1.46, 1.95)
+
+
+def pixel_size_cases(shared: Path) -> list[dict[str, Any]]:
+    """The noisy chest of 7. (white noise of SD 100 HU), as is and with 15 % inserted,
+    resampled in-plane (linear) to other pixel sizes, read with the noise adaptation by
+    the opening bias (default) and by the noise index (``by_index_``, the rule before
+    0.6.5). Truth and reference lung: the masks resampled the same way, at one half."""
+    from dataclasses import replace
+
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    lungs = segment_lungs(chest, CFG.lungs)
+    hu_ins, truth, _ = insert_lesions(
+        chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=12, lesion_pct=15.0,
+        solid_pct=3.0, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
+    )
+    by_index = replace(CFG, lesions=replace(CFG.lesions, opening_bias_target_hu=0.0))
+    out = []
+    for pixel_mm in PIXEL_SIZES_MM:
+        zoom = (1.0, chest.spacing_mm[1] / pixel_mm, chest.spacing_mm[2] / pixel_mm)
+
+        def resampled(array: np.ndarray, zoom: tuple[float, ...] = zoom) -> np.ndarray:
+            return ndimage.zoom(np.asarray(array, np.float32), zoom, order=1,
+                                mode="nearest", grid_mode=True)
+
+        ref_lung = resampled(lungs.labels > 0) >= 0.5
+        t_les, t_sol = resampled(truth > 0) >= 0.5, resampled(truth == 2) >= 0.5
+        spacing = (chest.spacing_mm[0], *(
+            s * n / m for s, n, m in zip(
+                chest.spacing_mm[1:], chest.hu.shape[1:], ref_lung.shape[1:], strict=True)
+        ))
+        for base, name in ((chest.hu, "normal"), (hu_ins, "inserted 15%")):
+            hu = np.rint(resampled(_add_noise(base, "white", 100.0))).astype(np.int16)
+            vol = _volume(hu, spacing, name)  # type: ignore[arg-type]
+            row: dict[str, Any] = {
+                "case": f"noise white 100 HU, {name}, {spacing[1]:.2f} mm pixels"}
+            l2 = segment_lungs(vol, CFG.lungs)
+            for label, cfg in (("", CFG), ("by_index_", by_index)):
+                e2 = segment_lesions(vol, l2, cfg.lesions)
+                l3, e3 = recover_subpleural_layer(vol, l2, e2, cfg)
+                if label == "":
+                    row["lung_noise_hu"] = e3.info["lung_noise_hu"]
+                    row["opening_bias_hu"] = e3.info["lung_opening_bias_hu"]
+                row[f"{label}smoothing_sigma_mm"] = e3.info["noise_smoothing_sigma_mm"]
+                row[f"{label}flags"] = [w.split(":")[0] for w in e3.info["warnings"]]
+                if name == "normal":
+                    row[f"{label}proportion_pct"] = round(
+                        100.0 * np.count_nonzero(e3.labels) / np.count_nonzero(l3.labels), 2)
+                else:
+                    metrics = _lesion_metrics(l3.labels, e3.labels, ref_lung, t_les.astype(
+                        np.uint8) + t_sol, vol.voxel_volume_ml)
+                    for key in ("lesion_err_pct", "solid_err_pct", "proportion_err_pp"):
+                        row[f"{label}{key}"] = metrics[key]
             out.append(row)
             print(_fmt(row), flush=True)
     return out
@@ -646,6 +716,7 @@ def main() -> None:
         results["soft_kernel"] = soft_kernel_cases(args.shared)
     if not args.skip_noise and not args.quick and args.shared.is_dir():
         results["noise"] = noise_cases(args.shared)
+        results["pixel_sizes"] = pixel_size_cases(args.shared)
     results["total_s"] = round(time.perf_counter() - t0, 1)
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)

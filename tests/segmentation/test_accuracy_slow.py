@@ -366,6 +366,59 @@ def test_real_chest_inserted_lesions_15pct_in_sharp_kernel_noise(chest):
     assert abs(err["proportion_pp"]) <= 1.0, err
 
 
+def _noisy_on_pixels(hu: np.ndarray, spacing_mm, pixel_mm: float):
+    """``hu`` with white noise of SD 100 HU, resampled in-plane (linear) to ``pixel_mm``
+    pixels (benchmarks/evaluate_accuracy.py, section 13); returns (CT volume, resampler)."""
+    zoom = (1.0, spacing_mm[1] / pixel_mm, spacing_mm[2] / pixel_mm)
+
+    def resampled(array: np.ndarray) -> np.ndarray:
+        return ndimage.zoom(np.asarray(array, np.float32), zoom, order=1, mode="nearest",
+                            grid_mode=True)
+
+    coarse = np.rint(resampled(_with_noise(hu, 100.0))).astype(np.int16)
+    spacing = (spacing_mm[0], *(s * n / m for s, n, m in zip(
+        spacing_mm[1:], hu.shape[1:], coarse.shape[1:], strict=True)))
+    return _as_volume(coarse, spacing), resampled
+
+
+def test_real_chest_in_noise_on_pixels_over_1mm_reads_as_on_its_own(chest):
+    """The noisy case above resampled to 1.02 mm pixels, where the background grid's blocks
+    are single pixels and the ball holds about four times as many: smoothed by its noise
+    index (lungvol 0.6.4) it read -30.2 % (-4.50 pp, evaluation section 13); smoothed by
+    the opening bias -1.4 %, -0.17 pp (session 25)."""
+    from lungvol.phantom import insert_lesions
+
+    vol, lungs = chest
+    hu, truth, _ = insert_lesions(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm, seed=12,
+                                  lesion_pct=15.0, solid_pct=3.0)
+    coarse, resampled = _noisy_on_pixels(hu, vol.spacing_mm, 1.02)
+    assert coarse.spacing_mm[1] > 1.0
+    new_lungs, lesions = segment_masks(coarse, CFG)
+    t_les = np.count_nonzero(resampled(truth > 0) >= 0.5)
+    t_lung = np.count_nonzero(resampled(lungs.labels > 0) >= 0.5)
+    n_les = np.count_nonzero(lesions.labels)
+    total_pct = 100.0 * (n_les - t_les) / t_les
+    proportion_pp = 100.0 * n_les / np.count_nonzero(new_lungs.labels) - 100.0 * t_les / t_lung
+    assert lesions.info["noise_smoothing_measure"] == "opening_bias"
+    assert abs(total_pct) <= 10.0, (total_pct, proportion_pp)
+    assert abs(proportion_pp) <= 1.0, (total_pct, proportion_pp)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 2: the real normal chest with SD 100 HU noise at 1.05 mm pixels reads "
+    "1.09 % (target < 1 %; 0.55 % when smoothed by the noise index, which read the same "
+    "scan with 15 % lesion -26 %): the 0.97 mm smoothing it needs widens vessel skirts into "
+    "the ground-glass band (session 25)",
+)
+def test_real_normal_chest_in_noise_on_1_05mm_pixels_stays_normal(chest):
+    vol, _ = chest
+    coarse, _ = _noisy_on_pixels(vol.hu, vol.spacing_mm, 1.05)
+    lungs, lesions = segment_masks(coarse, CFG)
+    assert lesions.info["noise_smoothing_sigma_mm"] > 0.9
+    assert 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(lungs.labels) < 1.0
+
+
 def test_real_normal_chest_in_noise_stays_near_normal(chest):
     """With white noise of SD 100 HU the normal chest reads 0.45 % (0.32 % without noise;
     session 12; 0.70 / 0.31 % with session 17's surface threshold; 0.61 / 0.39 % at session
