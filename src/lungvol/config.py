@@ -268,9 +268,13 @@ class LesionSegmentationConfig:
     # pixels); the lesion error follows the bias on every grid measured (session 25). Where
     # the bias cannot be measured (too little lung deep inside), the noise index (15-20 HU
     # on the calibration scans) is brought to noise_target_hu instead. 0 disables each.
-    opening_bias_target_hu: float = 40.0
+    opening_bias_target_hu: float = 36.0
     noise_target_hu: float = 21.0
     noise_max_smoothing_mm: float = 2.0
+    # The HU bands see only this fraction of that smoothing's sigma (in quadrature with
+    # smoothing_sigma_mm); the background and the parenchyma level see all of it. All of it
+    # widens vessel skirts into the ground-glass band, as a soft kernel does (session 25).
+    noise_band_fraction: float = 0.5
     # The other end: an index below soft_image_noise_floor_hu means a smooth image (soft
     # reconstruction kernel, or a volume interpolated onto a finer grid), where vessel
     # skirts widen into the ground-glass band and lesion reads high (the real chest
@@ -399,6 +403,10 @@ class LesionSegmentationConfig:
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")
+        if not 0 <= self.noise_band_fraction <= 1:
+            raise ConfigError(
+                f"lesions.noise_band_fraction must be in [0, 1] (got {self.noise_band_fraction})"
+            )
         if self.parenchyma_block_mm <= 0:
             raise ConfigError(
                 f"lesions.parenchyma_block_mm must be > 0 (got {self.parenchyma_block_mm})"

@@ -1029,11 +1029,18 @@ def segment_lesions(
     # 400-slice phantom, 2 cores). The pool stays open through the enclosed-solid rule,
     # the extension and the fill.
     with ThreadPoolExecutor(max_workers=1) as pool:
+        band_sigma_mm = config.noise_band_fraction * noise.smoothing_sigma_mm
+        # The HU bands (and every rule reading each voxel's own HU) see only that fraction
+        # of the noise smoothing, in quadrature with the light denoising: all of it widens
+        # vessel skirts into the ground-glass band as a soft kernel does (the noisy normal
+        # chest at 1.05 mm pixels: 1.11 % with all, 0.77 % with half; session 25).
+        smooth = _smooth(hu_b, tuple(
+            float(np.hypot(config.smoothing_sigma_mm, band_sigma_mm)) / s for s in sp
+        ), pool)
         if noise.smoothing_sigma_mm > 0:
-            # A noisy scan: every rule below (bands, background, parenchyma level) sees the
-            # CT smoothed to the calibrated noise level.
+            # A noisy scan: the background and the parenchyma level see the CT smoothed by
+            # all of it, which brings the opening's bias to its calibrated level.
             hu_b = _smooth(hu_b, tuple(noise.smoothing_sigma_mm / s for s in sp), pool)
-        smooth = _smooth(hu_b, sigma_px, pool)
         g_lo, g_hi = config.ggo_band_hu
         s_lo, s_hi = config.solid_band_hu
         ggo_band = lung_b & (smooth >= g_lo) & (smooth < g_hi)
@@ -1183,6 +1190,7 @@ def segment_lesions(
             None if noise.opening_bias_hu is None else round(noise.opening_bias_hu, 2)
         ),
         "noise_smoothing_sigma_mm": noise.smoothing_sigma_mm,
+        "noise_band_smoothing_sigma_mm": round(band_sigma_mm, 3),
         "noise_smoothing_measure": noise.measure,
         "warnings": warnings,
         "ggo_band_hu": [g_lo, g_hi],

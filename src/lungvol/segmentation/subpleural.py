@@ -452,8 +452,8 @@ def add_solid_shell(
     in an expert contour drawn along the pleura (on the real chest with inserted lesions,
     49 of the 71 mL of solid outside the mask at 30 % lies within 2 mm of it). The voxel is
     taken when its HU, smoothed like the lesion bands (``lesions.smoothing_sigma_mm``, and
-    the noise adaptation's ``noise_sigma_mm``), is in ``lesions.solid_band_hu`` and it is
-    not bone. Solid lesion in ``placed`` (bool; the layer this step grew towards the ribs,
+    the band part of the noise adaptation's smoothing, ``noise_sigma_mm``), is in
+    ``lesions.solid_band_hu`` and it is not bone. Solid lesion in ``placed`` (bool; the layer this step grew towards the ribs,
     whose outer surface is placed by the rib gap already) adds none. Returns the new lung
     and lesion labels and the number of voxels added.
 
@@ -580,7 +580,7 @@ def recover_subpleural_layer(
     if sc.solid_shell:
         new_lung_labels, new_lesion_labels, n_shell = add_solid_shell(
             volume, new_lung_labels, new_lesion_labels, config,
-            float(lesions.info.get("noise_smoothing_sigma_mm") or 0.0), recovered,
+            float(lesions.info.get("noise_band_smoothing_sigma_mm") or 0.0), recovered,
         )
         summary["solid_shell_ml"] = round(n_shell * volume.voxel_volume_ml, 1)
     if estimate is not None and (recovered is not None or summary["solid_shell_ml"] > 0):
