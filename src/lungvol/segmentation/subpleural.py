@@ -453,8 +453,9 @@ def add_solid_shell(
     49 of the 71 mL of solid outside the mask at 30 % lies within 2 mm of it). The voxel is
     taken when its HU, smoothed like the lesion bands (``lesions.smoothing_sigma_mm``, and
     the band part of the noise adaptation's smoothing, ``noise_sigma_mm``), is in
-    ``lesions.solid_band_hu`` and it is not bone. Solid lesion in ``placed`` (bool; the layer this step grew towards the ribs,
-    whose outer surface is placed by the rib gap already) adds none. Returns the new lung
+    ``lesions.solid_band_hu`` and it is not bone. Solid lesion in ``placed`` (bool; the
+    layer this step grew towards the ribs, whose outer surface is placed by the rib gap
+    already) adds none. Returns the new lung
     and lesion labels and the number of voxels added.
 
     A correction of a partial-volume bias, voxel by voxel a guess: the true pleura lies
