@@ -30,8 +30,9 @@ Cases (each reported with its timings):
    3. and 9. bracket how a lesion at a vessel or the pleura is counted.
 7. Noise: the real chest, as is and with 15 % lesion inserted, with noise added (white,
    like a sharp kernel's; in-plane correlated, like a soft kernel's) at the noise
-   adaptation's settings, by the noise index (the rule before 0.6.5:
-   ``lesions.opening_bias_target_hu = 0``) and with it disabled (both targets 0).
+   adaptation's settings, by the noise index with the bands smoothed as the background (the
+   rule before 0.6.5: ``lesions.opening_bias_target_hu = 0``, ``noise_band_fraction = 1``)
+   and with it disabled (both targets 0).
 10. Thick slices (session 20): the real chest (2 mm slices) interpolated linearly to 1 mm and
    averaged into 3 / 4 / 5 / 6 mm slabs, as is and with 15 % / 30 % lesion inserted on the
    2 mm scan first; truth and reference lung are the slab means of the 2 mm masks at
@@ -563,7 +564,8 @@ def noise_cases(shared: Path) -> list[dict[str, Any]]:
     )
     t_les, t_sol = np.count_nonzero(truth) * vml, np.count_nonzero(truth == 2) * vml
     t_prop = 100.0 * t_les / (np.count_nonzero(lungs.labels) * vml)
-    by_index = replace(CFG.lesions, opening_bias_target_hu=0.0)
+    # The rule of lungvol 0.6.4: the noise index decides, and the bands see all of it.
+    by_index = replace(CFG.lesions, opening_bias_target_hu=0.0, noise_band_fraction=1.0)
     off = replace(by_index, noise_target_hu=0.0)
     out = []
     for kind, sd in (("white", 60.0), ("white", 100.0), ("corr", 60.0)):
@@ -611,7 +613,8 @@ def pixel_size_cases(shared: Path) -> list[dict[str, Any]]:
         chest.hu, lungs.labels, spacing_mm=chest.spacing_mm, seed=12, lesion_pct=15.0,
         solid_pct=3.0, parenchyma_max_hu=INSERT_PARENCHYMA_MAX_HU,
     )
-    by_index = replace(CFG, lesions=replace(CFG.lesions, opening_bias_target_hu=0.0))
+    by_index = replace(CFG, lesions=replace(
+        CFG.lesions, opening_bias_target_hu=0.0, noise_band_fraction=1.0))
     out = []
     for pixel_mm in PIXEL_SIZES_MM:
         zoom = (1.0, chest.spacing_mm[1] / pixel_mm, chest.spacing_mm[2] / pixel_mm)
