@@ -24,7 +24,8 @@ rotation or shift) and with its lesion proportion:
 - consolidation against the anterior chest wall (the front of the right upper lung, +30 HU):
   flagged ``anterior_opacity_outside_lung``, the normal-CT call withheld (session 18); a
   middle-lobe-like region against the heart flagged the same way by the right lung's lower
-  lateral front (session 19); a lingula-like one is not flagged;
+  lateral front (session 19); a lingula-like one is warned ``left_anterior_lower_gap`` (the
+  normal-CT call kept: an enlarged heart lies there too; session 25);
 - diffuse ground glass, the aerated lung raised by 100 and 200 HU: read low by design (the
   lesion floor is relative to the lung's own level) and flagged ``lung_density_high``
   (session 18);
@@ -161,7 +162,7 @@ def perturbations(
     h[front] = np.rint(30 + rng.normal(0, 20, np.count_nonzero(front)))
     out.append(("right upper lung, anterior part consolidated (+30 HU)", h, lung, _identity))
     # A consolidated middle lobe / lingula against the heart (session 19: the right one
-    # flagged by its lower lateral anterior gap; the left one stays silent).
+    # flagged by its lower lateral anterior gap; the left one warned since session 25).
     for side, name, front_fraction in ((1, "middle-lobe-like", 0.45), (2, "lingula-like", 0.40)):
         m = labels == side
         zs = np.flatnonzero(m.any(axis=(1, 2)))

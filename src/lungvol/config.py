@@ -494,6 +494,11 @@ class SubpleuralConfig:
     # (normal left lungs here 1.9-5.9 mm; a lingula-like 117 mL at +30 HU 48.8 mm; the
     # full-resolution prototype read the real chest's left 28.8 mm). 0 disables.
     max_anterior_lower_gap_mm: float = 20.0
+    # The left lung's own flag (session 25), a warning that keeps the normal-CT call: there
+    # an enlarged heart can lie between the lower lateral lung and the ribs as a consolidated
+    # lingula does, and no scan here tells them apart (normal left lungs here 1.9-5.9 mm,
+    # phantoms 2.8; the real chest's lingula-like 117 mL at +30 HU 48.8 mm). 0 disables.
+    max_anterior_lower_gap_left_mm: float = 30.0
     posterior_search_mm: float = 150.0  # ribs are looked for this far behind the lungs
     # The estimate of the opacity behind a flagged lung (not added; session 16) skips columns
     # whose lung ends this far in front of the slice's median posterior lung surface.
@@ -509,6 +514,11 @@ class SubpleuralConfig:
         ):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"subpleural.{key} must be > 0 (got {getattr(self, key)})")
+        if self.max_anterior_lower_gap_left_mm < 0:
+            raise ConfigError(
+                "subpleural.max_anterior_lower_gap_left_mm must be >= 0 (0 disables), got "
+                f"{self.max_anterior_lower_gap_left_mm}"
+            )
         if self.max_anterior_lower_gap_mm < 0:
             raise ConfigError(
                 "subpleural.max_anterior_lower_gap_mm must be >= 0 (0 disables), got "

@@ -865,14 +865,17 @@ def test_a_base_consolidated_flat_across_is_flagged(chest):
     assert plain.normal_ct
 
 
-def _consolidate_front_of_right_lung(chest, z_range: tuple[float, float], front: float):
-    """The real chest with the right lung's front ``front`` (fraction of its
-    anterior-posterior extent) between ``z_range`` (fractions of its height, 0 = base) at
-    +30 HU, segmented and measured. Returns the region, the new lung mask and the metrics."""
+def _consolidate_front_of_right_lung(
+    chest, z_range: tuple[float, float], front: float, label: int = 1
+):
+    """The real chest with the right (``label`` 2: left) lung's front ``front`` (fraction of
+    its anterior-posterior extent) between ``z_range`` (fractions of its height, 0 = base)
+    at +30 HU, segmented and measured. Returns the region, the new lung mask and the
+    metrics."""
     from lungvol.quantification import measure_scan
 
     vol, lungs = chest
-    right = lungs.labels == 1
+    right = lungs.labels == label
     zs = np.flatnonzero(right.any(axis=(1, 2)))
     ys = np.flatnonzero(right.any(axis=(0, 2)))
     z = np.arange(right.shape[0])[:, None, None]
@@ -919,6 +922,33 @@ def test_consolidated_middle_lobe_is_flagged(chest):
     codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
     assert {"anterior_opacity_outside_lung", "normal_ct_withheld"} <= codes
     assert not metrics.normal_ct
+
+
+def test_consolidated_lingula_is_a_warning(chest):
+    """The left lung's front 40 % between 10 and 50 % of its height (about 120 mL; the
+    robustness benchmark's lingula-like case) at +30 HU, against the heart: the lung stage
+    leaves it out and until session 25 the scan read a normal CT with no flag. The left
+    lung's lower lateral front lies about 49 mm behind the ribs (normal 5.9 mm): warned
+    left_anterior_lower_gap, and the normal-CT call kept (an enlarged heart lies there
+    too)."""
+    region, new_lungs, metrics = _consolidate_front_of_right_lung(chest, (0.1, 0.5), 0.40, 2)
+    summary = new_lungs.info["subpleural"]
+    assert np.count_nonzero(region & (new_lungs.labels == 0)) * chest[0].voxel_volume_ml > 80.0
+    assert summary["anterior_lower_gap_left_mm"] > 40.0, summary
+    codes = {f.split(":", 1)[0] for f in metrics.qc_flags}
+    assert "left_anterior_lower_gap" in codes
+    assert "anterior_opacity_outside_lung" not in codes
+    assert metrics.normal_ct
+
+
+def test_normal_chest_has_no_left_anterior_lower_gap(chest, chest_lesions):
+    """The real normal chest's left lower lateral front: 5.9 mm, far under the 30 mm
+    warning."""
+    vol, lungs = chest
+    new_lungs, _ = recover_subpleural_layer(vol, lungs, chest_lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["anterior_lower_gap_left_mm"] < 10.0, summary
+    assert not summary["anterior_lower_gap_left_flagged"]
 
 
 def test_diffuse_ground_glass_is_flagged_as_dense_lung(chest):

@@ -225,6 +225,39 @@ def test_lower_lateral_anterior_consolidation_is_flagged():
     assert not again.info["subpleural"]["anterior_gap_flagged"]
 
 
+def test_lower_lateral_anterior_consolidation_of_a_left_lung_is_a_warning():
+    """Session 25: the same consolidation in a left lung (a lingula) raises its own warning,
+    left_anterior_lower_gap, which keeps the normal-CT call: an enlarged heart also lies
+    between the left lower lung and the ribs. Not anterior_opacity_outside_lung."""
+    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
+    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
+    front = np.where(lung, y * SPACING_MM[1], np.inf).min(axis=1, keepdims=True)
+    zs = np.flatnonzero(lung.any(axis=(1, 2)))
+    xs = np.flatnonzero(lung.any(axis=(0, 1)))
+    part = (lung & (y * SPACING_MM[1] <= front + 40.0) & (z <= (zs[0] + zs[-1]) // 2)
+            & (x >= (xs[0] + xs[-1]) // 2))
+    hu = volume.hu.copy()
+    hu[part] = 20
+    volume = dataclasses.replace(volume, hu=hu)
+    lungs = LungMask(((lung & ~part) * 2).astype(np.uint8))  # a left lung
+    new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
+    summary = new_lungs.info["subpleural"]
+    assert summary["anterior_lower_gap_left_mm"] >= 30.0, summary
+    assert summary["anterior_lower_gap_left_flagged"]
+    assert not summary["anterior_gap_flagged"], summary
+    codes = [w.split(":")[0] for w in new_lungs.info.get("warnings", [])]
+    assert "left_anterior_lower_gap" in codes
+    assert "anterior_opacity_outside_lung" not in codes
+    off = dataclasses.replace(
+        CFG, subpleural=dataclasses.replace(CFG.subpleural, max_anterior_lower_gap_left_mm=0.0)
+    )
+    again, _ = recover_subpleural_layer(volume, lungs, lesions, off)
+    assert not again.info["subpleural"]["anterior_lower_gap_left_flagged"]
+    assert "left_anterior_lower_gap" not in [
+        w.split(":")[0] for w in again.info.get("warnings", [])
+    ]
+
+
 def test_anterior_consolidation_left_out_of_the_mask_is_flagged():
     """Session 18: the anterior 30 mm of the lung is consolidation the lung mask left out
     (the real chest's anterior upper lobes at +30 HU read a normal CT with no flag; their

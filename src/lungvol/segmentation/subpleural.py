@@ -156,7 +156,9 @@ def measure_rib_gaps(
     ``max_anterior_gap_mm``. ``anterior_lower_gap_{right,left}_mm`` is its median over the
     lower half of those slices and the lateral half of each lung (session 19: a consolidated
     middle lobe, beside the heart, moves only that part); the right one is flagged at
-    ``max_anterior_lower_gap_mm``. Nothing is estimated there.
+    ``max_anterior_lower_gap_mm``, the left one at ``max_anterior_lower_gap_left_mm`` as a
+    warning of its own (``anterior_lower_gap_left_flagged``: a consolidated lingula, or an
+    enlarged heart). Nothing is estimated there.
     """
     sc, lc = config.subpleural, config.lungs
     sp = grid.spacing_mm
@@ -165,7 +167,7 @@ def measure_rib_gaps(
                  "dependent_opacity_left_ml": None, "anterior_gap_right_mm": None,
                  "anterior_gap_left_mm": None, "anterior_lower_gap_right_mm": None,
                  "anterior_lower_gap_left_mm": None, "anterior_lower_gap_flagged": False,
-                 "anterior_gap_flagged": False}
+                 "anterior_lower_gap_left_flagged": False, "anterior_gap_flagged": False}
     if not lung_coarse.any():
         return out, None
     # The side of each coarse lung block: the label at the block's centre voxel (a strided
@@ -238,6 +240,14 @@ def measure_rib_gaps(
         sc.max_anterior_lower_gap_mm > 0
         and lower_right is not None
         and lower_right >= sc.max_anterior_lower_gap_mm
+    )
+    # The left one gets a warning of its own that keeps the normal-CT call (session 25): a
+    # consolidated lingula and an enlarged heart both put tissue there.
+    lower_left = out["anterior_lower_gap_left_mm"]
+    out["anterior_lower_gap_left_flagged"] = bool(
+        sc.max_anterior_lower_gap_left_mm > 0
+        and lower_left is not None
+        and lower_left >= sc.max_anterior_lower_gap_left_mm
     )
     out["anterior_gap_flagged"] = out["anterior_lower_gap_flagged"] or any(
         v is not None and v >= sc.max_anterior_gap_mm
@@ -627,6 +637,15 @@ def recover_subpleural_layer(
             "consolidation against the anterior chest wall, or fluid there, lies outside the "
             "lung mask; the lung volume and the lesion proportion read low; nothing was "
             "added; check qc.png"
+        )
+    if summary["anterior_lower_gap_left_flagged"]:
+        warnings.append(
+            f"left_anterior_lower_gap: the left lung's lower lateral front lies a median "
+            f"{summary['anterior_lower_gap_left_mm']:.0f} mm behind the anterior ribs "
+            f"(flagged from {sc.max_anterior_lower_gap_left_mm:g} mm; normal lungs here "
+            "under 6 mm): a consolidated lingula left out of the lung mask (the lung volume "
+            "and the lesion proportion then read low), or an enlarged heart against the chest "
+            "wall; nothing was added and the normal-CT call is kept; check qc.png"
         )
     summary["timing_s"] = round(time.perf_counter() - t0, 3)
     logger.info("subpleural: %s", summary)
