@@ -11,7 +11,16 @@ from scipy import ndimage
 from lungvol.config import ConfigError, LungvolConfig, config_from_dict
 from lungvol.segmentation import recover_subpleural_layer
 from lungvol.segmentation.subpleural import measure_costal_gap
-from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMask, SourceInfo
+from lungvol.types import (
+    LESION_GGO,
+    LESION_SOLID,
+    LUNG_LEFT,
+    LUNG_RIGHT,
+    CTVolume,
+    LesionMask,
+    LungMask,
+    SourceInfo,
+)
 
 SPACING_MM = (2.0, 1.25, 1.25)
 SHAPE = (56, 128, 128)
@@ -193,22 +202,32 @@ def test_a_lung_that_reaches_its_posterior_ribs_is_not_flagged():
     assert summary["dependent_opacity_right_ml"] is None
 
 
-def test_lower_lateral_anterior_consolidation_is_flagged():
-    """Session 19: a consolidated middle lobe lies against the lower anterior chest wall
-    beside the heart, over part of the slices and columns only, so the anterior gap's median
-    does not move (the real chest with 441 mL of it: 3.9 mm). The right lung's lower lateral
-    front does: here 30 mm of consolidation in the lower half and lateral half only."""
+def _lower_lateral_front_consolidated(depth_mm: float, label: int):
+    """The synthetic lung as a right (``label`` LUNG_RIGHT) or left lung whose front
+    ``depth_mm``, in the lower half of its slices and the lateral half of its columns (low x
+    for a right lung), is consolidation the lung mask leaves out. Returns (volume, lung
+    mask, lesions)."""
     volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
     z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
     front = np.where(lung, y * SPACING_MM[1], np.inf).min(axis=1, keepdims=True)
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
-    part = (lung & (y * SPACING_MM[1] <= front + 30.0) & (z <= (zs[0] + zs[-1]) // 2)
-            & (x <= (xs[0] + xs[-1]) // 2))
+    centre_x = (xs[0] + xs[-1]) // 2
+    lateral = x <= centre_x if label == LUNG_RIGHT else x >= centre_x
+    part = (lung & (y * SPACING_MM[1] <= front + depth_mm) & (z <= (zs[0] + zs[-1]) // 2)
+            & lateral)
     hu = volume.hu.copy()
     hu[part] = 20
     volume = dataclasses.replace(volume, hu=hu)
-    lungs = LungMask((lung & ~part).astype(np.uint8))
+    return volume, LungMask(((lung & ~part) * label).astype(np.uint8)), lesions
+
+
+def test_lower_lateral_anterior_consolidation_is_flagged():
+    """Session 19: a consolidated middle lobe lies against the lower anterior chest wall
+    beside the heart, over part of the slices and columns only, so the anterior gap's median
+    does not move (the real chest with 441 mL of it: 3.9 mm). The right lung's lower lateral
+    front does: here 30 mm of consolidation in the lower half and lateral half only."""
+    volume, lungs, lesions = _lower_lateral_front_consolidated(30.0, LUNG_RIGHT)
     new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["anterior_gap_right_mm"] < CFG.subpleural.max_anterior_gap_mm, summary
@@ -229,17 +248,7 @@ def test_lower_lateral_anterior_consolidation_of_a_left_lung_is_a_warning():
     """Session 25: the same consolidation in a left lung (a lingula) raises its own warning,
     left_anterior_lower_gap, which keeps the normal-CT call: an enlarged heart also lies
     between the left lower lung and the ribs. Not anterior_opacity_outside_lung."""
-    volume, lung, _solid, _lungs, lesions = _case(layer=False, ggo_band=False)
-    z, y, x = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij", sparse=True)
-    front = np.where(lung, y * SPACING_MM[1], np.inf).min(axis=1, keepdims=True)
-    zs = np.flatnonzero(lung.any(axis=(1, 2)))
-    xs = np.flatnonzero(lung.any(axis=(0, 1)))
-    part = (lung & (y * SPACING_MM[1] <= front + 40.0) & (z <= (zs[0] + zs[-1]) // 2)
-            & (x >= (xs[0] + xs[-1]) // 2))
-    hu = volume.hu.copy()
-    hu[part] = 20
-    volume = dataclasses.replace(volume, hu=hu)
-    lungs = LungMask(((lung & ~part) * 2).astype(np.uint8))  # a left lung
+    volume, lungs, lesions = _lower_lateral_front_consolidated(40.0, LUNG_LEFT)
     new_lungs, _ = recover_subpleural_layer(volume, lungs, lesions, CFG)
     summary = new_lungs.info["subpleural"]
     assert summary["anterior_lower_gap_left_mm"] >= 30.0, summary
