@@ -379,7 +379,8 @@ def test_a_scan_without_bone_in_view_is_left_alone():
     ("key", "value"),
     [("min_excess_mm", 0.0), ("min_lesion_fraction", 1.5), ("layer_hu", [100.0, -750.0]),
      ("max_posterior_gap_mm", 0.0), ("posterior_gap_min_area_fraction", 2.0),
-     ("max_anterior_gap_mm", -1.0)],
+     ("max_anterior_gap_mm", -1.0), ("max_anterior_lower_gap_mm", -1.0),
+     ("max_anterior_lower_gap_left_mm", -1.0)],
 )
 def test_bad_subpleural_config_is_refused(key, value):
     with pytest.raises(ConfigError, match=f"subpleural.{key}"):
