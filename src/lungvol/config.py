@@ -326,9 +326,12 @@ class LesionSegmentationConfig:
     extension_vessel_clearance_mm: float = 2.0
     extension_min_width_mm: float = 3.0
     extension_gated_mm: float = 6.5
-    # In-plane opening half-width: solid-band structures wider than ~2x this inside ground
-    # glass are solid components even on a ground-glass background.
-    thin_structure_radius_mm: float = 1.5
+    # Solid-band structures at least this wide in-plane (an opening with the square of
+    # round(width / pixel) pixels, at least 2) are solid components even on a ground-glass
+    # background; narrower ones inside ground glass are vessels. 0 disables the test
+    # (every solid-band voxel passes it). Until 0.6.5 thin_structure_radius_mm = 1.5 gave
+    # odd squares only: 4.9 mm on 0.98 mm pixels but 3.1 mm on 1.02 mm, 5.9 mm on 1.95 mm.
+    solid_min_width_mm: float = 4.5
     # Voxels above the solid band enclosed in-plane by lesion (noise peaks, vessels inside
     # a tumour or consolidation) count as solid.
     fill_enclosed_solid: bool = True
@@ -401,7 +404,7 @@ class LesionSegmentationConfig:
             "lesion_extension_mm", "extension_vessel_clearance_mm", "extension_min_width_mm",
             "extension_gated_mm", "opening_bias_target_hu", "noise_target_hu",
             "noise_max_smoothing_mm",
-            "soft_image_noise_floor_hu", "vessel_max_radius_mm",
+            "soft_image_noise_floor_hu", "vessel_max_radius_mm", "solid_min_width_mm",
         ):
             if getattr(self, key) < 0:
                 raise ConfigError(f"lesions.{key} must be >= 0 (got {getattr(self, key)})")

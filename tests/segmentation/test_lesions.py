@@ -15,7 +15,7 @@ from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LungMask, SourceIn
 BANDS_ONLY = LesionSegmentationConfig(
     smoothing_sigma_mm=0.0,
     background_radius_mm=0.0,
-    thin_structure_radius_mm=0.0,
+    solid_min_width_mm=0.0,
     min_component_volume_ml=0.0,
 )
 
@@ -102,7 +102,7 @@ def test_min_component_size_is_ml_not_voxels(spacing_mm, min_ml, kept):
     hu[3:8, 3:8, 3:8] = -500  # a 5x5x5 voxel cube of ground glass
     lungs = LungMask(np.ones(hu.shape, np.uint8))
     cfg = LesionSegmentationConfig(
-        smoothing_sigma_mm=0.0, background_radius_mm=0.0, thin_structure_radius_mm=0.0,
+        smoothing_sigma_mm=0.0, background_radius_mm=0.0, solid_min_width_mm=0.0,
         min_component_volume_ml=min_ml,
     )
     labels = segment_lesions(_volume(hu, spacing_mm), lungs, cfg).labels
@@ -311,6 +311,77 @@ def test_min_width_radius_leaves_coarse_grids_alone():
     assert _min_width_radius_px(3.0, (1.0, 0.6, 0.6)) == (2, 2)  # 3.0 mm
     assert _min_width_radius_px(3.0, (1.6, 1.4, 1.4)) == (0, 0)  # a 4.2 mm square is too wide
     assert _min_width_radius_px(0.0, (1.0, 0.6, 0.6)) == (0, 0)
+
+
+@pytest.mark.parametrize("side", [2, 3, 4, 5])
+def test_opening_keeps_a_square_of_its_side_in_place_and_drops_narrower_lines(side):
+    """Even squares too: scipy centres an even window after its middle, and an opening
+    whose dilation did not undo that would move the mask by a pixel."""
+    from lungvol.segmentation.lesions import _opening_in_plane
+
+    mask = np.zeros((2, 20, 20), bool)
+    mask[:, 3:3 + side, 5:5 + side] = True  # exactly the square
+    mask[:, 14:14 + side - 1, 2:18] = True  # a band one pixel too narrow
+    out = _opening_in_plane(mask, (side, side))
+    assert np.array_equal(out[:, :12], mask[:, :12])
+    assert not out[:, 12:].any()
+
+
+def test_solid_width_is_one_width_in_mm_on_every_grid():
+    """Sides of round(width / pixel), at least 2: the 4.5 mm default is 5 pixels on 0.98 mm
+    (as the odd squares were), 4 on 1.02-1.05 mm (was 3: 3.1 mm), 3 on 1.46 mm, 2 on
+    1.95 mm (was 3: 5.9 mm) and on 2.8 mm (was 3: 8.4 mm)."""
+    from lungvol.segmentation.lesions import _solid_width_px
+
+    width = LesionSegmentationConfig().solid_min_width_mm
+    sides = {s: _solid_width_px(width, (2.0, s, s))[0] for s in (0.7, 0.98, 1.02, 1.05,
+                                                                 1.46, 1.95, 2.8)}
+    assert sides == {0.7: 6, 0.98: 5, 1.02: 4, 1.05: 4, 1.46: 3, 1.95: 2, 2.8: 2}
+    for s, n in sides.items():
+        assert abs(n * s - width) <= 1.2 or n == 2  # within ~a pixel of 4.5 mm
+    assert _solid_width_px(0.0, (2.0, 0.98, 0.98)) == (0, 0)  # the test off
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="solid_min_width_mm"):
+        LesionSegmentationConfig(solid_min_width_mm=-1.0)
+
+
+def _solid_inside_ground_glass(pixel_mm: float, width_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Solid labels and the solid box: a column ``width_px`` square in-plane, 16 mm long,
+    at -40 HU inside 48 mm of ground glass, on ``pixel_mm`` pixels (2 mm slices; noise
+    SD 20 HU). Enclosure rule off: only the width test can call it solid."""
+    sp = (2.0, pixel_mm, pixel_mm)
+    n = int(round(64 / pixel_mm))
+    hu = np.full((20, n, n), -860.0, np.float32)
+    g0, g1 = int(round(8 / pixel_mm)), int(round(56 / pixel_mm))
+    hu[2:18, g0:g1, g0:g1] = -620.0
+    c = n // 2 - width_px // 2
+    core = np.zeros(hu.shape, bool)
+    core[6:14, c:c + width_px, c:c + width_px] = True
+    hu[core] = -40.0
+    vol = CTVolume(hu=(hu + _noise(hu.shape, seed=4)).astype(np.int16), spacing_mm=sp,
+                   origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
+                   source=SourceInfo(path="synthetic", kind="nifti", sha256=""))
+    labels = segment_lesions(vol, LungMask(np.ones(hu.shape, np.uint8)),
+                             LesionSegmentationConfig(enclosed_solid_min_ggo_fraction=2.0)).labels
+    return labels == LESION_SOLID, core
+
+
+@pytest.mark.parametrize("pixel_mm", [0.7, 0.98, 1.02, 1.46, 1.95, 2.8])
+def test_solid_core_six_mm_wide_inside_ground_glass_is_solid_on_every_grid(pixel_mm):
+    """The odd squares of 0.6.5 were 8.4 mm wide on 2.8 mm pixels: a 5.6 mm core there
+    was not solid."""
+    solid, core = _solid_inside_ground_glass(pixel_mm, max(2, int(np.ceil(5.5 / pixel_mm))))
+    assert np.count_nonzero(solid[core]) >= 0.9 * core.sum()
+
+
+@pytest.mark.parametrize("pixel_mm", [0.7, 0.98, 1.02, 1.05, 1.46])
+def test_vessel_three_mm_wide_inside_ground_glass_is_not_solid_on_fine_grids(pixel_mm):
+    """The odd squares of 0.6.5 were 3.1 mm wide on 1.02-1.05 mm pixels: a 3 mm vessel
+    there was solid. (On 1.95 mm pixels and coarser a 3 mm vessel is two pixels, as wide as
+    the narrowest square: it cannot be told from a 4 mm solid core.)"""
+    solid, core = _solid_inside_ground_glass(pixel_mm, int(round(3.0 / pixel_mm)))
+    assert np.count_nonzero(solid[core]) <= 0.1 * core.sum()
 
 
 def test_width_gate_per_grid():

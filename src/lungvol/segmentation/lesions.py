@@ -37,11 +37,11 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
   of vessels about as wide as the ball (~2 x ``background_radius_mm``) can still pass;
 - solid: in the solid band, with background in the lesion region and either
   (a) background in the solid band (consolidation, tumour, nodule wider than the ball),
-  (b) not more than ``max_above_background_hu`` above the background, or (c) wider
-  in-plane than ``2 x thin_structure_radius_mm`` (binary opening of the solid band, then
-  geodesic reconstruction by the same radius inside the band; solid components inside
-  ground glass); vessels thinner than that inside ground glass are not lesion (as in the
-  phantom truth and ``insert_lesions``);
+  (b) not more than ``max_above_background_hu`` above the background, or (c) at least
+  ``solid_min_width_mm`` wide in-plane (binary opening of the solid band with the square
+  of ``round(width / pixel)`` pixels, at least 2, then geodesic reconstruction by half its
+  side inside the band; solid components inside ground glass); vessels thinner than that
+  inside ground glass are not lesion (as in the phantom truth and ``insert_lesions``);
 - rejected solid-band components (26-connected) enclosed by ground glass are solid: at
   least ``enclosed_solid_min_ggo_fraction`` of their lung neighbourhood within
   ``enclosure_shell_mm`` is ground-glass lesion (rejected ground-glass-band halos and solid
@@ -239,12 +239,22 @@ def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]
     return coarse[grid.coarse_index(idx)]
 
 
-def _wide_solid(solid_band: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
-    """Solid-band voxels of structures wider in-plane than about twice ``radius_px``.
+def _solid_width_px(width_mm: float, spacing_mm: tuple[float, float, float]) -> tuple[int, int]:
+    """In-plane sides (y, x) of the square nearest ``width_mm``: ``round(width / pixel)``
+    pixels, at least 2 (0 when ``width_mm`` is 0: no width test). Even sides too, so the
+    square's width in mm stays near ``width_mm`` on every grid (odd sides only, as until
+    0.6.5, made it 4.9 mm on 0.98 mm pixels, 3.1 mm on 1.02 mm and 5.9 mm on 1.95 mm)."""
+    if width_mm <= 0:
+        return (0, 0)
+    return tuple(max(2, int(round(width_mm / s))) for s in spacing_mm[1:])  # type: ignore[return-value]
 
-    In-plane opening, then a geodesic in-plane reconstruction by the same radius inside the
-    solid band: the square opening clips corners and narrow lobes of solid components,
-    while vessels that leave a component gain only ``radius_px`` voxels.
+
+def _wide_solid(solid_band: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
+    """Solid-band voxels of structures at least ``side_px`` wide in-plane.
+
+    In-plane opening with that square, then a geodesic in-plane reconstruction by half its
+    side inside the solid band: the square opening clips corners and narrow lobes of solid
+    components, while vessels that leave a component gain only that many voxels.
     """
     out = np.zeros_like(solid_band)
     if not solid_band.any():
@@ -253,8 +263,8 @@ def _wide_solid(solid_band: np.ndarray, radius_px: tuple[int, int]) -> np.ndarra
     # result (the erosion's "nearest" edge then repeats background, as outside the box).
     box = bounding_box(solid_band, (0, 1, 1))
     band = solid_band[box]
-    wide = _opening_in_plane(band, radius_px)
-    for _ in range(max(radius_px)):
+    wide = _opening_in_plane(band, side_px)
+    for _ in range(max(side_px) // 2):
         wide = ndimage.maximum_filter(
             wide.view(np.uint8), size=(1, 3, 3), mode="constant"
         ).astype(bool) & band
@@ -300,17 +310,23 @@ def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecuto
     return out
 
 
-def _opening_in_plane(mask: np.ndarray, radius_px: tuple[int, int]) -> np.ndarray:
-    """Binary opening with an in-plane square of half-widths ``radius_px`` (y, x).
+def _opening_in_plane(mask: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
+    """Binary opening with an in-plane square of sides ``side_px`` (y, x; odd or even;
+    sides of 0 or 1 leave ``mask`` as it is).
 
-    Separable 1-D min/max filters: O(N) whatever the radius, unlike a 2-D structuring
-    element in ``ndimage.binary_opening``.
+    Separable 1-D min/max filters: O(N) whatever the size, unlike a 2-D structuring element
+    in ``ndimage.binary_opening``. The dilation's window is the erosion's reflected: scipy
+    puts an even window's centre after its middle, so the dilation shifts it back by one
+    (origin -1), or the opening would move the mask by a pixel.
     """
-    if not any(radius_px):
+    if max(side_px) <= 1:
         return mask.copy()
-    size = (1, 2 * radius_px[0] + 1, 2 * radius_px[1] + 1)
+    size = (1, max(1, side_px[0]), max(1, side_px[1]))
+    origin = tuple(-1 if n % 2 == 0 else 0 for n in size)
     eroded = ndimage.minimum_filter(mask.view(np.uint8), size=size, mode="nearest")
-    return ndimage.maximum_filter(eroded, size=size, mode="constant").astype(bool) & mask
+    return ndimage.maximum_filter(
+        eroded, size=size, mode="constant", origin=origin
+    ).astype(bool) & mask
 
 
 def _grow_enclosed_solid(
@@ -742,10 +758,8 @@ def _extend_from_cores(
     if gate == "square":
         # Growth along the partial-volume skirt of a vessel below the solid band is a tube
         # or a hollow sleeve a voxel or two wide; a lesion's rim lies against its core.
-        add &= _opening_in_plane(
-            grown | ggo_b | solid_b,
-            _min_width_radius_px(config.extension_min_width_mm, spacing_mm),
-        )
+        radius = _min_width_radius_px(config.extension_min_width_mm, spacing_mm)
+        add &= _opening_in_plane(grown | ggo_b | solid_b, (2 * radius[0] + 1, 2 * radius[1] + 1))
     elif gate == "pair":
         add &= _pair_gate(grown | ggo_b | solid_b, ggo_b | solid_b)
     ggo_b |= add
@@ -921,8 +935,9 @@ def _background_rules(
     """
     s_lo = config.solid_band_hu[0]
     max_above = config.max_above_background_hu
-    radius_px = tuple(int(round(config.thin_structure_radius_mm / s)) for s in spacing_mm[1:])
-    wide_solid_future = pool.submit(_wide_solid, solid_band, radius_px)
+    wide_solid_future = pool.submit(
+        _wide_solid, solid_band, _solid_width_px(config.solid_min_width_mm, spacing_mm)
+    )
     grid, bg_any, bg_ggo, bg_pure, paren, near_bone = _background(
         hu_box, smooth, lung_box, spacing_mm, first_index, config, pool
     )
