@@ -327,7 +327,8 @@ class LesionSegmentationConfig:
     extension_min_width_mm: float = 3.0
     extension_gated_mm: float = 6.5
     # Solid-band structures at least this wide in-plane (an opening with the square of
-    # round(width / pixel) pixels, at least 2) are solid components even on a ground-glass
+    # round(width / pixel) pixels, at least 2; 3 on pixels wider than
+    # extension_vessel_clearance_mm) are solid components even on a ground-glass
     # background; narrower ones inside ground glass are vessels. 0 disables the test
     # (every solid-band voxel passes it). Until 0.6.5 thin_structure_radius_mm = 1.5 gave
     # odd squares only: 4.9 mm on 0.98 mm pixels but 3.1 mm on 1.02 mm, 5.9 mm on 1.95 mm.
