@@ -736,6 +736,16 @@ _SECTIONS: dict[str, type] = {
 }
 
 
+# Keys that a release replaced: (section, old key) -> what to write instead. A config
+# written for an older lungvol is refused with this, not only "unknown key".
+_REPLACED_KEYS: dict[tuple[str, str], str] = {
+    ("lesions", "thin_structure_radius_mm"): (
+        "lesions.solid_min_width_mm since lungvol 0.6.6: a width, not a radius (the least "
+        "in-plane width of solid inside ground glass; 4.5 mm by default; 0 disables)"
+    ),
+}
+
+
 def _build_section(cls: type, values: Any, *, where: str, section: str) -> Any:
     if values is None:
         return cls()
@@ -743,6 +753,12 @@ def _build_section(cls: type, values: Any, *, where: str, section: str) -> Any:
         raise ConfigError(f"{where}: section '{section}' must be a mapping, got {values!r}")
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - valid)
+    for key in unknown:
+        if (section, key) in _REPLACED_KEYS:
+            raise ConfigError(
+                f"{where}: '{section}.{key}' was replaced by "
+                f"{_REPLACED_KEYS[(section, key)]}; edit the config"
+            )
     if unknown:
         raise ConfigError(
             f"{where}: unknown key(s) {unknown} in '{section}'; valid keys: {sorted(valid)}"

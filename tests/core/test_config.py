@@ -28,6 +28,14 @@ def test_unknown_key_names_file_and_valid_keys(tmp_path: Path) -> None:
     assert str(p) in str(exc.value)
 
 
+def test_a_replaced_key_says_what_replaced_it(tmp_path: Path) -> None:
+    p = tmp_path / "old.yaml"
+    p.write_text("lesions:\n  thin_structure_radius_mm: 1.5\n")
+    with pytest.raises(ConfigError, match=r"thin_structure_radius_mm' was replaced by "
+                                          r"lesions\.solid_min_width_mm since lungvol 0\.6\.6"):
+        load_config(p)
+
+
 def test_unknown_section_is_refused() -> None:
     with pytest.raises(ConfigError, match="unknown section"):
         config_from_dict({"lesion": {}})
