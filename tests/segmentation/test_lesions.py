@@ -336,15 +336,16 @@ def test_solid_width_is_one_width_in_mm_on_clinical_grids():
 
     cfg = LesionSegmentationConfig()
     width = cfg.solid_min_width_mm
-    sides = {s: _solid_width_px(width, (2.0, s, s), cfg)[0]
+    sides = {s: _solid_width_px((2.0, s, s), cfg)[0]
              for s in (0.7, 0.98, 1.02, 1.05, 1.46, 1.95, 2.8)}
     assert sides == {0.7: 6, 0.98: 5, 1.02: 4, 1.05: 4, 1.46: 3, 1.95: 2, 2.8: 3}
     for s, n in sides.items():
         if s <= 2.0:
             assert abs(n * s - width) <= 0.65 * s  # the nearest whole number of pixels
-    assert _solid_width_px(0.0, (2.0, 0.98, 0.98), cfg) == (0, 0)  # the test off
+    off = LesionSegmentationConfig(solid_min_width_mm=0.0)
+    assert _solid_width_px((2.0, 0.98, 0.98), off) == (0, 0)  # the test off
     no_clearance = LesionSegmentationConfig(extension_vessel_clearance_mm=0.0)
-    assert _solid_width_px(width, (2.0, 2.8, 2.8), no_clearance) == (2, 2)
+    assert _solid_width_px((2.0, 2.8, 2.8), no_clearance) == (2, 2)
     from lungvol.errors import ConfigError
 
     with pytest.raises(ConfigError, match="solid_min_width_mm"):

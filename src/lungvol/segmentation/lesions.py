@@ -241,11 +241,11 @@ def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]
 
 
 def _solid_width_px(
-    width_mm: float, spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig
 ) -> tuple[int, int]:
-    """In-plane sides (y, x) of the square nearest ``width_mm``: ``round(width / pixel)``
-    pixels, at least 2 (0 when ``width_mm`` is 0: no width test). Even sides too, so the
-    square's width in mm stays near ``width_mm`` on clinical grids (odd sides only, as until
+    """In-plane sides (y, x) of the square nearest ``solid_min_width_mm``: ``round(width /
+    pixel)`` pixels, at least 2 (0 when the width is 0: no width test). Even sides too, so
+    the square's width in mm stays near the width on clinical grids (odd sides only, as until
     0.6.5, made it 4.9 mm on 0.98 mm pixels, 3.1 mm on 1.02 mm and 5.9 mm on 1.95 mm).
 
     On pixels wider than ``extension_vessel_clearance_mm`` (the 3 mm phantoms, where the
@@ -253,6 +253,7 @@ def _solid_width_px(
     is two pixels wide, as a 5 mm solid core is, and the 2-pixel square took the simulated
     trial's heavy subjects 1.4-1.7 pp over their truth (session 26).
     """
+    width_mm = config.solid_min_width_mm
     if width_mm <= 0:
         return (0, 0)
     least = 3 if (
@@ -950,7 +951,7 @@ def _background_rules(
     max_above = config.max_above_background_hu
     wide_solid_future = pool.submit(
         _wide_solid, solid_band,
-        _solid_width_px(config.solid_min_width_mm, spacing_mm, config),
+        _solid_width_px(spacing_mm, config),
     )
     grid, bg_any, bg_ggo, bg_pure, paren, near_bone = _background(
         hu_box, smooth, lung_box, spacing_mm, first_index, config, pool
