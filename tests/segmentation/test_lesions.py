@@ -365,9 +365,7 @@ def _solid_inside_ground_glass(pixel_mm: float, width_px: int) -> tuple[np.ndarr
     core = np.zeros(hu.shape, bool)
     core[6:14, c:c + width_px, c:c + width_px] = True
     hu[core] = -40.0
-    vol = CTVolume(hu=(hu + _noise(hu.shape, seed=4)).astype(np.int16), spacing_mm=sp,
-                   origin_lps_mm=(0.0, 0.0, 0.0), direction=np.eye(3),
-                   source=SourceInfo(path="synthetic", kind="nifti", sha256=""))
+    vol = _volume((hu + _noise(hu.shape, seed=4)).astype(np.int16), sp)
     labels = segment_lesions(vol, LungMask(np.ones(hu.shape, np.uint8)),
                              LesionSegmentationConfig(enclosed_solid_min_ggo_fraction=2.0)).labels
     return labels == LESION_SOLID, core
