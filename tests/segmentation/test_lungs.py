@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from seg_synthetic import AIR_HU, SHAPE, SPACING_MM, TISSUE_HU, dice, make_chest, make_volume
+from seg_synthetic import (
+    AIR_HU,
+    LUNG_HU,
+    SHAPE,
+    SPACING_MM,
+    TISSUE_HU,
+    dice,
+    make_chest,
+    make_volume,
+)
 
 from lungvol.config import LungSegmentationConfig
 from lungvol.errors import ConfigError, SegmentationError
@@ -43,6 +52,32 @@ def test_labels_follow_the_side_when_the_scan_is_mirrored():
     labels = segment_lungs(c.volume, CFG).labels
     assert dice(labels == LUNG_RIGHT, c.right_lung) > 0.98
     assert dice(labels == LUNG_LEFT, c.left_lung) > 0.98
+
+
+def test_lungs_joined_at_an_anterior_junction_are_split_at_the_junction():
+    """Lungs that touch in front of the mediastinum (the anterior junction line thinner than a
+    voxel, common in thin patients) form one air component; the distance-transform erosion
+    + watershed of ``_pick_lungs`` splits it where the bridge is narrowest."""
+    c = make_chest()
+    zz, yy, xx = np.meshgrid(
+        *((np.arange(n) - n / 2) * s for n, s in zip(SHAPE, SPACING_MM, strict=True)),
+        indexing="ij", sparse=True,
+    )
+    bridge = (np.abs(xx) <= 20.0) & (yy >= -40.0) & (yy <= -30.0) & (np.abs(zz) <= 15.0)
+    bridge = bridge & ~(c.right_lung | c.left_lung)
+    hu = c.volume.hu.copy()
+    hu[bridge] = LUNG_HU
+    mask = segment_lungs(make_volume(hu), CFG)
+    assert mask.info["split_connected_pair"]
+    right = c.right_lung | (bridge & (xx < 0))
+    left = c.left_lung | (bridge & (xx >= 0))
+    assert dice(mask.labels == LUNG_RIGHT, right) > 0.98
+    assert dice(mask.labels == LUNG_LEFT, left) > 0.98
+    # The cut runs across the bridge near the midline, not into either lung.
+    cut_x = xx[0, 0][np.flatnonzero(
+        np.any((mask.labels == LUNG_RIGHT) & bridge, axis=(0, 1))
+    ).max()]
+    assert abs(cut_x) <= 5.0
 
 
 def test_trachea_and_main_bronchi_are_excluded(chest):
