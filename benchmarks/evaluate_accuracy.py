@@ -51,6 +51,11 @@ Cases (each reported with its timings):
    1.02 / 1.05 / 1.46 / 1.95 mm pixels, read with the noise adaptation by the opening bias
    and by the noise index (the rule before 0.6.5). Over 1.0 mm the background grid's
    blocks are single pixels.
+14. Insertion seeds (session 27): the insertions of 3. are one seed per burden. The real
+   chest with ``insert_lesions`` at 5 / 15 / 30 % over ``--insert-seeds`` (8) seeds each,
+   through ``lungvol.qualify.qualify_volume`` (what ``lungvol qualify`` runs on a site's
+   scan): mean, SD and worst of each error and how many insertions meet each target (about
+   4 minutes).
 
 Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
 
@@ -81,6 +86,8 @@ from lungvol.phantom import (
     make_phantom,
     resolve_size,
 )
+from lungvol.qualify import lesion_metrics as _lesion_metrics
+from lungvol.qualify import qualify_volume
 from lungvol.quantification.qc_flags import base_taper_mm, solid_at_surface_ml
 from lungvol.segmentation import recover_subpleural_layer, segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
@@ -122,44 +129,6 @@ def _segment(volume: CTVolume) -> tuple[LungMask, Any, dict[str, float]]:
         # Posterior / anterior gap to the ribs, right and left (mm; flags at 20 mm).
         "rib_gaps_mm": [sub.get(f"{side}_gap_{lung}_mm") for side in ("posterior", "anterior")
                         for lung in ("right", "left")],
-    }
-
-
-def _lesion_metrics(
-    lungs: np.ndarray, lesions: np.ndarray, truth_lungs: np.ndarray, truth_lesions: np.ndarray,
-    voxel_ml: float,
-) -> dict[str, Any]:
-    lung_ml = np.count_nonzero(lungs) * voxel_ml
-    t_lung_ml = np.count_nonzero(truth_lungs) * voxel_ml
-    les_ml = np.count_nonzero(lesions) * voxel_ml
-    sol_ml = np.count_nonzero(lesions == 2) * voxel_ml
-    t_les_ml = np.count_nonzero(truth_lesions) * voxel_ml
-    t_sol_ml = np.count_nonzero(truth_lesions == 2) * voxel_ml
-    return {
-        "lung_ml": round(lung_ml, 1),
-        "truth_lung_ml": round(t_lung_ml, 1),
-        "lesion_ml": round(les_ml, 1),
-        "truth_lesion_ml": round(t_les_ml, 1),
-        "lesion_err_pct": _round(_pct_err(les_ml, t_les_ml)),
-        "solid_ml": round(sol_ml, 1),
-        "truth_solid_ml": round(t_sol_ml, 1),
-        "solid_err_pct": _round(_pct_err(sol_ml, t_sol_ml)),
-        "proportion_pct": round(100 * les_ml / max(lung_ml, 1e-9), 2),
-        "truth_proportion_pct": round(100 * t_les_ml / max(t_lung_ml, 1e-9), 2),
-        "proportion_err_pp": round(100 * les_ml / max(lung_ml, 1e-9)
-                                   - 100 * t_les_ml / max(t_lung_ml, 1e-9), 2),
-        "lesion_dice": round(_dice(lesions > 0, truth_lesions > 0), 3),
-        # A volume error near 0 can hide missed truth offset by false positives: recall
-        # (share of the truth found) and false-positive volume (mL labelled where the truth
-        # has none) say which. On real scans with inserted lesions the false positives
-        # include the scan's own disease (the real nodule).
-        "lesion_recall": _recall(lesions > 0, truth_lesions > 0),
-        "lesion_fp_ml": round(np.count_nonzero((lesions > 0) & (truth_lesions == 0)) * voxel_ml, 1),
-        "solid_recall": _recall(lesions == 2, truth_lesions == 2),
-        "solid_fp_ml": round(np.count_nonzero((lesions == 2) & (truth_lesions != 2)) * voxel_ml, 1),
-        "truth_lesion_in_lung_mask": round(
-            np.count_nonzero((truth_lesions > 0) & (lungs > 0))
-            / max(1, np.count_nonzero(truth_lesions)), 3),
     }
 
 
@@ -253,6 +222,8 @@ def phantom_seed_cases(n_seeds: int) -> list[dict[str, Any]]:
 
 
 INSERT_BURDENS = ((5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13), (50.0, 10.0, 14))
+# The insertion seed sweep (session 27): lesion burdens (%), solid a fifth of each.
+INSERT_SEED_BURDENS = (5.0, 15.0, 30.0)
 # The partial-volume insertion model: tissue HU of the voxels mixed with lung.
 INSERT_TISSUE_HU = 40.0
 
@@ -656,6 +627,30 @@ def pixel_size_cases(shared: Path) -> list[dict[str, Any]]:
     return out
 
 
+def insertion_seed_cases(shared: Path, n_seeds: int) -> list[dict[str, Any]]:
+    """``insert_lesions`` into the real chest at 5 / 15 / 30 % over ``n_seeds`` seeds each
+    (seeds 0..3n-1, in burden order), by :func:`lungvol.qualify.qualify_volume`: one row per
+    insertion, then one summary row per burden (mean, SD, worst, insertions within each
+    target)."""
+    chest = read_ct(shared / "chest-ct-full-dicom" / "dicom")
+    report, _panels = qualify_volume(
+        chest, CFG, burdens_pct=INSERT_SEED_BURDENS, models=["insert_lesions"],
+        repeats=n_seeds,
+    )
+    rows: list[dict[str, Any]] = []
+    for c in report["cases"]:
+        row = {"case": f"real chest + inserted {c['lesion_pct']:g}% seed {c['seed']}",
+               **{k: v for k, v in c.items() if k not in ("model", "targets_met")}}
+        rows.append(row)
+        print(_fmt(row), flush=True)
+    for g in report["groups"]:
+        row = {"case": f"SEEDS real chest + inserted {g['lesion_pct']:g}% ({g['n']} seeds)",
+               **{k: v for k, v in g.items() if k not in ("model",)}}
+        rows.append(row)
+        print(_fmt(row), flush=True)
+    return rows
+
+
 def _read_label(path: Path, volume: CTVolume) -> np.ndarray:
     """Read a label volume through lungvol.io (NIfTI/NRRD) on the CT's grid."""
     from lungvol.config import IOConfig
@@ -681,6 +676,8 @@ def main() -> None:
     parser.add_argument("--skip-phantoms", action="store_true")
     parser.add_argument("--phantom-seeds", type=int, default=12,
                         help="seeds per burden in the phantom seed sweep (0 skips it)")
+    parser.add_argument("--insert-seeds", type=int, default=8,
+                        help="seeds per burden in the real chest's insertion sweep (0 skips it)")
     parser.add_argument("--skip-noise", action="store_true")
     parser.add_argument("--skip-blobs", action="store_true")
     parser.add_argument("--skip-bands", action="store_true")
@@ -707,6 +704,9 @@ def main() -> None:
         results["phantom_seeds"] = phantom_seed_cases(3 if args.quick else args.phantom_seeds)
     if not args.skip_real and args.shared.is_dir():
         results["real"] = real_cases(args.shared, args.quick)
+    if args.insert_seeds > 0 and not args.skip_real and args.shared.is_dir():
+        results["insertion_seeds"] = insertion_seed_cases(
+            args.shared, 2 if args.quick else args.insert_seeds)
     if not args.skip_blobs and not args.quick and args.shared.is_dir():
         results["blobs"] = blob_cases(args.shared)
     if not args.skip_bands and not args.quick and args.shared.is_dir():

@@ -34,9 +34,9 @@ def _root(
 
 
 def _register_all() -> None:
-    from lungvol.cli import cohort, phantom, segment, stats
+    from lungvol.cli import cohort, phantom, qualify, segment, stats
 
-    for module in (segment, phantom, stats, cohort):
+    for module in (segment, phantom, qualify, stats, cohort):
         module.register(app)
 
 
