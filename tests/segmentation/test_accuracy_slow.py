@@ -371,6 +371,59 @@ def test_real_chest_inserted_lesions_15pct(chest):
     assert err["overlap"] >= 0.75, err
 
 
+@pytest.fixture(scope="module")
+def insertion_seeds(chest):
+    """``insert_lesions`` at 5 and 15 % over eight seeds each (seeds 0-7 and 8-15, the
+    evaluation's section 14), read by ``lungvol qualify``'s machinery (about 3 minutes)."""
+    from lungvol.qualify import qualify_volume
+
+    vol, _lungs = chest
+    report, _panels = qualify_volume(
+        vol, CFG, burdens_pct=[5.0, 15.0], models=["insert_lesions"], repeats=8
+    )
+    return {g["lesion_pct"]: g for g in report["groups"]}, report
+
+
+def _seed_xfail(reason: str) -> pytest.MarkDecorator:
+    return pytest.mark.xfail(
+        strict=True, reason=f"known gap (2026-12-07, session 27, seeds 0-15): {reason}")
+
+
+def test_real_chest_inserted_15pct_over_seeds_meets_the_total_and_proportion_targets(
+    insertion_seeds,
+):
+    """Every one of the eight insertions at 15 % reads the total within 10 % and the
+    proportion within 1 pp (session 27: mean -1.0 %, worst -5.6 %; -0.07 pp, worst -0.77).
+    The fixed-seed test above is one of them (seed 12)."""
+    groups, report = insertion_seeds
+    g = groups[15.0]
+    assert g["n"] == 8
+    assert g["lesion_err_pct"]["within_target"] == 8, g
+    assert g["proportion_err_pp"]["within_target"] == 8, g
+    assert report["reference"]["lesion_pct"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("burden", "key", "limit"),
+    [
+        pytest.param(5.0, "lesion_err_pct", 10.0, marks=_seed_xfail(
+            "inserted 5 %: total mean -11.3 % (SD 4.5, worst -17.1), 3 of 8 within 10 %; "
+            "ground glass thinner than the background ball has no core (recall 0.57-0.69)")),
+        pytest.param(5.0, "solid_err_pct", 15.0, marks=_seed_xfail(
+            "inserted 5 %: solid mean -22.5 % (SD 5.4, worst -28.9), 0 of 8 within 15 %")),
+        pytest.param(15.0, "solid_err_pct", 15.0, marks=_seed_xfail(
+            "inserted 15 %: solid mean -17.2 % (SD 5.0, worst -24.3), 3 of 8 within 15 %; "
+            "the fixed seed 12 reads -10.6 %")),
+    ],
+)
+def test_real_chest_inserted_lesions_mean_error_over_seeds(insertion_seeds, burden, key, limit):
+    """The mean error over eight insertions is within the target (issue 2: total 10 %,
+    solid 15 %). One insertion is one draw: the fixed seeds of the tests above (11, 12)
+    read -5.0 / +2.6 % total and -5.3 / -10.6 % solid, better than their burdens' means."""
+    groups, _report = insertion_seeds
+    assert abs(groups[burden][key]["mean"]) <= limit, groups[burden][key]
+
+
 def test_solid_at_the_surface_estimates_what_the_lung_mask_leaves_out(chest):
     """Inserted solid that replaces the lung surface is partly outside the lung mask (the
     boundary is invisible); the scan is flagged, and solid_at_surface_ml is of the size of
