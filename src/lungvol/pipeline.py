@@ -60,6 +60,21 @@ def _check_output(out_dir: Path, *, overwrite: bool) -> None:
         )
 
 
+def check_input_and_output(in_path: Path, out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse a missing input, an output folder that holds the input (``--overwrite`` would
+    delete the scan itself) and an existing output folder without ``overwrite``."""
+    if not in_path.exists():
+        raise InputError(
+            f"input path {in_path} does not exist; pass a DICOM folder or a volume file"
+        )
+    resolved_in, resolved_out = in_path.resolve(), out_dir.resolve()
+    if resolved_out == resolved_in or resolved_out in resolved_in.parents:
+        raise InputError(
+            f"output folder {out_dir} holds the input {in_path}; choose an -o outside the input"
+        )
+    _check_output(out_dir, overwrite=overwrite)
+
+
 def _make_parents(folder: Path) -> list[Path]:
     """Create missing ancestors of ``folder``; return the ones created (deepest first)."""
     created: list[Path] = []
@@ -184,19 +199,9 @@ def segment_scan(
     t_start = time.perf_counter()
     in_path = Path(path)
     out_dir = Path(out_dir).absolute()
-    if not in_path.exists():
-        raise InputError(
-            f"input path {in_path} does not exist; pass a DICOM folder or a volume file"
-        )
     if device not in DEVICES:
         raise InputError(f"device must be one of {DEVICES} (resolved), got {device!r}")
-    resolved_in, resolved_out = in_path.resolve(), out_dir.resolve()
-    if resolved_out == resolved_in or resolved_out in resolved_in.parents:
-        # --overwrite would delete the input scan itself.
-        raise InputError(
-            f"output folder {out_dir} holds the input {in_path}; choose an -o outside the input"
-        )
-    _check_output(out_dir, overwrite=overwrite)
+    check_input_and_output(in_path, out_dir, overwrite=overwrite)
 
     timings: dict[str, float] = {}
     # CPU seconds per stage (all threads): unlike wall time, not inflated by other load.

@@ -396,27 +396,18 @@ def qualify_scan(
     # The result-folder plumbing of `lungvol segment`: temporary sibling, renamed when done.
     from lungvol.io import read_ct
     from lungvol.pipeline import (
-        _check_output,
         _make_parents,
         _publish,
         _remove_empty,
         _sibling,
+        check_input_and_output,
     )
     from lungvol.quantification.provenance import json_safe, package_versions
     from lungvol.reporting.qualify import qualify_markdown, render_qualify_png
 
     in_path = Path(path)
     out_dir = Path(out_dir).absolute()
-    if not in_path.exists():
-        raise InputError(
-            f"input path {in_path} does not exist; pass a DICOM folder or a volume file"
-        )
-    resolved_in, resolved_out = in_path.resolve(), out_dir.resolve()
-    if resolved_out == resolved_in or resolved_out in resolved_in.parents:
-        raise InputError(
-            f"output folder {out_dir} holds the input {in_path}; choose an -o outside the input"
-        )
-    _check_output(out_dir, overwrite=overwrite)
+    check_input_and_output(in_path, out_dir, overwrite=overwrite)
     check_burdens(burdens_pct)
     t0 = time.perf_counter()
     volume = read_ct(in_path, series_uid=series_uid, config=config.io)

@@ -232,3 +232,12 @@ def test_a_failure_while_writing_leaves_nothing(sample_data, tmp_path, monkeypat
                      burdens_pct=[15.0], models=["insert_lesions"])
     assert not (tmp_path / "sub").exists()
 
+
+
+def test_cli_refuses_an_output_folder_that_holds_the_input(sample_data):
+    src = sample_data / "phantom_small_normal" / "ct.nii.gz"
+    before = sorted(p.name for p in src.parent.iterdir())
+    result = runner.invoke(app, ["qualify", str(src), "-o", str(src.parent), "--overwrite"])
+    assert result.exit_code == 1
+    assert "holds the input" in result.stderr
+    assert sorted(p.name for p in src.parent.iterdir()) == before
