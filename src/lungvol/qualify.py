@@ -221,7 +221,7 @@ def qualify_volume(
         ``1000 * seed + i``.
     repeats : int
         Insertions per model and burden, each with its own seed: one insertion is one draw
-        (on the real chest at 15 % the solid error spans -12 to -27 % over ten seeds).
+        (on the real chest at 15 % the solid error spans -12 to -27 % over seeds 0-9).
     targets : QualifyTargets, optional
         Acceptance limits (issue 2's by default).
     progress : callable, optional
