@@ -144,6 +144,19 @@ def test_groups_summarise_the_insertions_of_each_model_and_burden(qualified):
             assert g[key]["within_target"] == sum(c["targets_met"][target] for c in rows)
 
 
+def test_the_partial_volume_model_counts_mixed_voxels_at_half_lung(normal_phantom):
+    """``partial_volume`` is ``insert_lesions`` with ``tissue_hu`` (mixed voxels count at
+    half lung); it reaches its burden and the case reads it back."""
+    report, panels = qualify_volume(normal_phantom, CFG, burdens_pct=[15.0],
+                                    models=["partial_volume"], seed=3)
+    (case,) = report["cases"]
+    assert case["model"] == "partial_volume"
+    assert case["solid_pct"] == 3.0
+    assert case["truth_proportion_pct"] == pytest.approx(15.0, abs=1.5)
+    assert 0.5 < case["lesion_recall"] <= 1.0
+    assert len(panels) == 1
+
+
 def test_repeats_must_be_positive(normal_phantom):
     with pytest.raises(InputError, match="repeats must be at least 1"):
         qualify_volume(normal_phantom, CFG, repeats=0)

@@ -76,8 +76,10 @@ def register(app: typer.Typer) -> None:
             str, typer.Option("--burdens", help="Lesion to insert, % of the lung (comma list).")
         ] = "5,15,30",
         models: Annotated[
-            str, typer.Option("--models", help="Insertion models: insert_lesions, blobs.")
-        ] = "insert_lesions,blobs",
+            str | None,
+            typer.Option("--models", help="Insertion models, comma list: insert_lesions, "
+                                          "blobs, partial_volume (default: the first two)."),
+        ] = None,
         repeats: Annotated[
             int,
             typer.Option("--repeats", help="Insertions per model and burden, each with its "
@@ -119,7 +121,7 @@ def register(app: typer.Typer) -> None:
         lungvol's accuracy on this scanner protocol (about 10 s per insertion on a 141-slice
         chest: 2 models x 3 burdens x 3 repeats by default, about 3 minutes)."""
         from lungvol.config import load_config
-        from lungvol.qualify import QualifyTargets, qualify_scan
+        from lungvol.qualify import DEFAULT_MODELS, QualifyTargets, qualify_scan
         from lungvol.quantification.provenance import json_safe
 
         t0 = time.perf_counter()
@@ -132,7 +134,9 @@ def register(app: typer.Typer) -> None:
         report = qualify_scan(
             path, output, config=load_config(config_file), series_uid=series,
             burdens_pct=_numbers(burdens, "--burdens"),
-            models=[m.strip() for m in models.split(",") if m.strip()], seed=seed,
+            models=DEFAULT_MODELS if models is None else [
+                m.strip() for m in models.split(",") if m.strip()],
+            seed=seed,
             repeats=repeats, targets=targets, overwrite=overwrite,
             progress=lambda line: console.print(f"  {line} ...", highlight=False),
         )
