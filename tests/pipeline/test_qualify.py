@@ -254,3 +254,18 @@ def test_cli_refuses_an_output_folder_that_holds_the_input(sample_data):
     assert result.exit_code == 1
     assert "holds the input" in result.stderr
     assert sorted(p.name for p in src.parent.iterdir()) == before
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--models", "spheres"], "unknown insertion model"),
+    (["--repeats", "0"], "repeats must be at least 1"),
+])
+def test_bad_options_are_refused_before_the_scan_is_read(tmp_path, args, message):
+    """A typo in the options fails at once, not after reading (and segmenting) the scan:
+    here the 'scan' is not even a volume."""
+    src = tmp_path / "ct.nii.gz"
+    src.write_bytes(b"not a volume")
+    result = runner.invoke(app, ["qualify", str(src), "-o", str(tmp_path / "q"), *args])
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert not (tmp_path / "q").exists()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +14,15 @@ from rich.console import Console
 from lungvol.errors import LungvolError
 
 console = Console(stderr=True)
+
+# Options that several commands share, spelled once.
+SeriesOption = Annotated[str | None, typer.Option("--series", help="SeriesInstanceUID to use.")]
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML config (default: packaged).")
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing result folder.")
+]
 F = TypeVar("F", bound=Callable[..., Any])
 
 

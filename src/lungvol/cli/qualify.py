@@ -11,7 +11,13 @@ from typing import Annotated, Any
 
 import typer
 
-from lungvol.cli._common import console, handle_errors
+from lungvol.cli._common import (
+    ConfigOption,
+    OverwriteOption,
+    SeriesOption,
+    console,
+    handle_errors,
+)
 from lungvol.errors import InputError
 
 
@@ -73,25 +79,23 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("-o", "--output", help="Result folder (must not exist).")
         ],
         burdens: Annotated[
-            str, typer.Option("--burdens", help="Lesion to insert, % of the lung (comma list).")
-        ] = "5,15,30",
+            str | None,
+            typer.Option("--burdens", help="Lesion to insert, % of the lung, comma list "
+                                           "(default 5,15,30)."),
+        ] = None,
         models: Annotated[
             str | None,
             typer.Option("--models", help="Insertion models, comma list: insert_lesions, "
                                           "blobs, partial_volume (default: the first two)."),
         ] = None,
         repeats: Annotated[
-            int,
+            int | None,
             typer.Option("--repeats", help="Insertions per model and burden, each with its "
-                                           "own seed (one is one draw)."),
-        ] = 3,
+                                           "own seed: one is one draw (default 3)."),
+        ] = None,
         seed: Annotated[int, typer.Option("--seed", help="Seed of the insertions.")] = 0,
-        series: Annotated[
-            str | None, typer.Option("--series", help="SeriesInstanceUID to use.")
-        ] = None,
-        config_file: Annotated[
-            Path | None, typer.Option("--config", help="YAML config (default: packaged).")
-        ] = None,
+        series: SeriesOption = None,
+        config_file: ConfigOption = None,
         max_lesion_error: Annotated[
             float | None,
             typer.Option("--max-lesion-error-pct", help="Target: total lesion (default 10)."),
@@ -113,15 +117,19 @@ def register(app: typer.Typer) -> None:
         as_json: Annotated[
             bool, typer.Option("--json", help="Print qualify.json to stdout (only that).")
         ] = False,
-        overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Replace an existing result folder.")
-        ] = False,
+        overwrite: OverwriteOption = False,
     ) -> None:
         """Insert lesions of known volume into a scan without pneumonia and read them back:
         lungvol's accuracy on this scanner protocol (about 10 s per insertion on a 141-slice
-        chest: 2 models x 3 burdens x 3 repeats by default, about 3 minutes)."""
+        chest: 2 models x 3 burdens x 3 repeats by default, 3-4 minutes)."""
         from lungvol.config import load_config
-        from lungvol.qualify import DEFAULT_MODELS, QualifyTargets, qualify_scan
+        from lungvol.qualify import (
+            DEFAULT_BURDENS_PCT,
+            DEFAULT_MODELS,
+            DEFAULT_REPEATS,
+            QualifyTargets,
+            qualify_scan,
+        )
         from lungvol.quantification.provenance import json_safe
 
         t0 = time.perf_counter()
@@ -133,11 +141,12 @@ def register(app: typer.Typer) -> None:
         targets = QualifyTargets(**{k: v for k, v in given.items() if v is not None})
         report = qualify_scan(
             path, output, config=load_config(config_file), series_uid=series,
-            burdens_pct=_numbers(burdens, "--burdens"),
+            burdens_pct=DEFAULT_BURDENS_PCT if burdens is None else _numbers(burdens, "--burdens"),
             models=DEFAULT_MODELS if models is None else [
                 m.strip() for m in models.split(",") if m.strip()],
             seed=seed,
-            repeats=repeats, targets=targets, overwrite=overwrite,
+            repeats=DEFAULT_REPEATS if repeats is None else repeats, targets=targets,
+            overwrite=overwrite,
             progress=lambda line: console.print(f"  {line} ...", highlight=False),
         )
         _print_summary(report, output.absolute(), time.perf_counter() - t0)

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from lungvol.cli._common import console, handle_errors
+from lungvol.cli._common import (
+    ConfigOption,
+    OverwriteOption,
+    SeriesOption,
+    console,
+    handle_errors,
+)
 
 if TYPE_CHECKING:
     from lungvol.types import ScanMetrics
@@ -124,21 +130,15 @@ def register(app: typer.Typer) -> None:
                 "-o", "--output", help="Result folder (default: ./lungvol_out/INPUT_NAME)."
             ),
         ] = None,
-        series: Annotated[
-            str | None, typer.Option("--series", help="SeriesInstanceUID to use.")
-        ] = None,
-        config_file: Annotated[
-            Path | None, typer.Option("--config", help="YAML config (default: packaged).")
-        ] = None,
+        series: SeriesOption = None,
+        config_file: ConfigOption = None,
         dicom_seg: Annotated[
             bool, typer.Option("--dicom-seg", help="Also write seg.dcm (DICOM input only).")
         ] = False,
         as_json: Annotated[
             bool, typer.Option("--json", help="Print metrics.json to stdout (only that).")
         ] = False,
-        overwrite: Annotated[
-            bool, typer.Option("--overwrite", help="Replace an existing result folder.")
-        ] = False,
+        overwrite: OverwriteOption = False,
         device: Annotated[
             str, typer.Option("--device", help="auto | cpu | cuda.")
         ] = "auto",
