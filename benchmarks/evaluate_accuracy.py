@@ -55,7 +55,7 @@ Cases (each reported with its timings):
    chest with ``insert_lesions`` at 5 / 15 / 30 % over ``--insert-seeds`` (8) seeds each,
    through ``lungvol.qualify.qualify_volume`` (what ``lungvol qualify`` runs on a site's
    scan): mean, SD and worst of each error and how many insertions meet each target (about
-   4 minutes).
+   5 minutes).
 
 Prints a table and writes JSON to benchmarks/results/accuracy-<UTC time>.json.
 
@@ -86,8 +86,8 @@ from lungvol.phantom import (
     make_phantom,
     resolve_size,
 )
+from lungvol.qualify import PARTIAL_VOLUME_TISSUE_HU, qualify_volume
 from lungvol.qualify import lesion_metrics as _lesion_metrics
-from lungvol.qualify import qualify_volume
 from lungvol.quantification.qc_flags import base_taper_mm, solid_at_surface_ml
 from lungvol.segmentation import recover_subpleural_layer, segment_lesions, segment_lungs
 from lungvol.types import CTVolume, LungMask, SourceInfo
@@ -224,8 +224,9 @@ def phantom_seed_cases(n_seeds: int) -> list[dict[str, Any]]:
 INSERT_BURDENS = ((5.0, 1.0, 11), (15.0, 3.0, 12), (30.0, 6.0, 13), (50.0, 10.0, 14))
 # The insertion seed sweep (session 27): lesion burdens (%), solid a fifth of each.
 INSERT_SEED_BURDENS = (5.0, 15.0, 30.0)
-# The partial-volume insertion model: tissue HU of the voxels mixed with lung.
-INSERT_TISSUE_HU = 40.0
+# The partial-volume insertion model: tissue HU of the voxels mixed with lung (the one
+# `lungvol qualify --models partial_volume` uses).
+INSERT_TISSUE_HU = PARTIAL_VOLUME_TISSUE_HU
 
 
 def _insertion_row(
