@@ -358,6 +358,11 @@ class LesionSegmentationConfig:
     # consolidation thinner than the ball. > 1 disables.
     plaque_min_wall_contact: float = 0.3
     plaque_min_costal_fraction: float = 0.5
+    # ... or, off the costal pleura (diaphragm, mediastinum, spine), when its mean HU (the
+    # CT's own values) is at least plaque_dense_min_hu: consolidation against those walls is
+    # dense, the partial-volume strip along an aerated lung's edge is not (-130 to -240 HU
+    # on the real normal chest; session 28). Above the solid band's high edge disables.
+    plaque_dense_min_hu: float = -100.0
     plaque_min_volume_ml: float = 0.05
     # Vessel segments: an accepted solid component (26-connected) is a vessel wider than the
     # ball (hilar and lobar vessels, their junctions), not lesion, when the lung in the ring

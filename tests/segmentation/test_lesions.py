@@ -556,7 +556,8 @@ def test_hand_written_opening_equals_scipy_grey_opening(spacing_mm):
 def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     """The enclosed-solid and plaque rules count each component's surroundings in two
     z-slabs on two threads; with 16-bit labels the result equals counting on the whole
-    volume with int32 labels."""
+    volume with int32 labels. Plaques off the costal side count when dense (mean HU), and
+    come back as their own mask."""
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
@@ -568,6 +569,7 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     shape = (40, 48, 44)
     smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), 1.5)
     smooth_hu = (2000.0 * smooth).astype(np.float32)  # 0.15 -> 300 HU
+    hu = smooth_hu - 500.0 + rng.normal(0.0, 40.0, shape).astype(np.float32)
     ggo_band = (smooth > 0.05) & (smooth < 0.15)
     solid_band = smooth >= 0.15
     ggo = ggo_band & (rng.random(shape) < 0.8)
@@ -576,13 +578,13 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     lung[:, :6] = False
     config = LesionSegmentationConfig(
         enclosed_solid_min_ggo_fraction=0.3, plaque_min_wall_contact=0.1,
-        plaque_min_volume_ml=0.0,
+        plaque_min_volume_ml=0.0, plaque_dense_min_hu=-100.0,
     )
     spacing_mm = (1.0, 0.8, 0.8)
     grid = CoarseGrid.for_volume(shape, spacing_mm, working_spacing_mm=1.5)
-    near_bone = rng.random(grid.shape) < 0.7  # the costal side, per background block
+    near_bone = rng.random(grid.shape) < 0.4  # the costal side, per background block
 
-    def reference() -> tuple[np.ndarray, int]:
+    def reference() -> tuple[np.ndarray, int, np.ndarray]:
         """The rules on the whole volume at once, int32 labels."""
         out = solid.copy()
         lab, n = ndimage.label(solid_band & ~out, structure=np.ones((3, 3, 3), dtype=bool))
@@ -600,24 +602,35 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
         n_around = np.bincount(near[around], minlength=n + 1)
         on_wall = np.bincount(near[around & outside], minlength=n + 1)
         costal = np.bincount(near[around & outside & costal_side], minlength=n + 1)
-        plaque = (on_wall > 0) & (on_wall >= 0.1 * n_around) & (costal >= 0.5 * on_wall)
+        sizes = np.maximum(np.bincount(lab.ravel(), minlength=n + 1), 1)
+        dense = np.bincount(lab.ravel(), weights=hu.ravel(), minlength=n + 1) / sizes >= -100.0
+        costal_ok = costal >= 0.5 * on_wall
+        on_wall_ok = (on_wall > 0) & (on_wall >= 0.1 * n_around)
+        # Both kinds occur off the costal side: dense ones (plaques) and light ones (not).
+        assert (on_wall_ok & ~costal_ok & ~dense)[1:].any()
+        plaque = on_wall_ok & (costal_ok | dense)
+        off_costal = plaque & ~costal_ok & ~accept
         accept |= plaque
         accept[0] = False
         for i, o in enumerate(ndimage.find_objects(lab), start=1):
             length = max((b.stop - b.start) * s for b, s in zip(o, spacing_mm, strict=True))
             if length > config.enclosed_solid_max_length_mm:
                 accept[i] = False
-        return out | accept[lab], int(np.count_nonzero((plaque & accept)[lab]))
+        off_costal &= accept
+        off_costal[0] = False
+        return out | accept[lab], int(np.count_nonzero((plaque & accept)[lab])), off_costal[lab]
 
-    expected, n_plaque = reference()
-    assert np.count_nonzero(expected & ~solid) > n_plaque > 0
+    expected, n_plaque, expected_off_costal = reference()
+    assert np.count_nonzero(expected & ~solid) > n_plaque > np.count_nonzero(expected_off_costal)
+    assert expected_off_costal.any()
     out = solid.copy()
     with ThreadPoolExecutor(max_workers=1) as pool:
-        lesions._grow_enclosed_solid(
-            ggo, out, ggo_band, solid_band, lung, smooth_hu, (grid, near_bone), spacing_mm,
+        _grown, _plaque, off_costal = lesions._grow_enclosed_solid(
+            ggo, out, ggo_band, solid_band, lung, smooth_hu, hu, (grid, near_bone), spacing_mm,
             config, pool,
         )
     assert np.array_equal(out, expected)
+    assert off_costal is not None and np.array_equal(off_costal, expected_off_costal)
 
 
 def test_ground_glass_background_input_in_slabs_equals_one_full_copy(monkeypatch):
@@ -759,9 +772,9 @@ def test_solid_plaque_on_the_chest_wall_with_a_vessel_stays_solid():
     assert np.count_nonzero(always.labels[plaque] == LESION_SOLID) <= 0.2 * plaque.sum()
 
 
-def _costal_plaque(rib: bool):
+def _costal_plaque(rib: bool, plaque_hu: float = 0.0):
     """Normal lung (x >= 12) against a chest wall (40 HU), with a rib (700 HU) 3-7 mm out
-    when ``rib``; a solid plaque (0 HU) 3 mm thick on the pleura, thinner than the
+    when ``rib``; a solid plaque (``plaque_hu``) 3 mm thick on the pleura, thinner than the
     background ball, and a 3 mm vessel (40 HU) that ends on the pleura with its tip.
     Returns (volume, lung mask, plaque, vessel)."""
     hu = np.full((40, 60, 60), -860.0, np.float32)
@@ -770,7 +783,7 @@ def _costal_plaque(rib: bool):
     hu[:, :, :12] = 40.0
     if rib:
         hu[:, :, 5:9] = 700.0
-    plaque = _fill_box(hu, (slice(10, 26), slice(8, 30), slice(12, 15)), 0.0)
+    plaque = _fill_box(hu, (slice(10, 26), slice(8, 30), slice(12, 15)), plaque_hu)
     z, y, x = np.indices(hu.shape)
     vessel = (np.hypot(z - 20, y - 45) <= 1.5) & (x >= 12)
     hu[vessel] = 40.0
@@ -792,12 +805,21 @@ def test_thin_solid_plaque_on_the_costal_pleura_is_solid():
     assert off.info["pleural_plaques_added_ml"] == 0.0
 
 
-def test_thin_solid_plaque_away_from_ribs_is_not_a_pleural_plaque():
-    """The same plaque on soft tissue with no bone near (mediastinum, hila, where vessels
-    leave the lung) is not taken as a plaque."""
-    vol, lungs, plaque, _ = _costal_plaque(rib=False)
+def test_thin_plaque_away_from_ribs_is_solid_only_when_dense():
+    """The same plaque on soft tissue with no bone near (mediastinum, diaphragm, spine) is
+    solid when dense (its mean HU >= plaque_dense_min_hu, session 28); a lighter strip
+    there, as the partial volume along an aerated lung's edge (-130 to -240 HU on the real
+    normal chest), is not, nor is the dense one with the density test off. The vessel's tip
+    stays out either way."""
+    vol, lungs, plaque, vessel = _costal_plaque(rib=False)
     out = segment_lesions(vol, lungs, LesionSegmentationConfig())
-    assert np.count_nonzero(out.labels[plaque]) <= 0.2 * plaque.sum()
+    assert np.count_nonzero(out.labels[plaque] == LESION_SOLID) >= 0.8 * plaque.sum()
+    assert np.count_nonzero(out.labels[vessel]) <= 0.1 * vessel.sum()
+    off = segment_lesions(vol, lungs, LesionSegmentationConfig(plaque_dense_min_hu=100.0))
+    assert np.count_nonzero(off.labels[plaque]) <= 0.2 * plaque.sum()
+    vol, lungs, strip, _ = _costal_plaque(rib=False, plaque_hu=-200.0)
+    light = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    assert np.count_nonzero(light.labels[strip]) <= 0.2 * strip.sum()
 
 
 def test_vessel_settings_are_validated():

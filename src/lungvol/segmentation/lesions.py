@@ -345,10 +345,10 @@ def _opening_in_plane(mask: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
 
 def _grow_enclosed_solid(
     ggo: np.ndarray, solid: np.ndarray, ggo_band: np.ndarray, solid_band: np.ndarray,
-    lung: np.ndarray, smooth: np.ndarray, costal: tuple[CoarseGrid, np.ndarray],
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
-    pool: ThreadPoolExecutor,
-) -> tuple[int, int]:
+    lung: np.ndarray, smooth: np.ndarray, hu: np.ndarray,
+    costal: tuple[CoarseGrid, np.ndarray], spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
+) -> tuple[int, int, np.ndarray | None]:
     """Add rejected solid-band components that are solid lesion to ``solid`` (in place):
     those enclosed by ground glass, and plaques on the costal pleura.
 
@@ -378,13 +378,13 @@ def _grow_enclosed_solid(
     """
     lab, n = ndimage.label(solid_band & ~solid, structure=_CONN26)
     if not n:
-        return 0, 0
+        return 0, 0, None
     if n <= np.iinfo(np.uint16).max:
         # Halves the memory traffic of the maximum filter, the costliest step, and the peak.
         lab = lab.astype(np.uint16)
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
     plaques = config.plaque_min_wall_contact <= 1.0
-    s_lo = config.solid_band_hu[0]
+    s_lo, s_hi = config.solid_band_hu
 
     def counts(lo: int, hi: int, a: int, b: int) -> tuple[np.ndarray, ...]:
         """Per component, in slices [lo, hi): counted lung shell voxels and those on ground
@@ -417,14 +417,21 @@ def _grow_enclosed_solid(
     total, on_ggo, *wall_counts = (x + y for x, y in zip(lower, upper, strict=True))
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
     plaque = np.zeros_like(accept)
+    off_costal = np.zeros_like(accept)
     if plaques:
         around, on_wall, costal_counts = wall_counts
-        plaque = (
-            (on_wall > 0)
-            & (on_wall >= config.plaque_min_wall_contact * around)
-            & (costal_counts >= config.plaque_min_costal_fraction * on_wall)
-            & ~accept
-        )
+        on_wall_ok = (on_wall > 0) & (on_wall >= config.plaque_min_wall_contact * around)
+        costal_ok = costal_counts >= config.plaque_min_costal_fraction * on_wall
+        dense_ok = np.zeros_like(costal_ok)
+        if config.plaque_dense_min_hu <= s_hi:
+            # Mean HU per component, over the rejected voxels only (cheap: a thin set).
+            in_comp = lab > 0
+            ids = lab[in_comp]
+            sums = np.bincount(ids, weights=hu[in_comp], minlength=n + 1)
+            sizes = np.bincount(ids, minlength=n + 1)
+            dense_ok = sums >= config.plaque_dense_min_hu * np.maximum(sizes, 1)
+        plaque = on_wall_ok & (costal_ok | dense_ok) & ~accept
+        off_costal = plaque & ~costal_ok
     accept[0] = plaque[0] = False
     # Guard for vessels that cross a large ground-glass patch with only short stubs in
     # normal lung: a component whose largest bounding-box side exceeds
@@ -441,7 +448,11 @@ def _grow_enclosed_solid(
     enclosed = accept[lab]
     on_pleura = plaque[lab]
     solid |= enclosed | on_pleura
-    return int(np.count_nonzero(enclosed)), int(np.count_nonzero(on_pleura))
+    off_costal &= plaque
+    return (
+        int(np.count_nonzero(enclosed)), int(np.count_nonzero(on_pleura)),
+        off_costal[lab] if off_costal.any() else None,
+    )
 
 
 def _parenchyma_level(
@@ -1109,11 +1120,13 @@ def segment_lesions(
             if rules and config.lesion_extension_mm > 0 else None
         )
         grown_ml = plaque_ml = 0.0
+        wall_plaques = None
         if rules and (
             config.enclosed_solid_min_ggo_fraction <= 1.0 or config.plaque_min_wall_contact <= 1.0
         ):
-            grown, plaque = _grow_enclosed_solid(
-                ggo, solid, ggo_band, solid_band, lung_b, smooth, costal, sp, config, pool  # type: ignore[arg-type]
+            grown, plaque, wall_plaques = _grow_enclosed_solid(
+                ggo, solid, ggo_band, solid_band, lung_b, smooth, volume.hu[box], costal, sp,
+                config, pool,  # type: ignore[arg-type]
             )
             grown_ml, plaque_ml = voxel_ml * grown, voxel_ml * plaque
         # Voxels above the solid band enclosed (in the axial slice) by solid lesion are
@@ -1148,9 +1161,18 @@ def segment_lesions(
         vessel_ml = 0.0
         if rules:
             dense_b = smooth >= s_lo
+            # Plaques off the costal pleura were judged by their density against the wall;
+            # the vessel rule sees them as neither solid nor tissue (one joined to a
+            # lesion's solid part made it a long strip along the wall, and as continuing
+            # tissue they made solid look like a tube's segment).
+            if wall_plaques is not None:
+                solid &= ~wall_plaques
+                dense_b &= ~wall_plaques
             vessel_ml = voxel_ml * _drop_vessel_segments(
                 ggo, solid, lung_b & dense_b, lung_b, ~lung_b & dense_b, sp, config  # type: ignore[arg-type]
             )
+            if wall_plaques is not None:
+                solid |= wall_plaques
             del dense_b
     del smooth
     lesion = ggo | solid
