@@ -630,7 +630,8 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
             config, pool,
         )
     assert np.array_equal(out, expected)
-    assert off_costal is not None and np.array_equal(off_costal, expected_off_costal)
+    assert off_costal is not None
+    assert np.array_equal(off_costal, expected_off_costal)
 
 
 def test_ground_glass_background_input_in_slabs_equals_one_full_copy(monkeypatch):
