@@ -818,6 +818,10 @@ def test_thin_plaque_away_from_ribs_is_solid_only_when_dense():
     assert np.count_nonzero(out.labels[vessel]) <= 0.1 * vessel.sum()
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(plaque_dense_min_hu=100.0))
     assert np.count_nonzero(off.labels[plaque]) <= 0.2 * plaque.sum()
+    # Pixels coarser than plaque_dense_max_pixel_mm: the density test is off.
+    coarse = segment_lesions(vol, lungs, LesionSegmentationConfig(
+        plaque_dense_max_pixel_mm=0.5 * min(vol.spacing_mm[1:])))
+    assert np.count_nonzero(coarse.labels[plaque]) <= 0.2 * plaque.sum()
     vol, lungs, strip, _ = _costal_plaque(rib=False, plaque_hu=-200.0)
     light = segment_lesions(vol, lungs, LesionSegmentationConfig())
     assert np.count_nonzero(light.labels[strip]) <= 0.2 * strip.sum()
@@ -840,5 +844,7 @@ def test_vessel_settings_are_validated():
         LesionSegmentationConfig(vessel_tree_max_wall_contact=1.5)
     with pytest.raises(ConfigError, match="plaque_min_wall_contact"):
         LesionSegmentationConfig(plaque_min_wall_contact=-0.1)
+    with pytest.raises(ConfigError, match="plaque_dense_max_pixel_mm"):
+        LesionSegmentationConfig(plaque_dense_max_pixel_mm=0.0)
     with pytest.raises(ConfigError, match="plaque_min_costal_fraction"):
         LesionSegmentationConfig(plaque_min_costal_fraction=1.5)

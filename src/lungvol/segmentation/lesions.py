@@ -423,7 +423,10 @@ def _grow_enclosed_solid(
         on_wall_ok = (on_wall > 0) & (on_wall >= config.plaque_min_wall_contact * around)
         costal_ok = costal_counts >= config.plaque_min_costal_fraction * on_wall
         dense_ok = np.zeros_like(costal_ok)
-        if config.plaque_dense_min_hu <= s_hi:
+        if (
+            config.plaque_dense_min_hu <= s_hi
+            and max(spacing_mm[1:]) <= config.plaque_dense_max_pixel_mm
+        ):
             # Mean HU per component, over the rejected voxels only (cheap: a thin set).
             in_comp = lab > 0
             ids = lab[in_comp]
