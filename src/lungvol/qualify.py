@@ -10,13 +10,13 @@ percentage point). The insertion models count a lesion next to a vessel differen
 
 - ``insert_lesions`` (:func:`lungvol.phantom.insert_lesions`): irregular ground glass and
   solid added to the scan's own texture; vessels and walls inside it stay out of the truth.
-  On the project's real chest at 15 % it reads -1.0 % over eight seeds.
+  On the project's real chest at 15 % it reads +0.6 % over eight seeds (0.6.8).
 - ``blobs`` (:func:`lungvol.phantom.insert_blobs`): plain ellipsoids with soft edges;
   vessels inside are lesion (a region as a reader draws it). On that chest +20.0 % over
-  six seeds.
+  six seeds (0.6.7).
 - ``partial_volume`` (on request): ``insert_lesions`` with a voxel denser than parenchyma
   read as a mix of lung and tissue, its lung part taking the lesion and counting as truth
-  at half lung (vessel skirts, the pleura's voxels). On that chest -14.9 % (one seed).
+  at half lung (vessel skirts, the pleura's voxels). On that chest -13.1 % (one seed).
 
 What it measures: the lesion stage on this protocol's image (its noise, kernel and slices)
 with the scan's own lung mask as the reference lung. What it cannot measure: the lung mask
@@ -250,7 +250,7 @@ def qualify_volume(
         ``1000 * seed + i``.
     repeats : int
         Insertions per model and burden, each with its own seed: one insertion is one draw
-        (on the real chest at 15 % the solid error spans -12 to -27 % over seeds 0-9).
+        (on the real chest at 15 % the solid error spans -5 to -19 % over seeds 8-15).
     targets : QualifyTargets, optional
         Acceptance limits (issue 2's by default).
     progress : callable, optional
