@@ -800,6 +800,7 @@ def test_thin_solid_plaque_on_the_costal_pleura_is_solid():
     out = segment_lesions(vol, lungs, LesionSegmentationConfig())
     assert np.count_nonzero(out.labels[plaque] == LESION_SOLID) >= 0.8 * plaque.sum()
     assert out.info["pleural_plaques_added_ml"] >= 0.5 * plaque.sum() * vol.voxel_volume_ml
+    assert out.info["dense_wall_plaques_added_ml"] == 0.0  # costal: the old rule's
     assert np.count_nonzero(out.labels[vessel]) <= 0.1 * vessel.sum()
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(plaque_min_wall_contact=2.0))
     assert np.count_nonzero(off.labels[plaque]) <= 0.2 * plaque.sum()
@@ -816,7 +817,11 @@ def test_thin_plaque_away_from_ribs_is_solid_only_when_dense():
     out = segment_lesions(vol, lungs, LesionSegmentationConfig())
     assert np.count_nonzero(out.labels[plaque] == LESION_SOLID) >= 0.8 * plaque.sum()
     assert np.count_nonzero(out.labels[vessel]) <= 0.1 * vessel.sum()
+    dense_ml = out.info["dense_wall_plaques_added_ml"]
+    assert 0.5 * plaque.sum() * vol.voxel_volume_ml <= dense_ml
+    assert dense_ml <= out.info["pleural_plaques_added_ml"]
     off = segment_lesions(vol, lungs, LesionSegmentationConfig(plaque_dense_min_hu=100.0))
+    assert off.info["dense_wall_plaques_added_ml"] == 0.0
     assert np.count_nonzero(off.labels[plaque]) <= 0.2 * plaque.sum()
     # Pixels coarser than plaque_dense_max_pixel_mm: the density test is off.
     coarse = segment_lesions(vol, lungs, LesionSegmentationConfig(

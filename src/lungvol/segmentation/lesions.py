@@ -1122,7 +1122,7 @@ def segment_lesions(
             )
             if rules and config.lesion_extension_mm > 0 else None
         )
-        grown_ml = plaque_ml = 0.0
+        grown_ml = plaque_ml = dense_plaque_ml = 0.0
         wall_plaques = None
         if rules and (
             config.enclosed_solid_min_ggo_fraction <= 1.0 or config.plaque_min_wall_contact <= 1.0
@@ -1132,6 +1132,8 @@ def segment_lesions(
                 config, pool,  # type: ignore[arg-type]
             )
             grown_ml, plaque_ml = voxel_ml * grown, voxel_ml * plaque
+            if wall_plaques is not None:
+                dense_plaque_ml = voxel_ml * np.count_nonzero(wall_plaques)
         # Voxels above the solid band enclosed (in the axial slice) by solid lesion are
         # solid. The extension only changes ground glass and the fill only reads solid
         # lesion; its voxels join ``solid`` after the extension as before: both run at once.
@@ -1255,6 +1257,8 @@ def segment_lesions(
         "background_removed_ml": round(background_ml, 3),
         "enclosed_solid_added_ml": round(grown_ml, 3),
         "pleural_plaques_added_ml": round(plaque_ml, 3),
+        # Of those, the plaques off the costal pleura taken back for their density.
+        "dense_wall_plaques_added_ml": round(dense_plaque_ml, 3),
         "extended_from_cores_ml": round(extended_ml, 3),
         # The hysteresis's width gate and reach on this grid (longer where a gate acts).
         "extension_width_gate": _width_gate(sp, config) if rules else "none",  # type: ignore[arg-type]
