@@ -350,7 +350,7 @@ def _grow_enclosed_solid(
     config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
 ) -> tuple[int, int, np.ndarray | None]:
     """Add rejected solid-band components that are solid lesion to ``solid`` (in place):
-    those enclosed by ground glass, and plaques on the costal pleura.
+    those enclosed by ground glass, and plaques on the pleura.
 
     The background rules reject solid-band voxels denser than their background: vessels,
     but also solid patches narrower than the opening inside ground glass (and the caps of
@@ -370,11 +370,16 @@ def _grow_enclosed_solid(
       background grid and :func:`_near_bone`'s map, read by nearest block), not the
       mediastinum or the hila, where vessels leave the lung; and it holds at least
       ``plaque_min_volume_ml``. Vessels end short of the costal pleura and touch it with
-      a tip at most.
+      a tip at most. Off the costal side (session 28), on in-plane pixels of at most
+      ``plaque_dense_max_pixel_mm``, it is a plaque too when its mean HU (``hu``, the CT's
+      own values) is at least ``plaque_dense_min_hu``: consolidation against the
+      diaphragm, mediastinum or spine is dense through, the partial-volume strip along an
+      aerated lung's edge is a ramp that averages far lower.
 
     Either way a component whose largest bounding-box side exceeds
     ``enclosed_solid_max_length_mm`` is a vessel, not a patch. Returns the numbers of
-    voxels added as enclosed and as plaques.
+    voxels added as enclosed and as plaques, and the mask of the plaques taken for their
+    density off the costal side (None when there are none).
     """
     lab, n = ndimage.label(solid_band & ~solid, structure=_CONN26)
     if not n:
