@@ -1133,8 +1133,8 @@ def segment_lesions(
             config.enclosed_solid_min_ggo_fraction <= 1.0 or config.plaque_min_wall_contact <= 1.0
         ):
             grown, plaque, wall_plaques = _grow_enclosed_solid(
-                ggo, solid, ggo_band, solid_band, lung_b, smooth, volume.hu[box], costal, sp,
-                config, pool,  # type: ignore[arg-type]
+                ggo, solid, ggo_band, solid_band, lung_b, smooth, volume.hu[box], costal,
+                sp, config, pool,  # type: ignore[arg-type]
             )
             grown_ml, plaque_ml = voxel_ml * grown, voxel_ml * plaque
             if wall_plaques is not None:
