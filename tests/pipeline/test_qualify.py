@@ -1,7 +1,7 @@
 """`lungvol qualify`: lesions of known volume inserted into a scan without pneumonia, read back.
 
 Fast: the committed lesion-free phantom (sample_data/phantom_small_normal) and small arrays.
-The real chest over insertion seeds: tests/segmentation/test_accuracy_slow.py.
+The real chest over insertion seeds: tests/segmentation/test_accuracy_insertion_seeds_slow.py.
 """
 
 from __future__ import annotations
