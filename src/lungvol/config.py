@@ -343,6 +343,14 @@ class LesionSegmentationConfig:
     # outward is outside the lung) whose next slice inward is aerated lung (below the
     # ground-glass band) is partial volume of the wall, not lesion. false disables.
     thick_slice_surface_rule: bool = True
+    # Thicker slices that the ball still spans (session 29): on slices thicker than
+    # thick_slice_chain_min_mm (the header's SliceThickness when known), a run of band voxels
+    # from a lung surface facing the next slice inward into aerated lung, within
+    # thick_slice_chain_mm, its HU falling slice by slice, is the wall's partial volume
+    # smeared along z: the hysteresis does not grow into it (lesion accepted there on its
+    # own stays). 0 disables.
+    thick_slice_chain_mm: float = 6.0
+    thick_slice_chain_min_mm: float = 2.5
     # Rejected solid-band components (26-connected) whose lung neighbourhood within
     # enclosure_shell_mm is at least this fraction ground-glass lesion are solid (solid
     # patches narrower than the ball inside ground glass; vessels continue into normal
@@ -440,6 +448,11 @@ class LesionSegmentationConfig:
             raise ConfigError(
                 "lesions.vessel_tree_min_volume_ml must be >= 0 (got "
                 f"{self.vessel_tree_min_volume_ml}; 0 disables)"
+            )
+        if self.thick_slice_chain_mm < 0 or self.thick_slice_chain_min_mm < 0:
+            raise ConfigError(
+                "lesions.thick_slice_chain_mm and lesions.thick_slice_chain_min_mm must be >= 0 "
+                f"(got {self.thick_slice_chain_mm}, {self.thick_slice_chain_min_mm}; 0 disables)"
             )
         if self.plaque_dense_max_pixel_mm <= 0:
             raise ConfigError(

@@ -1,5 +1,5 @@
 """Thick slices: the wall's partial volume at lung surfaces that face the next slice
-(lesions.thick_slice_surface_rule, session 20)."""
+(lesions.thick_slice_surface_rule, session 20; lesions.thick_slice_chain_mm, session 29)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import pytest
 
 from lungvol.config import LesionSegmentationConfig
 from lungvol.segmentation import segment_lesions
-from lungvol.segmentation.lesions import _slices_beyond_ball
+from lungvol.segmentation.lesions import (
+    _slice_facing_partial_volume,
+    _slices_beyond_ball,
+    _thick_slice_chain_slices,
+)
 from lungvol.types import LESION_GGO, CTVolume, LungMask, SourceInfo
 
 THICK_MM = (5.0, 1.0, 1.0)
 LUNG_HU = -860.0
 TISSUE_HU = 40.0
 OFF = LesionSegmentationConfig(thick_slice_surface_rule=False)
+NO_CHAIN = LesionSegmentationConfig(thick_slice_chain_mm=0.0)
 
 
 def _volume(hu: np.ndarray, spacing_mm=THICK_MM, slice_thickness_mm=None) -> CTVolume:
@@ -140,3 +145,66 @@ def test_solid_partial_volume_is_counted_once_in_info():
     assert np.count_nonzero(on.labels[2, 15:65, 15:65]) <= 0.02 * 50 * 50
     assert on.info["slice_facing_partial_volume_removed_ml"] >= 0.5 * 50 * 50 * 5e-3
     assert on.info["background_removed_ml"] <= off.info["background_removed_ml"] + 0.1
+
+
+def _column(values_hu: list[float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One voxel column along z: tissue (outside the lung) below, then ``values_hu``."""
+    smooth = np.array([TISSUE_HU, *values_hu], np.float32).reshape(-1, 1, 1)
+    lung = np.ones(smooth.shape, bool)
+    lung[0] = False
+    band = lung & (smooth >= -750.0) & (smooth <= 50.0)
+    return band, smooth, lung
+
+
+@pytest.mark.parametrize(("values_hu", "k", "marked"), [
+    ([-450, -860, -860], 1, [1]),              # the session-20 rule: aerated right behind
+    ([-450, -600, -860, -860], 1, []),         # partial volume two slices deep: not at k = 1
+    ([-450, -600, -860, -860], 2, [1, 2]),     # ... at k = 2, both slices
+    ([-450, -600, -680, -860], 2, []),         # three slices deep: beyond k = 2
+    ([-450, -600, -680, -860], 3, [1, 2, 3]),
+    ([-600, -450, -860, -860], 2, []),         # denser inward: a lesion, not the wall's share
+    ([-600, -600, -600, -600], 3, []),         # a layer that goes on inward: lesion
+])
+def test_a_partial_volume_chain_falls_from_the_surface_into_aerated_lung(values_hu, k, marked):
+    band, smooth, lung = _column(values_hu)
+    out = _slice_facing_partial_volume(band, smooth, lung, -750.0, max_slices=k)
+    assert list(np.flatnonzero(out[:, 0, 0])) == marked
+
+
+@pytest.mark.parametrize(("spacing_z_mm", "thickness_mm", "chain_mm", "slices"), [
+    (3.0, None, 6.0, 2), (4.0, None, 6.0, 1), (2.5, None, 6.0, 0), (2.0, None, 6.0, 0),
+    (3.0, 1.0, 6.0, 0),   # thin slices 3 mm apart: little averaged across the surface
+    (3.0, None, 0.0, 0),  # disabled
+    (2.0, 3.0, 6.0, 3),
+])
+def test_the_chain_spans_whole_slices_on_slices_thicker_than_the_minimum(
+    spacing_z_mm, thickness_mm, chain_mm, slices
+):
+    config = LesionSegmentationConfig(thick_slice_chain_mm=chain_mm)
+    assert _thick_slice_chain_slices((spacing_z_mm, 0.98, 0.98), config, thickness_mm) == slices
+
+
+def test_growth_does_not_run_along_the_domes_partial_volume_on_3mm_slices():
+    """3 mm slices: the dome's partial volume spans two slices (-430 and -600 HU over the
+    whole lung floor), and a ground-glass patch sits on it. Without the chain rule the
+    hysteresis grows from the patch into the sheet around it; with it the sheet is left
+    out, and the patch itself stays."""
+    hu, lungs = _lung_on_a_dome(n_z=20, floor=3)
+    hu[3, 10:70, 10:70] = -430.0
+    hu[4, 10:70, 10:70] = -600.0
+    patch = np.zeros(hu.shape, bool)
+    patch[3:9, 30:50, 30:50] = True
+    hu[patch] = -560.0
+    sheet = np.zeros(hu.shape, bool)
+    sheet[3:5, 10:70, 10:70] = True
+    sheet &= ~patch
+    vol = _volume(hu, spacing_mm=(3.0, 1.0, 1.0))
+    without = segment_lesions(vol, lungs, NO_CHAIN)
+    out = segment_lesions(vol, lungs, LesionSegmentationConfig())
+    grown_without = np.count_nonzero(without.labels[sheet])
+    grown = np.count_nonzero(out.labels[sheet])
+    assert grown_without >= 200, grown_without  # a real trap: growth along the sheet
+    assert grown <= 0.5 * grown_without, (grown, grown_without)
+    assert np.count_nonzero(out.labels[patch]) >= 0.9 * patch.sum()
+    assert out.info["slice_facing_growth_withheld_ml"] > 0
+    assert without.info["slice_facing_growth_withheld_ml"] == 0.0

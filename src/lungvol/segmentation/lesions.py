@@ -729,7 +729,8 @@ def _slices_beyond_ball(
 
 
 def _slice_facing_partial_volume(
-    band: np.ndarray, smooth: np.ndarray, lung: np.ndarray, aerated_max_hu: float
+    band: np.ndarray, smooth: np.ndarray, lung: np.ndarray, aerated_max_hu: float,
+    max_slices: int = 1,
 ) -> np.ndarray:
     """Band voxels on a lung surface that faces the next slice, with aerated lung behind.
 
@@ -737,20 +738,53 @@ def _slice_facing_partial_volume(
     broad area of the slice, in the lesion bands; a lesion there continues into the slice
     inward. So a ``band`` voxel is partial volume when its neighbour slice on one side is
     outside the lung and on the other side is lung below ``aerated_max_hu`` (or outside
-    too: a lung one slice thick). Slices beyond the array are unknown (a lung cut off by
-    the scan's end), never outside.
+    too: a lung one slice thick). With ``max_slices`` k > 1 the partial volume may span up
+    to k slices: the surface voxel and the band voxels inward of it, up to the slice before
+    aerated lung (or outside), each smoothed HU lower than the one before (the wall's share
+    falls inward; a lesion's does not have to). Slices beyond the array are unknown (a lung
+    cut off by the scan's end), never outside.
     """
-    below_out = np.zeros_like(lung)
-    below_out[1:] = ~lung[:-1]
-    above_out = np.zeros_like(lung)
-    above_out[:-1] = ~lung[1:]
-    below_air = np.zeros_like(lung)
-    below_air[1:] = lung[:-1] & (smooth[:-1] < aerated_max_hu)
-    above_air = np.zeros_like(lung)
-    above_air[:-1] = lung[1:] & (smooth[1:] < aerated_max_hu)
-    return band & (
-        (below_out & (above_air | above_out)) | (above_out & (below_air | below_out))
-    )
+    def shifted(a: np.ndarray, k: int, fill: bool | float) -> np.ndarray:
+        """``b[z] = a[z + k]``, ``fill`` beyond the array."""
+        b = np.full_like(a, fill)
+        n = a.shape[0]
+        if k > 0:
+            b[:n - k] = a[k:]
+        elif k < 0:
+            b[-k:] = a[:n + k]
+        else:
+            b[:] = a
+        return b
+
+    out = np.zeros_like(band)
+    for d in (1, -1):  # +1: the lung surface faces the slice below; walk up. -1: the other way
+        chain = band & shifted(~lung, -d, False)
+        previous = smooth
+        for j in range(1, max_slices + 1):
+            in_array = shifted(np.ones_like(lung), d * j, False)
+            nb_lung = shifted(lung, d * j, False)
+            nb_hu = shifted(smooth, d * j, 0.0)
+            ends = chain & in_array & (~nb_lung | (nb_hu < aerated_max_hu))
+            for i in range(j):  # the surface voxel and the j - 1 inward of it
+                out |= shifted(ends, -d * i, False)
+            chain &= in_array & nb_lung & shifted(band, d * j, False) & (nb_hu < previous)
+            previous = nb_hu
+            if not chain.any():
+                break
+    return out & band
+
+
+def _thick_slice_chain_slices(
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    slice_thickness_mm: float | None = None,
+) -> int:
+    """Slices a z-facing partial-volume chain may span (:func:`_slice_facing_partial_volume`)
+    on slices thicker than ``thick_slice_chain_min_mm`` (the header's thickness when known,
+    else the spacing): ``thick_slice_chain_mm`` in whole slices; 0 on thinner slices."""
+    thickness_mm = spacing_mm[0] if slice_thickness_mm is None else slice_thickness_mm
+    if config.thick_slice_chain_mm <= 0 or thickness_mm <= config.thick_slice_chain_min_mm:
+        return 0
+    return int(config.thick_slice_chain_mm // spacing_mm[0])
 
 
 def _extend_from_cores(
@@ -1104,7 +1138,7 @@ def segment_lesions(
         else:  # plain HU bands
             ggo, solid = ggo_band.copy(), solid_band.copy()
         del hu_b
-        partial_ml = 0.0
+        partial_ml = chain_ml = 0.0
         slice_partial = None
         if (
             rules and config.thick_slice_surface_rule
@@ -1119,6 +1153,19 @@ def segment_lesions(
             for accepted in (ggo, solid, seeds):
                 accepted &= ~slice_partial
             ggo_band = ggo_band & ~slice_partial
+        elif rules and (chain_slices := _thick_slice_chain_slices(
+            sp, config, volume.source.slice_thickness_mm  # type: ignore[arg-type]
+        )):
+            # Slices the ball spans, still thick (session 29): the hysteresis must not run
+            # along the wall's partial volume smeared over the next slices (the real chest
+            # in 3 mm slabs: 15 % inserted read +13.9 % with it, +8.2 % without).
+            # Ground glass accepted there on its own stays, but is no path for the growth.
+            chain = _slice_facing_partial_volume(
+                ggo_band | solid_band, smooth, lung_b, g_lo, max_slices=chain_slices
+            ) & ggo_band
+            chain_ml = float(np.count_nonzero(chain & ~ggo) * voxel_ml)
+            ggo_band = ggo_band & ~chain
+            del chain
         # The extension's candidates do not depend on solid lesion: prepared on the pool
         # while the enclosed-solid rule runs.
         cand_future = (
@@ -1269,6 +1316,7 @@ def segment_lesions(
         "extension_width_gate": _width_gate(sp, config) if rules else "none",  # type: ignore[arg-type]
         "extension_reach_mm": _extension_reach_mm(sp, config) if rules else 0.0,  # type: ignore[arg-type]
         "slice_facing_partial_volume_removed_ml": round(partial_ml, 3),
+        "slice_facing_growth_withheld_ml": round(chain_ml, 3),
         "vessel_segments_removed_ml": round(vessel_ml, 3),
         "small_components_removed_ml": round(small_ml, 3),
         "min_component_volume_ml": config.min_component_volume_ml,
