@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def test_phantom_lung_dice_and_lesion_volume():
     """Targets: lung Dice >= 0.97, lesion-volume error <= 5 %, on the masks `lungvol
     segment` writes (segment_masks: lesions, then the subpleural layer). Measured -2.0 %
-    (2026-12-06, session 22; the lesion step alone, before the layer, -5.9 %)."""
+    (2026-12-06, session 22; the lesion step alone, before the layer, -5.9 %); -3.0 % with
+    0.6.9's growth rule for slices over 2.5 mm (session 29)."""
     ph = make_phantom(seed=1, lesion_pct=15.0, solid_pct=3.0)
     vol = as_volume(ph.hu, ph.spacing_mm)
     lungs, lesions = segment_masks(vol, CFG)
@@ -40,11 +41,12 @@ def _lesion_xfail(reason: str) -> pytest.MarkDecorator:
     ("seed", "lesion_pct", "solid_pct", "size"),
     [
         pytest.param(0, 5.0, 1.0, "small", marks=_lesion_xfail(
-            "lesion -12.4 % at 5 % on the 3 mm-voxel phantom (recall 0.71, 35 mL of false "
+            "lesion -14.1 % at 5 % on the 3 mm-voxel phantom (recall 0.70, 33 mL of false "
             "positives): lesion parts thinner than the 9 mm background ball have no core to "
             "grow from (docs/segmentation.md, 'Vessel segments'). It read -8.9 % before "
             "session 22's two-voxel width gate, which took the simulated trial's heavy "
-            "subjects within 1 pp per scan (docs/segmentation.md, 'Coarse voxels')")),
+            "subjects within 1 pp per scan (docs/segmentation.md, 'Coarse voxels'), and -12.4 % "
+            "before 0.6.9's growth rule for slices over 2.5 mm")),
         # -4.8 % since 0.6.8's dense plaques off the costal pleura (session 28; -7.2 % before,
         # a strict expected failure).
         pytest.param(5, 10.0, 2.0, "fine"),
@@ -91,20 +93,23 @@ def _seeds_xfail(reason: str) -> pytest.MarkDecorator:
     "lesion_pct",
     [
         pytest.param(5.0, marks=_seeds_xfail(
-            "seeds 0-5 at 5 % read -5.8 to -20.7 % (none within 5 %; 12 seeds: mean -11.4 %, "
+            "seeds 0-5 at 5 % read -6.8 to -22.3 % (none within 5 %; 12 seeds: mean -12.7 %, "
             "benchmarks/evaluate_accuracy.py, 'phantom_seeds'): lesion parts thinner than the "
             "background ball have no core, and growing further from the cores adds more "
             "false ground glass than truth (docs/segmentation.md, 'Known limitations')")),
         pytest.param(15.0, marks=_seeds_xfail(
-            "seeds 0-5 at 15 % read -2.0 to -9.7 % (two within 5 %; 12 seeds: mean -6.0 %, 4 "
-            "of 12 within 5 %), for the same reason. 0.6.8's dense plaques, off on these "
-            "2.8 mm pixels, read -9.0 / -5.1 % (docs/segmentation.md, 'Dense plaques')")),
+            "seeds 0-5 at 15 % read -3.0 to -11.1 % (two within 5 %; 12 seeds: mean -7.3 %, 2 "
+            "of 12 within 5 %; 0.6.8: -6.0 %, 4 of 12), for the same reason, and 0.6.9's "
+            "growth rule for slices over 2.5 mm withholds rims on their diaphragm. 0.6.8's "
+            "dense plaques, off on these 2.8 mm pixels, read -9.0 / -5.1 % with 0.6.8 "
+            "(docs/segmentation.md, 'Dense plaques')")),
         30.0,
     ],
 )
 def test_phantom_lesion_volume_over_seeds(lesion_pct):
     """The <= 5 % phantom target for every seed 0-5 of the small phantom, not for one chosen
-    seed: at 30 % all read within -2.6..+0.8 % (session 23)."""
+    seed: at 30 % all read within -2.6..+0.8 % (session 23), -3.5..-0.1 % with 0.6.9's growth
+    rule for slices over 2.5 mm (session 29)."""
     errors = _seed_errors_pct(lesion_pct, range(6))
     assert all(abs(e) <= 5.0 for e in errors), errors
 
