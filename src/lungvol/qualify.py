@@ -10,7 +10,8 @@ percentage point). The insertion models count a lesion next to a vessel differen
 
 - ``insert_lesions`` (:func:`lungvol.phantom.insert_lesions`): irregular ground glass and
   solid added to the scan's own texture; vessels and walls inside it stay out of the truth.
-  On the project's real chest at 15 % it reads +0.6 % over eight seeds (0.6.8).
+  On the project's real chest at 15 % it reads +0.6 % over eight seeds (0.6.8; 0.6.9 reads
+  2 mm scans alike).
 - ``blobs`` (:func:`lungvol.phantom.insert_blobs`): plain ellipsoids with soft edges;
   vessels inside are lesion (a region as a reader draws it). On that chest +20.0 % over
   six seeds (0.6.7).
