@@ -52,7 +52,10 @@ Rules (bands: ground-glass ``ggo_band_hu`` = [low, high), solid ``solid_band_hu`
 - thick slices (slices further apart and thicker than ``background_radius_mm``, when
   ``thick_slice_surface_rule``): band voxels on a lung surface facing the next slice whose
   slice inward is aerated lung are the wall's partial volume (diaphragm dome, apex), not
-  lesion: a ball one slice thick cannot see that surface;
+  lesion: a ball one slice thick cannot see that surface. On thinner slices still thicker
+  than ``thick_slice_chain_min_mm`` that partial volume spans up to
+  ``thick_slice_chain_mm`` of slices, HU falling inward; it leaves the ground-glass band the
+  hysteresis grows through (lesion accepted there on its own stays);
 - hysteresis: ground-glass-band voxels connected to ground glass accepted on its own
   ground-glass background (not on one raised by a vessel) within ``lesion_extension_mm``
   are ground glass when ``extension_above_parenchyma_hu`` above the parenchyma level and
