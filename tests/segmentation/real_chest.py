@@ -1,17 +1,16 @@
-"""Helpers shared by the slow accuracy tests: the default config and a volume from an array."""
+"""Helpers shared by the slow accuracy tests: the default config, a volume from an array, and
+seg_synthetic's Dice."""
 
 from __future__ import annotations
 
 import numpy as np
+from seg_synthetic import dice
 
 from lungvol.config import LungvolConfig
 from lungvol.types import CTVolume, SourceInfo
 
 CFG = LungvolConfig()
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(1, np.count_nonzero(a) + np.count_nonzero(b))
+__all__ = ["CFG", "as_volume", "dice"]
 
 
 def as_volume(hu: np.ndarray, spacing_mm) -> CTVolume:

@@ -208,3 +208,11 @@ def test_growth_does_not_run_along_the_domes_partial_volume_on_3mm_slices():
     assert np.count_nonzero(out.labels[patch]) >= 0.9 * patch.sum()
     assert out.info["slice_facing_growth_withheld_ml"] > 0
     assert without.info["slice_facing_growth_withheld_ml"] == 0.0
+
+
+@pytest.mark.parametrize("key", ["thick_slice_chain_mm", "thick_slice_chain_min_mm"])
+def test_negative_chain_settings_are_refused_by_name(key):
+    from lungvol.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=key):
+        LesionSegmentationConfig(**{key: -1.0})
