@@ -143,6 +143,53 @@ def test_ctrl_c_while_writing_removes_the_temp_folder_and_created_parents(
     assert _leftovers(tmp_path) == []
 
 
+def test_an_error_while_the_masks_are_written_waits_for_them_then_cleans_up(
+    fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The mask files are written on a second thread during the measurement: an error in
+    # the measurement must wait for that thread, or it could write into (and recreate) the
+    # temporary folder after the clean-up.
+    import threading
+    import time
+
+    write = lio.write_label_nifti
+    finished: list[str] = []
+    started = threading.Event()
+
+    def slow_write(labels: object, volume: object, path: Path) -> Path:
+        started.set()
+        time.sleep(0.3)
+        out = write(labels, volume, path)  # type: ignore[arg-type]
+        finished.append(path.name)
+        return out
+
+    def broken(*args: object, **kwargs: object) -> NoReturn:
+        started.wait(5)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lio, "write_label_nifti", slow_write)
+    monkeypatch.setattr(pipeline, "measure_scan", broken)
+    out = tmp_path / "a" / "scan"
+    with pytest.raises(KeyboardInterrupt):
+        segment_scan(fake_stages, out, config=CFG)
+    assert finished == ["lungs.nii.gz", "lesions.nii.gz"]  # done before the clean-up
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_failing_mask_write_fails_the_run_and_leaves_nothing(
+    fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> NoReturn:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(lio, "write_label_nifti", full)
+    out = tmp_path / "scan"
+    with pytest.raises(OSError, match="disk full"):
+        segment_scan(fake_stages, out, config=CFG)
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
 def test_failed_overwrite_keeps_the_previous_result(
     fake_stages: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

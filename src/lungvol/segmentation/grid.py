@@ -12,6 +12,7 @@ float copy.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 
@@ -198,6 +199,8 @@ def bounding_box(mask: np.ndarray, margin: tuple[int, ...] | int = 0) -> tuple[s
 # collection never hits.
 _COARSE_CACHE: dict[tuple[int, CoarseGrid, str], tuple[weakref.ref, np.ndarray]] = {}
 _COARSE_CACHE_MAX = 6
+# The lesion stage reads the cache from two threads (noise index beside the noise search).
+_COARSE_CACHE_LOCK = threading.Lock()
 
 
 def coarse_mean(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
@@ -220,7 +223,8 @@ def coarse_max(array: np.ndarray, grid: CoarseGrid) -> np.ndarray:
 
 def _cached(array: np.ndarray, grid: CoarseGrid, kind: str) -> np.ndarray:
     key = (id(array), grid, kind)
-    hit = _COARSE_CACHE.get(key)
+    with _COARSE_CACHE_LOCK:
+        hit = _COARSE_CACHE.get(key)
     if hit is not None and hit[0]() is array:
         return hit[1]
     out = grid.downsample_mean(array) if kind == "mean" else grid.downsample_max(array)
@@ -229,9 +233,10 @@ def _cached(array: np.ndarray, grid: CoarseGrid, kind: str) -> np.ndarray:
         ref = weakref.ref(array)
     except TypeError:
         return out
-    for stale in [k for k, (r, _) in _COARSE_CACHE.items() if r() is None]:
-        del _COARSE_CACHE[stale]
-    while len(_COARSE_CACHE) >= _COARSE_CACHE_MAX:
-        del _COARSE_CACHE[next(iter(_COARSE_CACHE))]
-    _COARSE_CACHE[key] = (ref, out)
+    with _COARSE_CACHE_LOCK:
+        for stale in [k for k, (r, _) in _COARSE_CACHE.items() if r() is None]:
+            del _COARSE_CACHE[stale]
+        while len(_COARSE_CACHE) >= _COARSE_CACHE_MAX:
+            del _COARSE_CACHE[next(iter(_COARSE_CACHE))]
+        _COARSE_CACHE[key] = (ref, out)
     return out

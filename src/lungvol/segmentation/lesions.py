@@ -82,8 +82,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -883,10 +883,25 @@ def _elongations(
     return np.where(count >= 4, ratio, 1.0), count
 
 
+class _Components(NamedTuple):
+    """26-connected components of solid lesion with their shape (:func:`_elongations`)."""
+
+    labels: np.ndarray
+    n: int
+    elongation: np.ndarray
+    voxels: np.ndarray
+
+
+def _solid_components(solid: np.ndarray, spacing_mm: tuple[float, float, float]) -> _Components:
+    """:class:`_Components` of ``solid`` (the vessel-segment rule's input)."""
+    lab, n = ndimage.label(solid, structure=_CONN26)
+    return _Components(lab, n, *_elongations(lab, n, spacing_mm))
+
+
 def _drop_vessel_segments(
     ggo: np.ndarray, solid: np.ndarray, dense: np.ndarray, lung: np.ndarray,
     wall: np.ndarray, spacing_mm: tuple[float, float, float],
-    config: LesionSegmentationConfig,
+    config: LesionSegmentationConfig, components: _Components | None = None,
 ) -> int:
     """Remove accepted solid components that are vessel segments, and their skirts (in place).
 
@@ -915,11 +930,12 @@ def _drop_vessel_segments(
     the shell of a removed segment (its skirt, accepted on the background the vessel raised)
     goes with it. On the real normal chest here this is 26 mL of inferior pulmonary veins
     and lobar arteries with their skirts; the nodule there (no continuation) and the two real
-    tumours (radius >= 15 mm) stay. Returns the number of voxels removed.
+    tumours (radius >= 15 mm) stay. ``components``: :func:`_solid_components` of ``solid``
+    when already computed. Returns the number of voxels removed.
     """
     if config.vessel_max_radius_mm <= 0 or not solid.any():
         return 0
-    lab, n = ndimage.label(solid, structure=_CONN26)
+    lab, n, elongation, voxels = components or _solid_components(solid, spacing_mm)
 
     def box(mm: float, least: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """Per-axis half-widths of ``mm`` (at least ``least``) and the box filter size."""
@@ -932,7 +948,6 @@ def _drop_vessel_segments(
         return ndimage.maximum_filter(mask.view(np.uint8), size=size, mode="constant").astype(bool)
 
     # Cheapest test first: most solid components are round or tiny.
-    elongation, voxels = _elongations(lab, n, spacing_mm)
     elongated = elongation >= config.vessel_min_elongation
     # Branching trees (hilar vessels and their first branches) are not elongated as a
     # whole: large ones are judged too, as trees (below). 0 mL disables.
@@ -984,6 +999,34 @@ def _drop_vessel_segments(
         solid[sl] &= ~comp
         ggo[sl] &= ~skirt
     return int(before - np.count_nonzero(solid) - np.count_nonzero(ggo))
+
+
+def _final_solid(
+    solid: np.ndarray, fill: Future[np.ndarray] | None, slice_partial: np.ndarray | None,
+    wall_plaques: np.ndarray | None, smooth: np.ndarray, lung: np.ndarray,
+    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig | None,
+) -> tuple[np.ndarray, np.ndarray, _Components | None, tuple[np.ndarray, np.ndarray] | None]:
+    """Solid lesion with the fill's voxels (a new mask; ``solid`` is only read), the part
+    of it the vessel-segment rule judges, that part's components, and the rule's dense
+    tissue inside and outside the lung (None, None without the rule: ``config`` None or
+    its radius 0).
+
+    Plaques off the costal pleura (``wall_plaques``) were judged by their density against
+    the wall: the vessel rule does not see them as solid (one joined to a lesion's solid
+    part made it a long strip along the wall that read as a vessel, and took the lesion
+    with it: small phantom seed 3 at 15 %, -2.5 -> -6.0 %). They stay tissue, the
+    continuation of a vessel leaving the lung at the hilum (seen as neither, the noisy
+    chest on 1.95 mm pixels read 1.12 % instead of 0.48 %).
+    """
+    merged = solid | fill.result() if fill is not None else solid.copy()
+    if slice_partial is not None:  # nothing grown back into it
+        merged &= ~slice_partial
+    judged = merged & ~wall_plaques if wall_plaques is not None else merged
+    if config is None or config.vessel_max_radius_mm <= 0:
+        return merged, judged, None, None
+    dense = smooth >= config.solid_band_hu[0]
+    components = _solid_components(judged, spacing_mm) if judged.any() else None
+    return merged, judged, components, (lung & dense, ~lung & dense)
 
 
 def _background_rules(
@@ -1101,20 +1144,28 @@ def segment_lesions(
     )
     lung_b = lung[box]
     hu_b = volume.hu[box].astype(np.float32)
-    noise = adapt_to_noise(
-        hu_b, lung_b, sp,  # type: ignore[arg-type]
-        bias_target_hu=config.opening_bias_target_hu if config.background_radius_mm > 0 else 0.0,
-        target_hu=config.noise_target_hu, max_sigma_mm=config.noise_max_smoothing_mm,
-        block_mm=config.background_working_spacing_mm, radius_mm=config.background_radius_mm,
-        level_mm=config.parenchyma_block_mm, aerated_max_hu=config.parenchyma_max_hu,
-        first_index=first,  # type: ignore[arg-type]
-    )
-    t_noise = time.perf_counter()
     # scipy.ndimage releases the GIL, so independent steps run on one extra thread; the
     # results are identical to running them in turn (lesion stage 1-4 s faster on the
-    # 400-slice phantom, 2 cores). The pool stays open through the enclosed-solid rule,
-    # the extension and the fill.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # 400-slice phantom, 2 cores). The pool serves the noise measure, then stays open
+    # through the enclosed-solid rule, the extension and the fill.
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        noise = adapt_to_noise(
+            hu_b, lung_b, sp,  # type: ignore[arg-type]
+            bias_target_hu=(
+                config.opening_bias_target_hu if config.background_radius_mm > 0 else 0.0
+            ),
+            target_hu=config.noise_target_hu, max_sigma_mm=config.noise_max_smoothing_mm,
+            block_mm=config.background_working_spacing_mm,
+            radius_mm=config.background_radius_mm, level_mm=config.parenchyma_block_mm,
+            aerated_max_hu=config.parenchyma_max_hu, first_index=first,  # type: ignore[arg-type]
+            pool=pool,
+        )
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    t_noise = time.perf_counter()
+    with pool:
         band_sigma_mm = config.noise_band_fraction * noise.smoothing_sigma_mm
         # The HU bands (and every rule reading each voxel's own HU) see only that fraction
         # of the noise smoothing, in quadrature with the light denoising: all of it widens
@@ -1196,6 +1247,12 @@ def segment_lesions(
             pool.submit(_enclosed_above_band, solid, lung_b, smooth, s_hi)
             if config.fill_enclosed_solid else None
         )
+        # Solid lesion is final once the fill is in: the vessel rule's input is prepared
+        # on the pool during the extension.
+        solid_future = pool.submit(
+            _final_solid, solid, fill_future, slice_partial, wall_plaques, smooth, lung_b,
+            sp, config if rules else None,
+        )
         extended_ml = 0.0
         if cand_future is not None:
             extended_ml = voxel_ml * _extend_from_cores(
@@ -1211,30 +1268,18 @@ def segment_lesions(
             (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(rejected_solid)) * voxel_ml
         )
         del rejected_solid
-        if fill_future is not None:
-            solid |= fill_future.result()
-            del fill_future
+        solid, judged, components, dense = solid_future.result()
+        del fill_future, solid_future
         if slice_partial is not None:  # nothing grown back into it
             ggo &= ~slice_partial
-            solid &= ~slice_partial
             del slice_partial
         vessel_ml = 0.0
-        if rules:
-            dense_b = smooth >= s_lo
-            # Plaques off the costal pleura were judged by their density against the wall:
-            # the vessel rule does not see them as solid (one joined to a lesion's solid
-            # part made it a long strip along the wall that read as a vessel, and took the
-            # lesion with it: small phantom seed 3 at 15 %, -2.5 -> -6.0 %). They stay
-            # tissue, the continuation of a vessel leaving the lung at the hilum (seen as
-            # neither, the noisy chest on 1.95 mm pixels read 1.12 % instead of 0.48 %).
-            if wall_plaques is not None:
-                solid &= ~wall_plaques
+        if dense is not None:
             vessel_ml = voxel_ml * _drop_vessel_segments(
-                ggo, solid, lung_b & dense_b, lung_b, ~lung_b & dense_b, sp, config  # type: ignore[arg-type]
+                ggo, judged, dense[0], lung_b, dense[1], sp, config, components  # type: ignore[arg-type]
             )
-            if wall_plaques is not None:
-                solid |= wall_plaques
-            del dense_b
+            solid = judged | wall_plaques if wall_plaques is not None else judged
+        del judged, components, dense
     del smooth
     lesion = ggo | solid
     t_bg = time.perf_counter()

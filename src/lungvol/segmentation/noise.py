@@ -31,6 +31,7 @@ the fallback where the bias cannot be measured (too little lung deep inside).
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,7 +168,7 @@ def adapt_to_noise(
     hu: np.ndarray, lung: np.ndarray, spacing_mm: tuple[float, float, float], *,
     bias_target_hu: float, target_hu: float, max_sigma_mm: float, block_mm: float,
     radius_mm: float, level_mm: float, aerated_max_hu: float,
-    first_index: tuple[int, int, int] | None = None,
+    first_index: tuple[int, int, int] | None = None, pool: ThreadPoolExecutor | None = None,
 ) -> NoiseAdaptation:
     """Measure the lung noise and find the Gaussian sigma (mm) that brings the opening bias
     down to ``bias_target_hu``.
@@ -181,14 +182,39 @@ def adapt_to_noise(
     (``gaussian_filter`` with sigma / spacing per axis). ``block_mm``, ``radius_mm`` and
     ``level_mm``: the lesion stage's background grid, ball and parenchyma block;
     ``first_index``: the patient-lattice index of voxel [0, 0, 0], which anchors the blocks.
+    With ``pool``, the noise index (on the whole box) is measured on it while the search
+    runs on the central slab: the result is the same.
     """
-    noise = lung_noise_hu(
-        hu, lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu,
-        first_index=first_index,
-    )
-    none = NoiseAdaptation(noise, 0.0, noise, None, "noise_index")
-    if max_sigma_mm <= 0 or noise is None or (bias_target_hu <= 0 and target_hu <= 0):
-        return none
+    def index() -> float | None:
+        return lung_noise_hu(
+            hu, lung, spacing_mm, block_mm=block_mm, aerated_max_hu=aerated_max_hu,
+            first_index=first_index,
+        )
+
+    if max_sigma_mm <= 0 or (bias_target_hu <= 0 and target_hu <= 0):
+        noise = index()
+        return NoiseAdaptation(noise, 0.0, noise, None, "noise_index")
+    noise_future: Future[float | None] | None = pool.submit(index) if pool is not None else None
+    try:
+        return _adapt(
+            noise_future.result if noise_future is not None else index, hu, lung, spacing_mm,
+            bias_target_hu=bias_target_hu, target_hu=target_hu, max_sigma_mm=max_sigma_mm,
+            block_mm=block_mm, radius_mm=radius_mm, level_mm=level_mm,
+            aerated_max_hu=aerated_max_hu, first_index=first_index,
+        )
+    finally:
+        if noise_future is not None:
+            noise_future.cancel()  # an exception here: do not leave it running unseen
+
+
+def _adapt(
+    noise_index: Callable[[], float | None], hu: np.ndarray, lung: np.ndarray,
+    spacing_mm: tuple[float, float, float], *, bias_target_hu: float, target_hu: float,
+    max_sigma_mm: float, block_mm: float, radius_mm: float, level_mm: float,
+    aerated_max_hu: float, first_index: tuple[int, int, int] | None,
+) -> NoiseAdaptation:
+    """:func:`adapt_to_noise` with smoothing allowed; ``noise_index()`` gives the noise
+    index of the whole box (no adaptation where it is None), asked for only when needed."""
     box = _central_slab(lung, spacing_mm, halo_mm=4.0 * max_sigma_mm)
     slab, slab_lung = hu[box].astype(np.float32, copy=False), lung[box]
     slab_first = None if first_index is None else tuple(
@@ -218,12 +244,17 @@ def adapt_to_noise(
 
     bias = bias_at(0.0)
     if bias is not None:
-        if bias <= bias_target_hu:
-            return NoiseAdaptation(noise, 0.0, bias, bias, "opening_bias")
-        sigma, value = _search_sigma(bias_at, bias, bias_target_hu, max_sigma_mm)
+        sigma, value = (
+            (0.0, bias) if bias <= bias_target_hu
+            else _search_sigma(bias_at, bias, bias_target_hu, max_sigma_mm)
+        )
+        noise = noise_index()
+        if noise is None:  # too little aerated lung for the index: no adaptation
+            return NoiseAdaptation(None, 0.0, None, None, "noise_index")
         return NoiseAdaptation(noise, sigma, value, bias, "opening_bias")
-    if target_hu <= 0 or noise <= target_hu:
-        return none
+    noise = noise_index()
+    if noise is None or target_hu <= 0 or noise <= target_hu:
+        return NoiseAdaptation(noise, 0.0, noise, None, "noise_index")
     sigma, value = _search_sigma(noise_at, noise, target_hu, max_sigma_mm)
     return NoiseAdaptation(noise, sigma, value, None, "noise_index")
 
