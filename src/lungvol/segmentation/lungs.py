@@ -780,23 +780,27 @@ def _include_pathology(
         lung = labels == lab_id
         if lung.any():
             boxes[lab_id] = bounding_box(lung, _radius_voxels(radius, spacing_mm))
-    # The bone maps and each lung's closing depend only on the input: they run on a second
-    # thread (scipy.ndimage releases the GIL; the results are those of running in turn).
+    # The bone maps and each lung's closing depend only on the input: the rib map and the
+    # left lung's closing run on a second thread, the right lung's closing on this one
+    # after the other maps (scipy.ndimage releases the GIL; the results are those of
+    # running in turn).
+    def closing(lab_id: int) -> np.ndarray:
+        return _closing_mm(labels[boxes[lab_id]] == lab_id, radius, spacing_mm)
+
     with ThreadPoolExecutor(max_workers=1) as pool:
         rib_future = pool.submit(
             _bone_near, bone[lungs_box], spacing_mm, config,
             (midline_x - x0 - half_px, midline_x - x0 + half_px),
         )
-        closing_futures = {
-            lab_id: pool.submit(_closing_mm, labels[box] == lab_id, radius, spacing_mm)
-            for lab_id, box in boxes.items()
-        }
+        ids = list(boxes)
+        closing_futures = {lab_id: pool.submit(closing, lab_id) for lab_id in ids[1:]}
         bone_near = np.zeros(labels.shape, bool)
         bone_near[lungs_box] = _bone_near(bone[lungs_box], spacing_mm, config)
         hilar_zone = _dilate_mm(airway_tree | blocked, config.hilar_zone_mm, spacing_mm)
+        closings = {lab_id: closing(lab_id) for lab_id in ids[:1]}
         rib_near = np.zeros(labels.shape, bool)
         rib_near[lungs_box] = rib_future.result()
-        closings = {lab_id: f.result() for lab_id, f in closing_futures.items()}
+        closings.update((lab_id, f.result()) for lab_id, f in closing_futures.items())
     dropped_ml = 0.0
     across_ml = 0.0
     voxel_ml = float(np.prod(spacing_mm)) / 1000.0
