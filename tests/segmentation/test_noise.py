@@ -95,6 +95,33 @@ def test_without_lung_deep_inside_the_noise_index_decides():
     assert out.smoothing_sigma_mm > 0.0
 
 
+@pytest.mark.parametrize("case", ["quiet", "noisy", "index fallback", "no index"])
+def test_the_noise_index_on_a_second_thread_gives_the_same_adaptation(case):
+    """With ``pool`` the noise index runs beside the search: every outcome is the one
+    without it, including those where the index ends the adaptation (too little lung for
+    the index, the index deciding when the bias cannot be measured)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hu, lung = _noisy_lung(40.0 if case == "quiet" else 160.0), np.ones(SHAPE, bool)
+    if case == "index fallback":
+        lung = np.zeros(SHAPE, bool)
+        lung[14:26] = True
+    elif case == "no index":
+        lung = np.zeros(SHAPE, bool)
+        lung[15:25, 20:40, 20:40] = True
+    alone = adapt_to_noise(hu, lung, SPACING_MM, **ADAPT_KW)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = adapt_to_noise(hu, lung, SPACING_MM, **ADAPT_KW, pool=pool)
+    assert beside == alone
+    expected = {
+        "quiet": ("opening_bias", False), "noisy": ("opening_bias", True),
+        "index fallback": ("noise_index", True), "no index": ("noise_index", False),
+    }[case]
+    assert (alone.measure, alone.smoothing_sigma_mm > 0) == expected
+    if case == "no index":
+        assert alone.lung_noise_hu is None
+
+
 def _bisection(noise_at, target_hu, max_sigma_mm):
     """The plain bisection the grid search replaces (the reference answer)."""
     lo, hi = 0.0, max_sigma_mm
