@@ -7,6 +7,8 @@ phantom    a 400 x 512 x 512 phantom written as DICOM, generated once and cached
            benchmarks/results/ (gitignored)
 noisy      the same phantom with image noise of SD 80 HU instead of 20 (a sharp-kernel or
            low-dose scan): the lesion stage's noise adaptation smooths it first
+thin       the same field of view in 600 slices of 0.53 mm (a thin-slice HRCT series); not
+           part of ``all`` (the target is for 400 slices)
 
 Each case runs in a fresh subprocess, so ``ru_maxrss`` (peak resident memory of that process)
 belongs to that case alone. Usage::
@@ -41,6 +43,8 @@ PHANTOM_SEED = 7
 PHANTOM_DIR = RESULTS / "phantom_400x512x512"
 NOISY_DIR = RESULTS / "phantom_400x512x512_noise80"
 NOISY_HU = 80.0
+THIN_SHAPE = (600, 512, 512)
+THIN_DIR = RESULTS / "phantom_600x512x512"
 TARGET_S = 15.0
 TARGET_GB = 4.0
 
@@ -56,19 +60,25 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _generate_phantom(noisy: bool = False) -> Path:
-    """Write the phantom as DICOM once; reuse it while its truth.json exists."""
-    folder = NOISY_DIR if noisy else PHANTOM_DIR
+def _phantom_dir(case: str) -> Path:
+    return {"phantom": PHANTOM_DIR, "noisy": NOISY_DIR, "thin": THIN_DIR}[case]
+
+
+def _generate_phantom(case: str = "phantom") -> Path:
+    """Write the case's phantom as DICOM once; reuse it while its truth.json exists."""
+    folder = _phantom_dir(case)
     dicom = folder / "dicom"
     if (folder / "truth.json").is_file() and dicom.is_dir():
         return dicom
     from lungvol.phantom import make_phantom, write_phantom
 
     t = time.perf_counter()
-    noise = {"noise_hu": NOISY_HU} if noisy else {}
-    phantom = make_phantom(
-        shape=PHANTOM_SHAPE, spacing_mm=PHANTOM_SPACING_MM, seed=PHANTOM_SEED, **noise
-    )
+    noise = {"noise_hu": NOISY_HU} if case == "noisy" else {}
+    shape, spacing = PHANTOM_SHAPE, PHANTOM_SPACING_MM
+    if case == "thin":  # the same field of view in thinner slices
+        shape = THIN_SHAPE
+        spacing = (PHANTOM_SHAPE[0] * PHANTOM_SPACING_MM[0] / THIN_SHAPE[0], *spacing[1:])
+    phantom = make_phantom(shape=shape, spacing_mm=spacing, seed=PHANTOM_SEED, **noise)
     write_phantom(phantom, folder, fmt="dicom", overwrite=True)  # atomic itself
     print(f"generated {folder} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     return dicom
@@ -79,7 +89,7 @@ def _case_input(case: str) -> Path:
         if not REAL_CT.is_dir():
             raise SystemExit(f"real CT not found at {REAL_CT}")
         return REAL_CT
-    return (NOISY_DIR if case == "noisy" else PHANTOM_DIR) / "dicom"
+    return _phantom_dir(case) / "dicom"
 
 
 def _worker(case: str, profile: bool) -> None:
@@ -131,10 +141,14 @@ def _worker(case: str, profile: bool) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--case", choices=("real", "phantom", "noisy", "all"), default="all")
+    parser.add_argument(
+        "--case", choices=("real", "phantom", "noisy", "thin", "all"), default="all"
+    )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="cProfile the run (stderr)")
-    parser.add_argument("--worker", choices=("real", "phantom", "noisy"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=("real", "phantom", "noisy", "thin"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.worker:
         _worker(args.worker, args.profile)
@@ -142,11 +156,10 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     cases = ("real", "phantom", "noisy") if args.case == "all" else (args.case,)
-    for case in ("phantom", "noisy"):
+    for case in ("phantom", "noisy", "thin"):
         if case in cases:
             subprocess.run(
-                [sys.executable, "-c",
-                 f"import bench_segment as b; b._generate_phantom(noisy={case == 'noisy'})"],
+                [sys.executable, "-c", f"import bench_segment as b; b._generate_phantom({case!r})"],
                 cwd=Path(__file__).parent,
                 check=True,
             )
