@@ -204,7 +204,9 @@ def adapt_to_noise(
         )
     finally:
         if noise_future is not None:
-            noise_future.cancel()  # an exception here: do not leave it running unseen
+            # After an error in the search: drop the index if the pool has not started it
+            # (a running one finishes; the caller's pool shutdown waits for it).
+            noise_future.cancel()
 
 
 def _adapt(
