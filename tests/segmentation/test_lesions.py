@@ -853,3 +853,20 @@ def test_vessel_settings_are_validated():
         LesionSegmentationConfig(plaque_dense_max_pixel_mm=0.0)
     with pytest.raises(ConfigError, match="plaque_min_costal_fraction"):
         LesionSegmentationConfig(plaque_min_costal_fraction=1.5)
+
+
+def test_component_labels_are_uint16_where_they_fit_and_int32_beyond():
+    """The lesion stage's 26-connected labels (enclosed solid, vessel rule, minimum size):
+    uint16 halves their memory; past 65535 components they stay int32 with the same
+    numbering."""
+    from scipy import ndimage
+
+    from lungvol.segmentation.lesions import _CONN26, _label_26
+
+    specks = np.zeros((2, 600, 600), bool)
+    specks[0, ::2, ::2] = True  # 90000 isolated voxels
+    for mask, dtype in ((specks[:, :100, :100], np.uint16), (specks, np.int32)):
+        lab, n = _label_26(mask)
+        ref, n_ref = ndimage.label(mask, structure=_CONN26)
+        assert (lab.dtype, n) == (np.dtype(dtype), n_ref)
+        np.testing.assert_array_equal(lab, ref)

@@ -384,12 +384,11 @@ def _grow_enclosed_solid(
     voxels added as enclosed and as plaques, and the mask of the plaques taken for their
     density off the costal side (None when there are none).
     """
-    lab, n = ndimage.label(solid_band & ~solid, structure=_CONN26)
+    # uint16 labels where they fit: half the memory traffic of the maximum filter, the
+    # costliest step, and of the peak.
+    lab, n = _label_26(solid_band & ~solid)
     if not n:
         return 0, 0, None
-    if n <= np.iinfo(np.uint16).max:
-        # Halves the memory traffic of the maximum filter, the costliest step, and the peak.
-        lab = lab.astype(np.uint16)
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
     plaques = config.plaque_min_wall_contact <= 1.0
     s_lo, s_hi = config.solid_band_hu
@@ -892,12 +891,20 @@ class _Components(NamedTuple):
     voxels: np.ndarray
 
 
+def _label_26(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components of ``mask``: ``ndimage.label``'s labels and count, as uint16
+    where they fit (half the memory and traffic of its int32), else int32."""
+    try:
+        lab, n = ndimage.label(mask, structure=_CONN26, output=np.uint16)
+    except RuntimeError:  # more than 65535 components: "insufficient bit-depth"
+        lab, n = ndimage.label(mask, structure=_CONN26)
+    return lab, int(n)
+
+
 def _solid_components(solid: np.ndarray, spacing_mm: tuple[float, float, float]) -> _Components:
-    """:class:`_Components` of ``solid`` (the vessel-segment rule's input)."""
-    try:  # half the memory of int32 labels (they are held while the extension runs)
-        lab, n = ndimage.label(solid, structure=_CONN26, output=np.uint16)
-    except RuntimeError:  # more than 65535 components
-        lab, n = ndimage.label(solid, structure=_CONN26)
+    """:class:`_Components` of ``solid`` (the vessel-segment rule's input; uint16 labels,
+    held while the extension runs)."""
+    lab, n = _label_26(solid)
     return _Components(lab, n, *_elongations(lab, n, spacing_mm))
 
 
@@ -1290,7 +1297,7 @@ def segment_lesions(
 
     small_ml = 0.0
     if config.min_component_volume_ml > 0:
-        lab, n = ndimage.label(lesion, structure=_CONN26)
+        lab, n = _label_26(lesion)
         # Counting only lesion voxels (not the background) avoids a full-box int64 copy.
         sizes = np.bincount(lab[lesion], minlength=n + 1)
         small = sizes * voxel_ml < config.min_component_volume_ml  # exactly the min is kept
