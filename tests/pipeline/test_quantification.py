@@ -9,12 +9,18 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from lungvol.config import LungvolConfig, QuantificationConfig
 from lungvol.errors import ConfigError, GeometryError, SegmentationError
 from lungvol.quantification import measure_scan, measure_volumes
 from lungvol.quantification.hu_stats import lung_hu_stats
-from lungvol.quantification.qc_flags import as_flag, edge_flags, flag_code
+from lungvol.quantification.qc_flags import (
+    as_flag,
+    edge_flags,
+    flag_code,
+    solid_at_surface_ml,
+)
 from lungvol.types import LesionMask, LungMask
 
 from ._synthetic import chest, make_volume
@@ -295,6 +301,26 @@ def test_small_share_of_solid_at_the_surface_is_not_flagged() -> None:
     m = measure_scan(vol, lungs, LesionMask(labels, {}), cfg, timings_s={})
     assert m.solid_at_surface_ml == pytest.approx(0.4)
     assert "solid_at_lung_surface" not in _codes(m.qc_flags)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_solid_at_surface_counts_as_the_26_neighbourhood_dilation(seed: int) -> None:
+    """The gathered count equals the definition (a solid voxel with a tissue voxel in its
+    3x3x3 neighbourhood, none beyond the array), written as a maximum filter; random masks
+    put solid voxels on every face and edge of the array, and some outside the lung."""
+    rng = np.random.default_rng(seed)
+    shape = (7, 9, 11)
+    hu = rng.integers(-1000, 100, shape).astype(np.int16)
+    lung = rng.integers(0, 3, shape).astype(np.uint8)
+    lesion = np.where(rng.random(shape) < 0.3, 2, rng.integers(0, 2, shape)).astype(np.uint8)
+    lesion[0], lesion[-1], lesion[:, :, 0] = 2, 2, 2
+    q = CFG.quantification
+    tissue = (lung == 0) & (hu >= q.surface_tissue_min_hu)
+    near = ndimage.maximum_filter(tissue.view(np.uint8), size=3, mode="constant") > 0
+    expected = np.count_nonzero((lesion == 2) & near) * 0.002
+    got = solid_at_surface_ml(hu, lung, lesion, (2.0, 1.0, 1.0), config=q)
+    assert got == pytest.approx(expected)
+    assert got > 0.0
 
 
 @pytest.mark.parametrize(("field", "value"), [("surface_solid_flag_min_ml", -1.0),

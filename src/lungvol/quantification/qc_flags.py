@@ -19,6 +19,12 @@ from lungvol.segmentation.grid import CoarseGrid, bounding_box
 from lungvol.types import LESION_SOLID, LUNG_LEFT, LUNG_RIGHT
 
 # A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
+# A voxel's 3x3x3 neighbourhood (itself included: it is tissue only when outside the lung
+# mask), as (dz, dy, dx) offsets.
+_OFFSETS27 = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+# Voxels whose neighbours are gathered at once (27 int64 indices each: about 220 MB).
+_GATHER_CHUNK = 1_000_000
+
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
 # Codes for the reader's plain-text warnings (lungvol.io words them; first match wins).
 _KNOWN_WARNINGS = (
@@ -353,20 +359,35 @@ def solid_at_surface_ml(
 ) -> float:
     """Solid lesion (mL) in the lung mask's outer voxel layer against soft tissue.
 
-    A solid voxel counts when one of its 26 neighbours is outside the lung mask and at or
-    above ``surface_tissue_min_hu`` (chest wall, diaphragm, mediastinum; not air). There
+    A solid voxel counts when one of its 26 neighbours (or itself, should it lie outside the
+    mask) is outside the lung mask and at or above ``surface_tissue_min_hu`` (chest wall,
+    diaphragm, mediastinum; not air); there is nothing beyond the array's faces. There
     consolidation and soft tissue have the same HU, so the lung boundary cannot be seen
     and the lung mask may leave out a layer of the lesion (docs/segmentation.md, "Lesion
     at the lung surface").
     """
-    solid = lesion_labels == LESION_SOLID
-    if not solid.any():
+    points = np.flatnonzero(lesion_labels == LESION_SOLID)
+    if points.size == 0:
         return 0.0
-    box = bounding_box(solid, margin=1)
-    tissue = (lung_labels[box] == 0) & (hu[box] >= config.surface_tissue_min_hu)
-    # A 3x3x3 maximum filter is the 26-neighbourhood dilation (separable, so cheap).
-    near = ndimage.maximum_filter(tissue.view(np.uint8), size=3, mode="constant") > 0
-    n = int(np.count_nonzero(solid[box] & near))
+    # Only the solid voxels' neighbourhoods are read, gathered by flat index (a 3x3x3
+    # maximum filter of the tissue map over the solid's box counts the same in about three
+    # times the time: 0.3 s against 0.09 s on the 400-slice phantom).
+    shape = lesion_labels.shape
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    flat_lung = lung_labels.reshape(-1)
+    flat_hu = hu.reshape(-1)
+    n = 0
+    for start in range(0, points.size, _GATHER_CHUNK):
+        idx = points[start:start + _GATHER_CHUNK]
+        coords = np.unravel_index(idx, shape)
+        # Voxels on the array's faces have no neighbours beyond it: masked below.
+        inside = np.ones((idx.size, len(_OFFSETS27)), bool)
+        for axis, c in enumerate(coords):
+            inside[c == 0] &= _OFFSETS27[:, axis] >= 0
+            inside[c == shape[axis] - 1] &= _OFFSETS27[:, axis] <= 0
+        nb = np.where(inside, idx[:, None] + (_OFFSETS27 @ strides)[None, :], 0)
+        tissue = (flat_lung[nb] == 0) & (flat_hu[nb] >= config.surface_tissue_min_hu) & inside
+        n += int(np.count_nonzero(tissue.any(axis=1)))
     return n * float(np.prod(spacing_mm)) / 1000.0
 
 
