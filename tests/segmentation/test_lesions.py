@@ -553,11 +553,13 @@ def test_hand_written_opening_equals_scipy_grey_opening(spacing_mm):
         assert np.array_equal(grey_opening(coarse, footprint), expected)
 
 
-def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
-    """The enclosed-solid and plaque rules count each component's surroundings in two
-    z-slabs on two threads; with 16-bit labels the result equals counting on the whole
-    volume with int32 labels. Plaques off the costal side count when dense (mean HU), and
-    come back as their own mask."""
+@pytest.mark.parametrize("pool_busy_s", [0.0, 0.3])
+def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume(pool_busy_s):
+    """The enclosed-solid and plaque rules count each component's surroundings in z-slabs
+    shared by two threads (also while the pool is still busy with earlier work); with 16-bit
+    labels the result equals counting on the whole volume with int32 labels. Plaques off
+    the costal side count when dense (mean HU), and come back as their own mask."""
+    import time
     from concurrent.futures import ThreadPoolExecutor
 
     from scipy import ndimage
@@ -566,7 +568,7 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     from lungvol.segmentation.grid import CoarseGrid
 
     rng = np.random.default_rng(11)
-    shape = (40, 48, 44)
+    shape = (80, 48, 44)  # three slabs of at least 8 halos (3 slices)
     smooth = ndimage.gaussian_filter(rng.normal(0.0, 1.0, shape), 1.5)
     smooth_hu = (2000.0 * smooth).astype(np.float32)  # 0.15 -> 300 HU
     hu = smooth_hu - 500.0 + rng.normal(0.0, 40.0, shape).astype(np.float32)
@@ -625,6 +627,7 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     assert expected_off_costal.any()
     out = solid.copy()
     with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(time.sleep, pool_busy_s)
         _grown, _plaque, off_costal = lesions._grow_enclosed_solid(
             ggo, out, ggo_band, solid_band, lung, smooth_hu, hu, (grid, near_bone), spacing_mm,
             config, pool,
@@ -632,6 +635,37 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume():
     assert np.array_equal(out, expected)
     assert off_costal is not None
     assert np.array_equal(off_costal, expected_off_costal)
+
+
+def test_shared_slabs_cover_every_slice_once_in_order_and_raise_errors():
+    """Slabs shared by two threads: each slice range once, results in slab order, halos
+    clipped at the ends; while the pool is busy this thread takes every slab; an error in
+    either thread is raised to the caller."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lungvol.segmentation.lesions import _shared_slabs
+
+    def work(lo, hi, a, b):
+        return lo, hi, a, b, threading.current_thread().name
+
+    release = threading.Event()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool") as pool:
+        pool.submit(release.wait)  # busy until the slabs are done
+        out = _shared_slabs(50, 3, work, pool, 4)
+        release.set()
+    assert [o[:4] for o in out] == [
+        (0, 12, 0, 15), (12, 25, 9, 28), (25, 37, 22, 40), (37, 50, 34, 50)
+    ]
+    assert all(not o[4].startswith("pool") for o in out)
+
+    def failing(lo, hi, a, b):
+        if lo > 0:
+            raise ValueError(f"slab {lo}")
+        return lo
+
+    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError, match="slab"):
+        _shared_slabs(40, 2, failing, pool, 4)
 
 
 def test_ground_glass_background_input_in_slabs_equals_one_full_copy(monkeypatch):

@@ -80,10 +80,11 @@ added (mL), the final volumes and timings.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -103,6 +104,8 @@ _PLANE[1] = True
 # fit inside the lung. Also the value of dense voxels in the ground-glass background.
 _OUTSIDE_HU = -1000.0
 _T = TypeVar("_T")
+# Slabs of the enclosed-solid rule's counts, shared by two threads (at least 8 halos thick).
+_COUNT_SLABS = 6
 # Steps that run beside another one on the pool work in slabs of about this many voxels
 # (memory): the in-plane hole filling and the ground-glass background's input.
 _SLAB_VOXELS = 8_000_000
@@ -306,6 +309,52 @@ def _two_slabs(
     return lower, upper.result()
 
 
+def _shared_slabs(
+    n: int, halo: int, work: Callable[[int, int, int, int], _T], pool: ThreadPoolExecutor,
+    pieces: int,
+) -> list[_T]:
+    """``work(lo, hi, a, b)`` on ``pieces`` slabs along z (halo as in :func:`_two_slabs`),
+    taken in turn by this thread and by one task on ``pool``, whichever is free.
+
+    For work that follows a task still running on ``pool``: this thread does not wait for
+    it, but takes every slab the pool does not (``_two_slabs`` would leave its upper half
+    queued behind that task). Returns the results in slab order; an error in either thread
+    is raised here.
+    """
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    results: list[_T | None] = [None] * pieces
+    state: dict[str, Any] = {"next": 0, "done": 0, "error": None}
+    ready = threading.Condition()
+
+    def take() -> None:
+        while True:
+            with ready:
+                i = state["next"]
+                if i >= pieces or state["error"] is not None:
+                    return
+                state["next"] = i + 1
+            lo, hi = bounds[i], bounds[i + 1]
+            try:
+                result = work(lo, hi, max(0, lo - halo), min(n, hi + halo))
+            except BaseException as exc:
+                with ready:
+                    state["error"] = exc
+                    ready.notify_all()
+                raise
+            with ready:
+                results[i] = result
+                state["done"] += 1
+                ready.notify_all()
+
+    pool.submit(take)  # errors reach this thread through ``state``
+    take()
+    with ready:
+        ready.wait_for(lambda: state["done"] == pieces or state["error"] is not None)
+        if state["error"] is not None:
+            raise state["error"]
+    return results  # type: ignore[return-value]
+
+
 def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor) -> np.ndarray:
     """Gaussian smoothing (``mode="nearest"``) in two slabs along z on two threads.
 
@@ -389,6 +438,10 @@ def _grow_enclosed_solid(
     lab, n = _label_26(solid_band & ~solid)
     if not n:
         return 0, 0, None
+    if not solid.flags.c_contiguous:
+        raise ValueError("solid must be C-contiguous (updated by flat index)")
+    where = np.flatnonzero(lab)
+    ids = lab.reshape(-1)[where]
     size = tuple(2 * max(1, int(round(config.enclosure_shell_mm / s))) + 1 for s in spacing_mm)
     plaques = config.plaque_min_wall_contact <= 1.0
     s_lo, s_hi = config.solid_band_hu
@@ -419,9 +472,12 @@ def _grow_enclosed_solid(
             ]
         return tuple(out)
 
-    # A local filter: two slabs along z on two threads give the same counts.
-    lower, upper = _two_slabs(lab.shape[0], size[0] // 2, counts, pool)
-    total, on_ggo, *wall_counts = (x + y for x, y in zip(lower, upper, strict=True))
+    # A local filter: slabs along z give the same counts. The extension's candidates may
+    # still occupy ``pool``: this thread takes the slabs until it is free.
+    halo = size[0] // 2
+    pieces = max(1, min(_COUNT_SLABS, lab.shape[0] // (8 * max(1, halo))))
+    per_slab = _shared_slabs(lab.shape[0], halo, counts, pool, pieces)
+    total, on_ggo, *wall_counts = (np.sum(x, axis=0) for x in zip(*per_slab, strict=True))
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
     plaque = np.zeros_like(accept)
     off_costal = np.zeros_like(accept)
@@ -435,9 +491,9 @@ def _grow_enclosed_solid(
             and max(spacing_mm[1:]) <= config.plaque_dense_max_pixel_mm
         ):
             # Mean HU per component, over the rejected voxels only (cheap: a thin set).
-            in_comp = lab > 0
-            ids = lab[in_comp]
-            sums = np.bincount(ids, weights=hu[in_comp], minlength=n + 1)
+            sums = np.bincount(
+                ids, weights=hu[np.unravel_index(where, lab.shape)], minlength=n + 1
+            )
             sizes = np.bincount(ids, minlength=n + 1)
             dense_ok = sums >= config.plaque_dense_min_hu * np.maximum(sizes, 1)
         plaque = on_wall_ok & (costal_ok | dense_ok) & ~accept
@@ -455,14 +511,16 @@ def _grow_enclosed_solid(
             accept[i] = plaque[i] = False
         elif plaque[i] and np.count_nonzero(lab[o] == i) < min_voxels:
             plaque[i] = False
-    enclosed = accept[lab]
-    on_pleura = plaque[lab]
-    solid |= enclosed | on_pleura
+    # The components' voxels by flat index (a thin set): cheaper than indexing by the
+    # whole box's labels.
+    enclosed, on_pleura = accept[ids], plaque[ids]
+    solid.reshape(-1)[where[enclosed | on_pleura]] = True
     off_costal &= plaque
-    return (
-        int(np.count_nonzero(enclosed)), int(np.count_nonzero(on_pleura)),
-        off_costal[lab] if off_costal.any() else None,
-    )
+    wall_plaques = None
+    if off_costal.any():
+        wall_plaques = np.zeros_like(solid)
+        wall_plaques.reshape(-1)[where[off_costal[ids]]] = True
+    return int(np.count_nonzero(enclosed)), int(np.count_nonzero(on_pleura)), wall_plaques
 
 
 def _parenchyma_level(
