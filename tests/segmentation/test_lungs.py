@@ -545,3 +545,28 @@ def test_a_surface_voxel_that_is_mostly_tissue_is_not_lung():
 def test_surface_threshold_is_validated(value):
     with pytest.raises(ConfigError, match="surface_threshold_hu"):
         LungSegmentationConfig(surface_threshold_hu=value)
+
+
+def test_rim_growth_reads_a_box_of_the_ct_in_place_as_a_copy_would():
+    """The rim rule's growth reads HU from a box of the CT (a strided view) by flat index in
+    the CT's own strides; the labels equal those grown on a contiguous copy of the box."""
+    from lungvol.segmentation.lungs import _flat_view, _grow_by_continuity
+
+    rng = np.random.default_rng(4)
+    ct = rng.integers(-200, 100, (12, 30, 40)).astype(np.int16)
+    box = (slice(2, 10), slice(5, 25), slice(3, 37))
+    flat, steps = _flat_view(ct[box])
+    assert steps == (1200, 40, 1)
+    assert flat[3 * 1200 + 4 * 40 + 5] == ct[box][3, 4, 5]
+    labels = np.zeros(ct[box].shape, np.uint8)
+    labels[:, :, :10] = 1
+    labels[:, :, 25:] = 2
+    cand = (labels == 0) & (rng.random(labels.shape) < 0.7)
+    config = LungSegmentationConfig()
+    grown = []
+    for hu in (ct[box], np.ascontiguousarray(ct[box])):
+        out, dense = labels.copy(), labels > 0
+        _grow_by_continuity(out, hu, cand, dense, 9, 2, config)
+        grown.append(out)
+    assert 20 <= np.count_nonzero(grown[0] != labels) < np.count_nonzero(cand)
+    np.testing.assert_array_equal(grown[0], grown[1])
