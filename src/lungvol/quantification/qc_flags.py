@@ -18,13 +18,12 @@ from lungvol.quantification.volumes import Volumes
 from lungvol.segmentation.grid import CoarseGrid, bounding_box
 from lungvol.types import LESION_SOLID, LUNG_LEFT, LUNG_RIGHT
 
-# A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 # A voxel's 3x3x3 neighbourhood (itself included: it is tissue only when outside the lung
 # mask), as (dz, dy, dx) offsets.
 _OFFSETS27 = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
 # Voxels whose neighbours are gathered at once (27 int64 indices each: about 220 MB).
 _GATHER_CHUNK = 1_000_000
-
+# A warning that already starts with a code such as "uneven_spacing_resampled: ..." keeps it.
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*:\s")
 # Codes for the reader's plain-text warnings (lungvol.io words them; first match wins).
 _KNOWN_WARNINGS = (
