@@ -292,34 +292,18 @@ def _wide_solid(solid_band: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _two_slabs(
-    n: int, halo: int, work: Callable[[int, int, int, int], _T], pool: ThreadPoolExecutor
-) -> tuple[_T, _T]:
-    """``work(lo, hi, a, b)`` on the lower and upper half along z, the upper one on ``pool``.
-
-    ``[a, b)`` is ``[lo, hi)`` with ``halo`` more slices each side (clipped to ``n``): a
-    local filter reaching ``halo`` slices along z, computed on ``[a, b)``, is exact on
-    ``[lo, hi)``. Returns ``(lower, upper)``.
-    """
-    def run(lo: int, hi: int) -> _T:
-        return work(lo, hi, max(0, lo - halo), min(n, hi + halo))
-
-    upper = pool.submit(run, n // 2, n)
-    lower = run(0, n // 2)
-    return lower, upper.result()
-
-
 def _shared_slabs(
     n: int, halo: int, work: Callable[[int, int, int, int], _T], pool: ThreadPoolExecutor,
     pieces: int,
 ) -> list[_T]:
-    """``work(lo, hi, a, b)`` on ``pieces`` slabs along z (halo as in :func:`_two_slabs`),
-    taken in turn by this thread and by one task on ``pool``, whichever is free.
+    """``work(lo, hi, a, b)`` on ``pieces`` slabs along z, taken in turn by this thread and
+    by one task on ``pool``, whichever is free.
 
-    For work that follows a task still running on ``pool``: this thread does not wait for
-    it, but takes every slab the pool does not (``_two_slabs`` would leave its upper half
-    queued behind that task). Returns the results in slab order; an error in either thread
-    is raised here.
+    ``[a, b)`` is ``[lo, hi)`` with ``halo`` more slices each side (clipped to ``n``): a
+    local filter reaching ``halo`` slices along z, computed on ``[a, b)``, is exact on
+    ``[lo, hi)``. Should ``pool`` still be running earlier work, this thread does not wait
+    for it but takes every slab the pool does not. Returns the results in slab order; an
+    error in either thread is raised here.
     """
     bounds = [n * i // pieces for i in range(pieces + 1)]
     results: list[_T | None] = [None] * pieces
@@ -372,7 +356,7 @@ def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecuto
     def run(lo: int, hi: int, a: int, b: int) -> None:
         out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode="nearest")[lo - a:hi - a]
 
-    _two_slabs(n, halo, run, pool)
+    _shared_slabs(n, halo, run, pool, 2)
     return out
 
 
