@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk  # noqa: N813 (the library's conventional alias)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from io_factory import chest_like, write_non_image, write_secondary_capture
 
 from lungvol.config import IOConfig
 from lungvol.errors import ConfigError, InputError, NotCTError, NotHUError
-from lungvol.io import list_series, read_ct, write_dicom_series
+from lungvol.io import list_series, read_ct, reader, write_dicom_series
 from lungvol.io.writers import TRANSFER_SYNTAXES
 
 SPACING = (2.0, 0.8, 0.7)
@@ -37,7 +41,7 @@ def test_pydicom_fallback_gives_the_same_volume(tmp_path, chest, monkeypatch):
     def gdcm_fails(files, pixel_type):
         raise RuntimeError("GDCM cannot decode this transfer syntax")
 
-    monkeypatch.setattr(reader, "_sitk_read", gdcm_fails)
+    monkeypatch.setattr(reader, "_sitk_image", gdcm_fails)
     vol = read_ct(tmp_path)
     assert vol.hu.dtype == np.int16
     np.testing.assert_array_equal(vol.hu, chest)
@@ -139,6 +143,98 @@ def test_uint16_stored_values_above_int16_range_are_kept(tmp_path, chest):
     assert vol.hu.dtype == np.float32
     assert vol.hu[3, 5, 5] == 40000
     np.testing.assert_array_equal(vol.hu, hu)
+
+
+@pytest.mark.parametrize("slices", [1, 2, 19, 20])
+@pytest.mark.parametrize("kind", ["int16", "float32", "int32_chunks", "overflow_upper"])
+def test_decode_in_two_halves_equals_one_serial_decode(tmp_path, kind, slices):
+    hu = chest_like((slices, 32, 32)).astype(np.int32)
+    slope, pixel, dtype, chunk = 1.0, sitk.sitkInt16, np.int16, None
+    if kind == "float32":
+        slope, pixel, dtype = 0.5, sitk.sitkFloat32, np.float32
+    elif kind != "int16":
+        pixel, chunk = sitk.sitkInt32, 3
+        if kind == "overflow_upper":
+            hu[-1, 5, 5] = 40000  # the last slice: always in the pool's half
+    files = write_dicom_series(
+        hu, tmp_path, spacing_mm=SPACING, rescale_slope=slope, rescale_intercept=-2048.0
+    )
+    names = [str(f) for f in sorted(files)]
+    decoded_on = set()
+    real_image = reader._sitk_image
+
+    def recording(part, pixel_type):
+        decoded_on.add(threading.current_thread().name)
+        return real_image(part, pixel_type)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reader, "_sitk_image", recording)
+        serial = reader._sitk_decode(names, hu.shape, pixel, dtype, None, chunk=chunk)
+        assert len(decoded_on) == 1
+        with ThreadPoolExecutor(1, thread_name_prefix="decode") as pool:
+            split = reader._sitk_decode(names, hu.shape, pixel, dtype, pool, chunk=chunk)
+    if kind == "overflow_upper":
+        assert serial is None
+        assert split is None
+        return
+    assert split.dtype == dtype
+    np.testing.assert_array_equal(split, serial)
+    np.testing.assert_array_equal(split, hu.astype(dtype))
+    # The halves split on chunk boundaries: one chunk is decoded on this thread alone.
+    assert any(t.startswith("decode") for t in decoded_on) == (slices > (chunk or 1))
+
+
+def test_overflow_in_the_upper_chunks_reads_the_series_as_float32(tmp_path, chest, monkeypatch):
+    hu = chest.astype(np.int32)
+    hu[-2, 5, 5] = 40000
+    write_dicom_series(hu, tmp_path, spacing_mm=SPACING, rescale_intercept=-2048.0)
+    monkeypatch.setattr(reader, "_CHUNK_SLICES", 4)  # five chunks, split over two threads
+    vol = read_ct(tmp_path)
+    assert vol.hu.dtype == np.float32
+    np.testing.assert_array_equal(vol.hu, hu)
+
+
+def test_a_failure_in_either_half_falls_back_to_pydicom(tmp_path, chest, monkeypatch):
+    files = write_dicom_series(chest, tmp_path, spacing_mm=SPACING)
+    upper_file = str(sorted(files)[-1])
+
+    real_image = reader._sitk_image
+
+    def upper_fails(part, pixel_type):
+        if upper_file in part:
+            raise RuntimeError("GDCM cannot decode the last file")
+        return real_image(part, pixel_type)
+
+    monkeypatch.setattr(reader, "_sitk_image", upper_fails)
+    vol = read_ct(tmp_path)
+    assert vol.hu.dtype == np.int16
+    np.testing.assert_array_equal(vol.hu, chest)
+
+
+def test_a_failing_lower_half_waits_for_the_upper_one(tmp_path, chest, monkeypatch):
+    names = [str(f) for f in sorted(write_dicom_series(chest, tmp_path, spacing_mm=SPACING))]
+    real_image = reader._sitk_image
+    upper_done = []
+
+    def slow_upper_failing_lower(part, pixel_type):
+        if names[0] in part:
+            raise RuntimeError("lower half fails at once")
+        time.sleep(0.2)
+        image = real_image(part, pixel_type)
+        upper_done.append(True)
+        return image
+
+    monkeypatch.setattr(reader, "_sitk_image", slow_upper_failing_lower)
+    with ThreadPoolExecutor(1) as pool:
+        with pytest.raises(RuntimeError, match="lower half"):
+            reader._sitk_decode(names, chest.shape, sitk.sitkInt16, np.int16, pool)
+        assert upper_done == [True]  # not still writing into the discarded array
+
+
+def test_decode_refuses_images_of_another_size(tmp_path, chest):
+    names = [str(f) for f in sorted(write_dicom_series(chest, tmp_path, spacing_mm=SPACING))]
+    with pytest.raises(RuntimeError, match="image shape"):
+        reader._sitk_decode(names, (len(names), 16, 32), sitk.sitkInt16, np.int16, None)
 
 
 def test_sha256_covers_all_files_in_slice_order(tmp_path, chest):
@@ -250,8 +346,9 @@ def test_covering_series_beats_thinner_partial_one(tmp_path):
 def _two_kernels(root: Path, smooth_uid: str, sharp_uid: str) -> None:
     """One acquisition reconstructed twice: the same geometry, kernels B30f and B70f."""
     for name, uid, kernel in (("soft", smooth_uid, "B30f"), ("lung", sharp_uid, "B70f")):
-        for f in write_dicom_series(chest_like((20, 32, 32)), root / name, spacing_mm=SPACING,
-                                    series_uid=uid):
+        for f in write_dicom_series(
+            chest_like((20, 32, 32)), root / name, spacing_mm=SPACING, series_uid=uid
+        ):
             ds = pydicom.dcmread(f)
             ds.ConvolutionKernel = kernel
             ds.save_as(f)

@@ -10,7 +10,7 @@ import re
 import struct
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -305,13 +305,14 @@ def _read_dicom(path: Path, series_uid: str | None, cfg: IOConfig) -> CTVolume:
             "of the series (same SOPInstanceUID and position) and were read once"
         )
     geometry = _SeriesGeometry(headers, cfg, warnings)
-    # The files' hash (provenance) is computed on a second thread while the pixels are
-    # read: hashlib and the readers release the GIL (the 400-file phantom: 0.15 s saved).
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # The files' hash (provenance) is computed on one thread and the upper half of the
+    # pixels decoded on another while this one decodes the lower half: hashlib and GDCM
+    # release the GIL.
+    with ThreadPoolExecutor(max_workers=2) as pool:
         sha256 = pool.submit(_sha256, [Path(f) for f in dict.fromkeys(h.path for h in headers)])
         # ITK would print its own "non uniform sampling" warning; lungvol records a clearer
         # one.
-        hu = _read_pixels(headers, quiet=geometry.is_uneven or geometry.is_tilted)
+        hu = _read_pixels(headers, quiet=geometry.is_uneven or geometry.is_tilted, pool=pool)
     if geometry.is_tilted:
         hu, origin, spacing_zyx, direction = _resample_tilted(hu, geometry)
     else:
@@ -455,37 +456,40 @@ def _fits_int16(headers: Sequence[SliceHeader]) -> bool:
     return True
 
 
-def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.ndarray:
+def _read_pixels(
+    headers: Sequence[SliceHeader],
+    *,
+    quiet: bool = False,
+    pool: ThreadPoolExecutor | None = None,
+) -> np.ndarray:
     """Decode the series' pixels in the given order as HU, (z, y, x).
 
-    SimpleITK (GDCM) applies each file's RescaleSlope/Intercept. Files GDCM cannot decode are
-    read with pydicom and its pixel plugins (pylibjpeg, pyjpegls) instead, and so are the
-    frames of enhanced multi-frame files (GDCM's series reader takes one image per file).
+    SimpleITK (GDCM) applies each file's RescaleSlope/Intercept; with ``pool``, the upper
+    half of the files is decoded there beside the lower one here (GDCM releases the GIL).
+    Files GDCM cannot decode are read with pydicom and its pixel plugins (pylibjpeg,
+    pyjpegls) instead, and so are the frames of enhanced multi-frame files (GDCM's series
+    reader takes one image per file).
     """
     files = [h.path for h in headers]
     integer = _integer_rescale(headers)
     if any(h.frame is not None for h in headers):
         return _pydicom_read(headers, integer)
+    shape = (len(files), headers[0].rows or 0, headers[0].columns or 0)
     show_warnings = sitk.ProcessObject.GetGlobalWarningDisplay()
     if quiet:  # restored below; ITK's warning switch is process-wide
         sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         if integer and _fits_int16(headers):
-            return _sitk_read(files, sitk.sitkInt16)
+            return _sitk_decode(files, shape, sitk.sitkInt16, np.int16, pool)
         if not integer:
-            return _sitk_read(files, sitk.sitkFloat32)
-        out = np.empty((len(files), headers[0].rows or 0, headers[0].columns or 0), np.int16)
-        for start in range(0, len(files), _CHUNK_SLICES):
-            image = _sitk_image(files[start : start + _CHUNK_SLICES], sitk.sitkInt32)
-            # A view, not a copy of the int32 chunk (less memory traffic); it is used only
-            # while ``image`` is alive.
-            chunk = sitk.GetArrayViewFromImage(image)
-            if chunk.min() < _INT16.min or chunk.max() > _INT16.max:
-                logger.debug("HU values exceed int16; reading as float32")
-                return _sitk_read(files, sitk.sitkFloat32)
-            out[start : start + len(chunk)] = chunk
-            del chunk, image
-        return out
+            return _sitk_decode(files, shape, sitk.sitkFloat32, np.float32, pool)
+        # Rescaled values may overflow int16: decode as int32 in chunks, each checked and
+        # stored as int16 (no full int32 copy), else the whole series as float32.
+        hu = _sitk_decode(files, shape, sitk.sitkInt32, np.int16, pool, chunk=_CHUNK_SLICES)
+        if hu is None:
+            logger.debug("HU values exceed int16; reading as float32")
+            return _sitk_decode(files, shape, sitk.sitkFloat32, np.float32, pool)
+        return hu
     except RuntimeError as err:
         logger.info(
             "SimpleITK could not decode the series (%s); decoding with pydicom",
@@ -496,15 +500,64 @@ def _read_pixels(headers: Sequence[SliceHeader], *, quiet: bool = False) -> np.n
     return _pydicom_read(headers, integer)
 
 
+def _sitk_decode(
+    files: Sequence[str],
+    shape: tuple[int, int, int],
+    pixel_type: int,
+    dtype: type[np.generic],
+    pool: ThreadPoolExecutor | None,
+    *,
+    chunk: int | None = None,
+) -> np.ndarray | None:
+    """The files' pixels as one ``dtype`` array of ``shape``, decoded by SimpleITK as
+    ``pixel_type`` in chunks of ``chunk`` files (default: the lower and upper half).
+
+    With ``pool``, the upper half's chunks are decoded there while this thread decodes the
+    lower half's. Returns None when a value does not fit ``dtype`` (decoded wider). Raises
+    RuntimeError when SimpleITK fails or a file's image is not ``shape[1:]``.
+    """
+    out = np.empty(shape, dtype)
+    n = len(files)
+    half = (n + 1) // 2
+    step = chunk or max(half, 1)
+    limits = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+
+    def decode(lo: int, hi: int) -> bool:
+        for start in range(lo, hi, step):
+            stop = min(start + step, hi)
+            image = _sitk_image(files[start:stop], pixel_type)
+            # A view, not a copy of the decoded chunk; used only while ``image`` is alive.
+            values = sitk.GetArrayViewFromImage(image)
+            if values.shape != out[start:stop].shape:
+                raise RuntimeError(f"image shape {values.shape[1:]} is not {shape[1:]}")
+            if (
+                limits is not None
+                and values.dtype != out.dtype
+                and values.size
+                and (values.min() < limits.min or values.max() > limits.max)
+            ):
+                return False
+            out[start:stop] = values
+            del values, image
+        return True
+
+    # The halves split on chunk boundaries, so the chunks are those of a serial decode.
+    split = min(-(-half // step) * step, n)
+    if pool is None or split in (0, n):
+        return out if decode(0, n) else None
+    upper = pool.submit(decode, split, n)
+    try:
+        lower_ok = decode(0, split)
+    finally:
+        wait([upper])  # never leave the pool writing into ``out`` after an error here
+    return out if lower_ok and upper.result() else None
+
+
 def _sitk_image(files: Sequence[str], pixel_type: int) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(files))
     reader.SetOutputPixelType(pixel_type)
     return reader.Execute()
-
-
-def _sitk_read(files: Sequence[str], pixel_type: int) -> np.ndarray:
-    return sitk.GetArrayFromImage(_sitk_image(files, pixel_type))
 
 
 def _pydicom_read(headers: Sequence[SliceHeader], integer: bool) -> np.ndarray:
