@@ -516,24 +516,6 @@ def test_diffuse_ground_glass_with_no_normal_lung_left_is_lesion():
     assert np.count_nonzero(labels == LESION_GGO) >= 0.95 * labels.size
 
 
-@pytest.mark.parametrize("n_slices", [7, 40])
-def test_smoothing_in_two_threaded_slabs_equals_one_gaussian_filter(n_slices):
-    """The lesion stage smooths in two z-slabs on two threads; the halo makes the result
-    bit-identical to scipy's single call (short volumes take the single call)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from scipy import ndimage
-
-    from lungvol.segmentation.lesions import _smooth
-
-    rng = np.random.default_rng(3)
-    hu = rng.normal(-700.0, 150.0, (n_slices, 24, 20)).astype(np.float32)
-    sigma_px = (1.2, 0.7, 0.9)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        out = _smooth(hu, sigma_px, pool)
-    assert np.array_equal(out, ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest"))
-
-
 @pytest.mark.parametrize(
     "spacing_mm", [(1.44, 1.4, 1.4), (2.0, 1.95, 1.95), (5.0, 1.71, 1.71), (0.5, 3.0, 0.7)]
 )
@@ -635,37 +617,6 @@ def test_grow_enclosed_solid_in_threaded_slabs_equals_whole_volume(pool_busy_s):
     assert np.array_equal(out, expected)
     assert off_costal is not None
     assert np.array_equal(off_costal, expected_off_costal)
-
-
-def test_shared_slabs_cover_every_slice_once_in_order_and_raise_errors():
-    """Slabs shared by two threads: each slice range once, results in slab order, halos
-    clipped at the ends; while the pool is busy this thread takes every slab; an error in
-    either thread is raised to the caller."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from lungvol.segmentation.lesions import _shared_slabs
-
-    def work(lo, hi, a, b):
-        return lo, hi, a, b, threading.current_thread().name
-
-    release = threading.Event()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pool") as pool:
-        pool.submit(release.wait)  # busy until the slabs are done
-        out = _shared_slabs(50, 3, work, pool, 4)
-        release.set()
-    assert [o[:4] for o in out] == [
-        (0, 12, 0, 15), (12, 25, 9, 28), (25, 37, 22, 40), (37, 50, 34, 50)
-    ]
-    assert all(not o[4].startswith("pool") for o in out)
-
-    def failing(lo, hi, a, b):
-        if lo > 0:
-            raise ValueError(f"slab {lo}")
-        return lo
-
-    with ThreadPoolExecutor(max_workers=1) as pool, pytest.raises(ValueError, match="slab"):
-        _shared_slabs(40, 2, failing, pool, 4)
 
 
 def test_ground_glass_background_input_in_slabs_equals_one_full_copy(monkeypatch):

@@ -96,11 +96,23 @@ def test_without_lung_deep_inside_the_noise_index_decides():
 
 
 @pytest.mark.parametrize("case", ["quiet", "noisy", "index fallback", "no index"])
-def test_the_noise_index_on_a_second_thread_gives_the_same_adaptation(case):
-    """With ``pool`` the noise index runs beside the search: every outcome is the one
-    without it, including those where the index ends the adaptation (too little lung for
-    the index, the index deciding when the bias cannot be measured)."""
+def test_the_noise_index_on_a_second_thread_gives_the_same_adaptation(case, monkeypatch):
+    """With ``pool`` the noise index runs beside the search and the search's Gaussians run
+    in two z-slabs: every outcome is the one without it, including those where the index
+    ends the adaptation (too little lung for the index, the index deciding when the bias
+    cannot be measured)."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from lungvol.segmentation import slabs
+
+    split = []
+    real_slabs = slabs.shared_slabs
+
+    def counted(*args, **kwargs):
+        split.append(args[0])
+        return real_slabs(*args, **kwargs)
+
+    monkeypatch.setattr(slabs, "shared_slabs", counted)
 
     hu, lung = _noisy_lung(40.0 if case == "quiet" else 160.0), np.ones(SHAPE, bool)
     if case == "index fallback":
@@ -113,6 +125,9 @@ def test_the_noise_index_on_a_second_thread_gives_the_same_adaptation(case):
     with ThreadPoolExecutor(max_workers=1) as pool:
         beside = adapt_to_noise(hu, lung, SPACING_MM, **ADAPT_KW, pool=pool)
     assert beside == alone
+    # Only a search smooths, and only with the pool does it split (40 slices: four halos
+    # of the largest sigma fit).
+    assert bool(split) == (case in ("noisy", "index fallback"))
     expected = {
         "quiet": ("opening_bias", False), "noisy": ("opening_bias", True),
         "index fallback": ("noise_index", True), "no index": ("noise_index", False),

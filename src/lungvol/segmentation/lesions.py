@@ -80,11 +80,10 @@ added (mL), the final volumes and timings.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -93,6 +92,7 @@ from lungvol.config import LesionSegmentationConfig
 from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.segmentation.noise import adapt_to_noise
 from lungvol.segmentation.opening import ball, grey_opening
+from lungvol.segmentation.slabs import gaussian_in_slabs, shared_slabs
 from lungvol.types import LESION_GGO, LESION_SOLID, CTVolume, LesionMask, LungMask, check_same_grid
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,6 @@ _PLANE[1] = True
 # Coarse-grid value of lung-mask exterior in the background opening (air): the ball must
 # fit inside the lung. Also the value of dense voxels in the ground-glass background.
 _OUTSIDE_HU = -1000.0
-_T = TypeVar("_T")
 # Slabs of the enclosed-solid rule's counts, shared by two threads (at least 8 halos thick).
 _COUNT_SLABS = 6
 # Steps that run beside another one on the pool work in slabs of about this many voxels
@@ -292,74 +291,6 @@ def _wide_solid(solid_band: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _shared_slabs(
-    n: int, halo: int, work: Callable[[int, int, int, int], _T], pool: ThreadPoolExecutor,
-    pieces: int,
-) -> list[_T]:
-    """``work(lo, hi, a, b)`` on ``pieces`` slabs along z, taken in turn by this thread and
-    by one task on ``pool``, whichever is free.
-
-    ``[a, b)`` is ``[lo, hi)`` with ``halo`` more slices each side (clipped to ``n``): a
-    local filter reaching ``halo`` slices along z, computed on ``[a, b)``, is exact on
-    ``[lo, hi)``. Should ``pool`` still be running earlier work, this thread does not wait
-    for it but takes every slab the pool does not. Returns the results in slab order; an
-    error in either thread is raised here.
-    """
-    bounds = [n * i // pieces for i in range(pieces + 1)]
-    results: list[_T | None] = [None] * pieces
-    state: dict[str, Any] = {"next": 0, "done": 0, "error": None}
-    ready = threading.Condition()
-
-    def take() -> None:
-        while True:
-            with ready:
-                i = state["next"]
-                if i >= pieces or state["error"] is not None:
-                    return
-                state["next"] = i + 1
-            lo, hi = bounds[i], bounds[i + 1]
-            try:
-                result = work(lo, hi, max(0, lo - halo), min(n, hi + halo))
-            except BaseException as exc:
-                with ready:
-                    state["error"] = exc
-                    ready.notify_all()
-                raise
-            with ready:
-                results[i] = result
-                state["done"] += 1
-                ready.notify_all()
-
-    pool.submit(take)  # errors reach this thread through ``state``
-    take()
-    with ready:
-        ready.wait_for(lambda: state["done"] == pieces or state["error"] is not None)
-        if state["error"] is not None:
-            raise state["error"]
-    return results  # type: ignore[return-value]
-
-
-def _smooth(hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor) -> np.ndarray:
-    """Gaussian smoothing (``mode="nearest"``) in two slabs along z on two threads.
-
-    Each slab carries a halo of the kernel's reach along z, so the result is identical to
-    one ``gaussian_filter`` call (scipy's default truncation, 4 sigma).
-    """
-    if not any(s > 0 for s in sigma_px):
-        return hu
-    n = hu.shape[0]
-    halo = int(4.0 * sigma_px[0] + 0.5) + 1
-    if n < 4 * halo:
-        return ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest")
-    out = np.empty_like(hu)
-
-    def run(lo: int, hi: int, a: int, b: int) -> None:
-        out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode="nearest")[lo - a:hi - a]
-
-    _shared_slabs(n, halo, run, pool, 2)
-    return out
-
-
 def _opening_in_plane(mask: np.ndarray, side_px: tuple[int, int]) -> np.ndarray:
     """Binary opening with an in-plane square of sides ``side_px`` (y, x; odd or even;
     sides of 0 or 1 leave ``mask`` as it is).
@@ -460,7 +391,7 @@ def _grow_enclosed_solid(
     # still occupy ``pool``: this thread takes the slabs until it is free.
     halo = size[0] // 2
     pieces = max(1, min(_COUNT_SLABS, lab.shape[0] // (8 * max(1, halo))))
-    per_slab = _shared_slabs(lab.shape[0], halo, counts, pool, pieces)
+    per_slab = shared_slabs(lab.shape[0], halo, counts, pool, pieces)
     total, on_ggo, *wall_counts = (np.sum(x, axis=0) for x in zip(*per_slab, strict=True))
     accept = (total > 0) & (on_ggo >= config.enclosed_solid_min_ggo_fraction * total)
     plaque = np.zeros_like(accept)
@@ -1220,13 +1151,13 @@ def segment_lesions(
         # of the noise smoothing, in quadrature with the light denoising: all of it widens
         # vessel skirts into the ground-glass band as a soft kernel does (the noisy normal
         # chest at 1.05 mm pixels: 1.11 % with all, 0.77 % with half; session 25).
-        smooth = _smooth(hu_b, tuple(
+        smooth = gaussian_in_slabs(hu_b, tuple(
             float(np.hypot(config.smoothing_sigma_mm, band_sigma_mm)) / s for s in sp
         ), pool)
         if noise.smoothing_sigma_mm > 0:
             # A noisy scan: the background and the parenchyma level see the CT smoothed by
             # all of it, which brings the opening's bias to its calibrated level.
-            hu_b = _smooth(hu_b, tuple(noise.smoothing_sigma_mm / s for s in sp), pool)
+            hu_b = gaussian_in_slabs(hu_b, tuple(noise.smoothing_sigma_mm / s for s in sp), pool)
         g_lo, g_hi = config.ggo_band_hu
         s_lo, s_hi = config.solid_band_hu
         ggo_band = lung_b & (smooth >= g_lo) & (smooth < g_hi)

@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean
 from lungvol.segmentation.opening import ball, grey_opening
+from lungvol.segmentation.slabs import gaussian_in_slabs
 
 # The six face neighbours of a block, averaged (the residual's reference).
 _FACE_MEAN = np.zeros((3, 3, 3), np.float32)
@@ -200,7 +201,7 @@ def adapt_to_noise(
             noise_future.result if noise_future is not None else index, hu, lung, spacing_mm,
             bias_target_hu=bias_target_hu, target_hu=target_hu, max_sigma_mm=max_sigma_mm,
             block_mm=block_mm, radius_mm=radius_mm, level_mm=level_mm,
-            aerated_max_hu=aerated_max_hu, first_index=first_index,
+            aerated_max_hu=aerated_max_hu, first_index=first_index, pool=pool,
         )
     finally:
         if noise_future is not None:
@@ -214,9 +215,12 @@ def _adapt(
     spacing_mm: tuple[float, float, float], *, bias_target_hu: float, target_hu: float,
     max_sigma_mm: float, block_mm: float, radius_mm: float, level_mm: float,
     aerated_max_hu: float, first_index: tuple[int, int, int] | None,
+    pool: ThreadPoolExecutor | None = None,
 ) -> NoiseAdaptation:
     """:func:`adapt_to_noise` with smoothing allowed; ``noise_index()`` gives the noise
-    index of the whole box (no adaptation where it is None), asked for only when needed."""
+    index of the whole box (no adaptation where it is None), asked for only when needed.
+    With ``pool``, the slab's Gaussians run in two z-slabs, one taken there when it is free
+    (it may still be measuring the index): the same values as one call."""
     box = _central_slab(lung, spacing_mm, halo_mm=4.0 * max_sigma_mm)
     slab, slab_lung = hu[box].astype(np.float32, copy=False), lung[box]
     slab_first = None if first_index is None else tuple(
@@ -226,9 +230,7 @@ def _adapt(
     def smoothed(sigma_mm: float) -> np.ndarray:
         if sigma_mm <= 0:
             return slab
-        return ndimage.gaussian_filter(
-            slab, sigma=tuple(sigma_mm / s for s in spacing_mm), mode="nearest"
-        )
+        return gaussian_in_slabs(slab, tuple(sigma_mm / s for s in spacing_mm), pool)
 
     measure_bias = _OpeningBias(
         slab_lung, spacing_mm, block_mm=block_mm, radius_mm=radius_mm, level_mm=level_mm,
