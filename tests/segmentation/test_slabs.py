@@ -14,7 +14,8 @@ from lungvol.segmentation.slabs import gaussian_in_slabs, shared_slabs
 
 @pytest.mark.parametrize("n_slices", [7, 40])
 @pytest.mark.parametrize("with_pool", [True, False])
-def test_smoothing_in_two_threaded_slabs_equals_one_gaussian_filter(n_slices, with_pool):
+@pytest.mark.parametrize("mode", ["nearest", "reflect"])
+def test_smoothing_in_two_threaded_slabs_equals_one_gaussian_filter(n_slices, with_pool, mode):
     """The lesion stage and the noise search smooth in two z-slabs on two threads; the halo
     makes the result bit-identical to scipy's single call (short volumes, and calls without
     a pool, take the single call; a zero sigma returns the input)."""
@@ -22,9 +23,9 @@ def test_smoothing_in_two_threaded_slabs_equals_one_gaussian_filter(n_slices, wi
     hu = rng.normal(-700.0, 150.0, (n_slices, 24, 20)).astype(np.float32)
     sigma_px = (1.2, 0.7, 0.9)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        out = gaussian_in_slabs(hu, sigma_px, pool if with_pool else None)
+        out = gaussian_in_slabs(hu, sigma_px, pool if with_pool else None, mode=mode)
         assert gaussian_in_slabs(hu, (0.0, 0.0, 0.0), pool) is hu
-    assert np.array_equal(out, ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest"))
+    assert np.array_equal(out, ndimage.gaussian_filter(hu, sigma=sigma_px, mode=mode))
 
 
 def test_shared_slabs_cover_every_slice_once_in_order_and_raise_errors():

@@ -69,26 +69,28 @@ def shared_slabs(
 
 
 def gaussian_in_slabs(
-    hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor | None
+    hu: np.ndarray, sigma_px: tuple[float, ...], pool: ThreadPoolExecutor | None,
+    mode: str = "nearest",
 ) -> np.ndarray:
-    """``ndimage.gaussian_filter(hu, sigma_px, mode="nearest")``, in two z-slabs on two
-    threads (:func:`shared_slabs`).
+    """``ndimage.gaussian_filter(hu, sigma_px, mode=mode)``, in two z-slabs on two threads
+    (:func:`shared_slabs`).
 
     Each slab carries a halo of the kernel's reach along z, so the result is identical to
-    one ``gaussian_filter`` call (scipy's default truncation, 4 sigma). Sigma is in voxels
-    per axis; all zero returns ``hu`` itself. Volumes shorter than four halos, or without
-    ``pool``, take the single call.
+    one ``gaussian_filter`` call (scipy's default truncation, 4 sigma; the slabs at the
+    volume's ends see its ends, so any boundary mode holds). Sigma is in voxels per axis;
+    all zero returns ``hu`` itself. Volumes shorter than four halos, or without ``pool``,
+    take the single call.
     """
     if not any(s > 0 for s in sigma_px):
         return hu
     n = hu.shape[0]
     halo = int(_GAUSSIAN_TRUNCATE * sigma_px[0] + 0.5) + 1
     if pool is None or n < 4 * halo:
-        return ndimage.gaussian_filter(hu, sigma=sigma_px, mode="nearest")
+        return ndimage.gaussian_filter(hu, sigma=sigma_px, mode=mode)
     out = np.empty_like(hu)
 
     def run(lo: int, hi: int, a: int, b: int) -> None:
-        out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode="nearest")[lo - a:hi - a]
+        out[lo:hi] = ndimage.gaussian_filter(hu[a:b], sigma=sigma_px, mode=mode)[lo - a:hi - a]
 
     shared_slabs(n, halo, run, pool, 2)
     return out

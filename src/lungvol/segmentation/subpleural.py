@@ -56,6 +56,7 @@ from lungvol.segmentation.grid import (
     patient_index,
 )
 from lungvol.segmentation.lungs import bone_map
+from lungvol.segmentation.slabs import gaussian_in_slabs
 from lungvol.types import (
     LESION_GGO,
     LESION_SOLID,
@@ -518,9 +519,9 @@ def add_solid_shell(
         for c, m, n in zip((rz, ry, rx), margin, shape, strict=True)
     )
     hu_box = volume.hu[box]
-    smooth = hu_box.astype(np.float32)
-    if sigma_mm > 0:
-        smooth = ndimage.gaussian_filter(smooth, sigma)
+    # The box holds both lungs' surfaces: two threads (the same values as one call).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        smooth = gaussian_in_slabs(hu_box.astype(np.float32), sigma, pool, mode="reflect")
     local = (rz - box[0].start, ry - box[1].start, rx - box[2].start)
     value = smooth[local]
     low, high = config.lesions.solid_band_hu
