@@ -169,6 +169,9 @@ class LungSegmentationConfig:
     # (heart, aorta) is not bone.
     cortical_min_hu: float = 600.0
     cortical_min_fraction: float = 0.02
+    # ... and a core of such a component (one erosion) of at least this volume without
+    # that cortex fraction is enhanced blood joined to bone (aorta on the spine; 0 = off).
+    blood_core_min_ml: float = 5.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
@@ -231,6 +234,11 @@ class LungSegmentationConfig:
         if not 0.0 <= self.cortical_min_fraction <= 1.0:
             raise ConfigError(
                 f"lungs.cortical_min_fraction must be in [0, 1] (got {self.cortical_min_fraction})"
+            )
+        if self.blood_core_min_ml < 0:
+            raise ConfigError(
+                f"lungs.blood_core_min_ml must be >= 0 (0 turns the rule off; got "
+                f"{self.blood_core_min_ml})"
             )
         if self.pleural_bridge_min_bone_fraction < 0:
             raise ConfigError(

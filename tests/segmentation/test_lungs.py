@@ -476,14 +476,66 @@ def test_bone_map_keeps_cortical_bone_and_drops_enhanced_blood():
     hu[:, 5:25, 30:55] = 300.0  # enhanced blood
     hu[6, 15, 40] = 800.0  # one calcified voxel in it
     cfg = LungSegmentationConfig()
-    bone, blood_voxels = bone_map(grid.downsample_mean(hu), grid.downsample_max(hu), cfg)
+    bone, blood_voxels = bone_map(
+        grid.downsample_mean(hu), grid.downsample_max(hu), cfg, grid.voxel_volume_ml
+    )
     assert bone[:, 3:6, 3:6].all()
     assert 500 <= blood_voxels <= 800  # the pool: 12 x 20 x 25 mm, ~750 blocks of 2 mm
     assert not bone[:, 3:12, 16:27].any()
     # Without the cortex requirement the pool would be bone.
     loose, _ = bone_map(grid.downsample_mean(hu), grid.downsample_max(hu),
-                         LungSegmentationConfig(cortical_min_fraction=0.0))
+                         LungSegmentationConfig(cortical_min_fraction=0.0), grid.voxel_volume_ml)
     assert loose[:, 3:12, 16:27].all()
+
+
+def _vertebra_and_aorta_blocks(bridge: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block means and maxima (2 mm blocks): a vertebral body (a shell of cortex around
+    cancellous bone whose blocks hold no cortical voxel) and, beside it, an enhanced aorta
+    (300 HU), joined by a bridge one block wide (wall and cortex averaged) or apart."""
+    shape = (12, 30, 50)
+    z, y, x = np.indices(shape)
+    mean = np.full(shape, 40.0, np.float32)
+    peak = np.full(shape, 80.0, np.float32)
+    r_vert = np.hypot(y - 15, x - 12)
+    mean[r_vert <= 8], peak[r_vert <= 8] = 600.0, 1100.0  # cortex shell
+    mean[r_vert <= 7], peak[r_vert <= 7] = 260.0, 420.0  # cancellous bone
+    aorta = np.hypot(y - 15, x - 29) <= 7
+    mean[aorta], peak[aorta] = 300.0, 360.0
+    if bridge:  # the block between them: cortex, wall and blood averaged
+        mean[:, 15, 21], peak[:, 15, 21] = 230.0, 700.0
+    return mean, peak, aorta
+
+
+@pytest.mark.parametrize("bridge", [True, False])
+def test_bone_map_separates_enhanced_blood_that_touches_bone(bridge):
+    """An enhanced aorta lying on a vertebra joins it in one component of block means >=
+    200 HU: the component passes the cortex test, but the aorta's core has no cortex with
+    its surface and is not bone; the vertebra, whose cancellous core holds no cortical
+    voxel but whose surface does, stays bone. With the rule off (blood_core_min_ml 0) the
+    joined aorta is bone, as before session 32."""
+    from lungvol.segmentation.lungs import bone_map
+
+    mean, peak, aorta = _vertebra_and_aorta_blocks(bridge)
+    vertebra = np.broadcast_to(
+        np.hypot(*np.indices(mean.shape[1:]) - np.array([15, 12])[:, None, None]) <= 8,
+        mean.shape,
+    )
+    voxel_ml = 0.008  # 2 mm blocks
+    bone, blood_voxels = bone_map(mean, peak, LungSegmentationConfig(), voxel_ml)
+    assert bone[vertebra].all()
+    # Beyond the vertebra at most the bridge (it holds cortex) and a block beside it.
+    assert np.count_nonzero(bone & ~vertebra) <= (2 * mean.shape[0] if bridge else 0)
+    assert np.count_nonzero(bone & aorta) <= 2  # beside the bridge in the end slices
+    assert blood_voxels >= np.count_nonzero(aorta) - 2
+    old, old_blood = bone_map(mean, peak, LungSegmentationConfig(blood_core_min_ml=0.0), voxel_ml)
+    if bridge:
+        assert old[aorta].all()
+        assert old_blood == 0.0
+    else:  # apart, the component rule alone found the blood
+        assert np.array_equal(old, bone)
+    # A cortex-free core smaller than blood_core_min_ml stays bone (the aorta: ~12 mL).
+    big, _ = bone_map(mean, peak, LungSegmentationConfig(blood_core_min_ml=50.0), voxel_ml)
+    assert np.array_equal(big, old)
 
 
 def test_coarse_mean_is_computed_once_per_array_and_grid():

@@ -191,7 +191,7 @@ def measure_rib_gaps(
     box[1] = slice(max(0, box[1].start - reach), min(grid.shape[1], box[1].stop + reach))
     box_t = tuple(box)
     hu_c = coarse_mean(volume.hu, grid)[box_t]
-    bone, _ = bone_map(hu_c, coarse_max(volume.hu, grid)[box_t], lc)
+    bone, _ = bone_map(hu_c, coarse_max(volume.hu, grid)[box_t], lc, grid.voxel_volume_ml)
     y = np.arange(bone.shape[1], dtype=np.int32)[None, :, None]
     k = _window_size(sc.window_mm, sp)[0]
     midline = lungs.info.get("midline_x_index")
@@ -361,7 +361,9 @@ def _costal_gap(
         int(np.ceil(sc.costal_bone_distance_mm / s)) + 2 for s in sp
     ))
     hu_c = coarse_mean(volume.hu, grid_full)[box_c]
-    bone_c, _ = bone_map(hu_c, coarse_max(volume.hu, grid_full)[box_c], lc)
+    bone_c, _ = bone_map(
+        hu_c, coarse_max(volume.hu, grid_full)[box_c], lc, grid_full.voxel_volume_ml
+    )
     lung_c = lung_full[box_c]
     summary: dict = {
         "flagged": False, "costal_surface_ml": 0.0, "lesion_facing_fraction": 0.0,
