@@ -32,9 +32,11 @@ rotation or shift) and with its lesion proportion:
 - a pacemaker can in the left anterior chest wall with simulated metal streaks
   (``lungvol.phantom.insert_metal``: titanium at 1e5 photons per ray, denser metal at 2e4):
   flagged ``metal_near_lungs`` (session 19);
-- intravenous contrast, simulated: the heart's and great vessels' blood pool +220 HU
-  (their walls and the fat around them as scanned), alone and with the lung vessels raised
-  by up to 200 HU: flagged ``contrast_enhanced`` (session 32).
+- intravenous contrast, simulated (``lungvol.phantom.enhance_contrast``): the heart's and
+  great vessels' blood pool +220 HU (their walls and the fat around them as scanned), alone
+  and with the lung vessels raised by up to 200 HU: flagged ``contrast_enhanced``, the lung
+  mask and the normal-CT call kept (session 32; before, the pool joined the spine's bone
+  component and hila and mediastinum went into the lungs, silently).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -64,7 +66,7 @@ from scipy import ndimage
 from lungvol.config import LungvolConfig
 from lungvol.errors import LungvolError
 from lungvol.io import read_ct
-from lungvol.phantom import insert_metal
+from lungvol.phantom import enhance_contrast, insert_metal
 from lungvol.segmentation import segment_masks
 from lungvol.types import CTVolume
 
@@ -85,59 +87,6 @@ def _with_hu(chest: CTVolume, hu: np.ndarray) -> CTVolume:
         hu=hu.astype(np.int16), spacing_mm=chest.spacing_mm, origin_lps_mm=chest.origin_lps_mm,
         direction=chest.direction, source=chest.source,
     )
-
-
-def _contrast_enhanced(
-    hu: np.ndarray, labels: np.ndarray, spacing_mm: tuple[float, float, float], *,
-    blood_gain_hu: float, vessel_gain_hu: float, wall_mm: float = 4.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A non-contrast chest as if scanned after intravenous contrast (a simulation).
-
-    Blood pool: in each slice, soft tissue (-30..120 HU; noise specks above -200 HU inside
-    it included) between the two
-    lungs' medial edges and in front of the vertebral body, at least ``wall_mm`` in-plane
-    from anything else (the myocardium, vessel walls and fat stay as they are), in pieces
-    of at least 5 mL: the heart chambers, aorta, pulmonary trunk and veins; raised by
-    ``blood_gain_hu``. Lung vessels: voxels above -750 HU at least 2 mm inside the lung
-    mask (not the pleura's partial volume) gain ``vessel_gain_hu`` times their vessel
-    fraction (0 at -850 HU, 1 at +40 HU). Returns the HU (int32) and the blood pool mask.
-    """
-    lung = labels > 0
-    h = hu.astype(np.float32)
-    pool = np.zeros(hu.shape, bool)
-    cols = np.arange(hu.shape[2])
-    rows = np.arange(hu.shape[1])[:, None]
-    for z in np.flatnonzero((labels == 1).any(axis=(1, 2)) & (labels == 2).any(axis=(1, 2))):
-        right, left = labels[z] == 1, labels[z] == 2
-        medial_right = np.where(right, cols, -1).max(axis=1)
-        medial_left = np.where(left, cols, hu.shape[2]).min(axis=1)
-        ys = np.flatnonzero(lung[z].any(axis=1))
-        mid = hu.shape[2] // 2
-        bone_rows = np.flatnonzero((hu[z, :, mid - 15 : mid + 15] > 250).any(axis=1))
-        spine_rows = bone_rows[bone_rows > (ys[0] + ys[-1]) / 2]
-        y_spine = spine_rows.min() if spine_rows.size else ys[-1]
-        both = ((medial_right >= 0) & (medial_left < hu.shape[2]))[:, None]  # rows with both
-        between = (
-            both & (cols[None, :] > medial_right[:, None]) & (cols[None, :] < medial_left[:, None])
-            & (rows < y_spine - 5.0 / spacing_mm[1])
-        )
-        soft = between & (hu[z] > -30) & (hu[z] < 120)
-        # Noise specks inside the soft tissue count as soft tissue (holes filled), the
-        # airways' lumen does not (the pool is soft tissue, at most noise below -30 HU).
-        filled = ndimage.binary_fill_holes(soft) & (hu[z] > -200)
-        pool[z] = filled & (
-            ndimage.distance_transform_edt(filled, sampling=spacing_mm[1:]) >= wall_mm
-        )
-    lab, n = ndimage.label(pool)
-    if n:
-        ml = np.bincount(lab.ravel())[1:] * float(np.prod(spacing_mm)) / 1000.0
-        pool = np.isin(lab, np.flatnonzero(ml >= 5.0) + 1)
-    h[pool] += blood_gain_hu
-    if vessel_gain_hu:
-        vessel = (ndimage.distance_transform_edt(lung, sampling=spacing_mm) >= 2.0) & (hu > -750)
-        fraction = np.clip((h[vessel] + 850.0) / 890.0, 0.0, 1.0)
-        h[vessel] += vessel_gain_hu * fraction
-    return np.rint(h).astype(np.int32), pool
 
 
 def perturbations(
@@ -248,8 +197,8 @@ def perturbations(
     # scan is flagged contrast_enhanced (the lesion bands are set for non-contrast CT).
     for name, vessel_gain in (("blood pool +220 HU", 0.0),
                               ("blood pool +220 HU, lung vessels +200 HU", 200.0)):
-        h, _pool = _contrast_enhanced(hu, labels, chest.spacing_mm, blood_gain_hu=220.0,
-                                      vessel_gain_hu=vessel_gain)
+        h, _pool = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm,
+                                    blood_gain_hu=220.0, vessel_gain_hu=vessel_gain)
         out.append((f"contrast-enhanced: {name}", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):

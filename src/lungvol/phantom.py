@@ -1528,6 +1528,93 @@ def insert_metal(
     return np.rint(out).astype(np.int16), metal
 
 
+# enhance_contrast: soft tissue that may be blood (HU), the HU above which a voxel next to it
+# is still taken for noise in it (not airway lumen), bone marking the spine (HU), the half
+# width of the spine's column (mm), the gap left in front of it (mm), the smallest piece of
+# blood pool (mL), and the lung vessels' depth inside the lung mask (mm) and HU range.
+_BLOOD_SOFT_HU = (-30.0, 120.0)
+_BLOOD_SPECK_MIN_HU = -200.0
+_SPINE_MIN_HU = 250.0
+_SPINE_HALF_WIDTH_MM = 10.0
+_SPINE_GAP_MM = 5.0
+_BLOOD_MIN_PIECE_ML = 5.0
+_VESSEL_DEPTH_MM = 2.0
+_VESSEL_LUNG_HU, _VESSEL_MIN_HU, _VESSEL_FULL_HU = -850.0, -750.0, 40.0
+
+
+def enhance_contrast(
+    hu: np.ndarray,
+    lung_labels: np.ndarray,
+    *,
+    spacing_mm: tuple[float, float, float],
+    blood_gain_hu: float,
+    vessel_gain_hu: float = 0.0,
+    wall_mm: float = 4.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A non-contrast chest CT as if scanned after intravenous contrast: a robustness case
+    (a simulation, not ground truth).
+
+    Blood pool: in each slice that holds both lungs (``lung_labels`` 1 right, 2 left),
+    soft tissue (``_BLOOD_SOFT_HU``; noise specks inside it included) between the two
+    lungs' medial edges and in front of the vertebral body, at least ``wall_mm`` in-plane
+    from anything else (myocardium, vessel walls and fat keep their HU), in pieces of at
+    least ``_BLOOD_MIN_PIECE_ML``: the heart chambers, aorta, pulmonary trunk and veins;
+    raised by ``blood_gain_hu``. Lung vessels: voxels above -750 HU at least 2 mm inside the
+    lung mask (not the pleura's partial volume) gain ``vessel_gain_hu`` times their vessel
+    fraction (0 at -850 HU, 1 at +40 HU). The blood's noise stays the soft tissue's.
+
+    Returns the new HU (int32) and the blood pool mask.
+    """
+    if hu.ndim != 3 or lung_labels.shape != hu.shape:
+        raise GeometryError(
+            f"hu must be 3-D (z, y, x) with lung labels of its shape, got {hu.shape} and "
+            f"{lung_labels.shape}"
+        )
+    lung = lung_labels > 0
+    out = hu.astype(np.float32)
+    pool = np.zeros(hu.shape, bool)
+    cols = np.arange(hu.shape[2])
+    rows = np.arange(hu.shape[1])[:, None]
+    mid = hu.shape[2] // 2
+    half = max(1, int(round(_SPINE_HALF_WIDTH_MM / spacing_mm[2])))
+    both_lungs = (lung_labels == 1).any(axis=(1, 2)) & (lung_labels == 2).any(axis=(1, 2))
+    for z in np.flatnonzero(both_lungs):
+        right, left = lung_labels[z] == 1, lung_labels[z] == 2
+        medial_right = np.where(right, cols, -1).max(axis=1)
+        medial_left = np.where(left, cols, hu.shape[2]).min(axis=1)
+        ys = np.flatnonzero(lung[z].any(axis=1))
+        # The vertebral body: the front of the bone in the midline column, behind the
+        # lungs' middle.
+        bone_rows = np.flatnonzero((hu[z, :, mid - half : mid + half] > _SPINE_MIN_HU).any(axis=1))
+        spine_rows = bone_rows[bone_rows > (ys[0] + ys[-1]) / 2]
+        y_spine = spine_rows.min() if spine_rows.size else ys[-1]
+        between = (
+            ((medial_right >= 0) & (medial_left < hu.shape[2]))[:, None]
+            & (cols[None, :] > medial_right[:, None]) & (cols[None, :] < medial_left[:, None])
+            & (rows < y_spine - _SPINE_GAP_MM / spacing_mm[1])
+        )
+        soft = between & (hu[z] > _BLOOD_SOFT_HU[0]) & (hu[z] < _BLOOD_SOFT_HU[1])
+        # Noise specks inside the soft tissue are soft tissue (holes filled); the airways'
+        # lumen is not.
+        filled = ndimage.binary_fill_holes(soft) & (hu[z] > _BLOOD_SPECK_MIN_HU)
+        pool[z] = filled & (
+            ndimage.distance_transform_edt(filled, sampling=spacing_mm[1:]) >= wall_mm
+        )
+    pieces, n = ndimage.label(pool)
+    if n:
+        piece_ml = np.bincount(pieces.ravel())[1:] * float(np.prod(spacing_mm)) / 1000.0
+        pool = np.isin(pieces, np.flatnonzero(piece_ml >= _BLOOD_MIN_PIECE_ML) + 1)
+    out[pool] += blood_gain_hu
+    if vessel_gain_hu:
+        deep = ndimage.distance_transform_edt(lung, sampling=spacing_mm) >= _VESSEL_DEPTH_MM
+        vessel = deep & (hu > _VESSEL_MIN_HU)
+        fraction = np.clip(
+            (out[vessel] - _VESSEL_LUNG_HU) / (_VESSEL_FULL_HU - _VESSEL_LUNG_HU), 0.0, 1.0
+        )
+        out[vessel] += vessel_gain_hu * fraction
+    return np.rint(out).astype(np.int32), pool
+
+
 def write_phantom(
     phantom: Phantom,
     out_dir: str | Path,

@@ -703,6 +703,29 @@ def test_a_brighter_calibration_keeps_the_airways_out_and_the_scan_normal(chest)
     assert proportion_pct < 1.0, proportion_pct
 
 
+@pytest.mark.parametrize("vessel_gain_hu", [0.0, 200.0])
+def test_a_contrast_enhanced_chest_keeps_its_lungs_and_is_flagged(chest, vessel_gain_hu):
+    """The real chest with its blood pool +220 HU (``enhance_contrast``; 614 mL), alone and
+    with the lung vessels enhanced. Before session 32 the pool, bridged to the spine by the
+    aorta, joined the skeleton's bone component: hila and mediastinum went into the lungs
+    (5440 mL, Dice 0.995), lesion 1.28 / 1.40 %, not a normal CT, no flag. Measured now:
+    Dice 1.000 / 0.997, 0.31 / 0.43 %, flagged contrast_enhanced (548 mL); with
+    lungs.blood_core_min_ml 0 (the old rule) this test fails: 0.995 / 0.992, 1.28 / 1.42 %."""
+    from lungvol.phantom import enhance_contrast
+    from lungvol.quantification import measure_scan
+
+    vol, lungs = chest
+    hu, _pool = enhance_contrast(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
+                                 blood_gain_hu=220.0, vessel_gain_hu=vessel_gain_hu)
+    ct = as_volume(hu.astype(np.int16), vol.spacing_mm)
+    new_lungs, lesions = segment_masks(ct, CFG)
+    metrics = measure_scan(ct, new_lungs, lesions, CFG, timings_s={})
+    assert dice(new_lungs.labels > 0, lungs.labels > 0) >= 0.995
+    assert metrics.normal_ct, metrics.lesion_proportion_pct
+    assert any(f.startswith("contrast_enhanced") for f in metrics.qc_flags)
+    assert new_lungs.info["enhanced_blood_ml"] >= 400.0
+
+
 def test_a_field_of_view_that_cuts_the_lungs_is_flagged(chest):
     """Columns cut from both sides of the real chest: through the chest wall only (lungs
     whole: no flag), and 13-14 mm into each lung (125 mL of lung lost, 0.10 % of lung voxels
