@@ -36,7 +36,6 @@ def test_every_transfer_syntax_loads_exact_hu(tmp_path, chest, syntax):
 
 def test_pydicom_fallback_gives_the_same_volume(tmp_path, chest, monkeypatch):
     write_dicom_series(chest, tmp_path, spacing_mm=SPACING, transfer_syntax="jpeg_lossless")
-    from lungvol.io import reader
 
     def gdcm_fails(files, pixel_type):
         raise RuntimeError("GDCM cannot decode this transfer syntax")

@@ -175,53 +175,68 @@ def bone_map(
     every bone core of that size holds cortex in 2.6-81 % of its blocks.
     """
     candidate = hu >= config.bone_min_hu
-    lab, n = ndimage.label(candidate, structure=_CONN6)
-    if n == 0:
-        return candidate, 0.0
     cortical = block_max_hu >= config.cortical_min_hu
-    # Counted over the candidate blocks only (a few % of the grid; the same counts).
-    size = np.bincount(lab[candidate], minlength=n + 1)
-    cortex = np.bincount(lab[candidate & cortical], minlength=n + 1)
-    keep_id = cortex >= config.cortical_min_fraction * size
-    keep_id[0] = False
-    keep = keep_id[lab]
-    # The largest component without cortex (before the blood rule, as before it).
-    rejected_max = float(np.where(keep_id, 0, size)[1:].max(initial=0))
+    keep, rejected_max = _with_cortex(candidate, cortical, config.cortical_min_fraction)
     if config.blood_core_min_ml > 0 and keep.any():
-        box = bounding_box(keep, 1)
-        kept = keep[box]
-        core = ndimage.binary_erosion(kept, structure=_CONN6)
-        core_lab, m = ndimage.label(core, structure=_CONN6)
-        if m:
-            # A vertebra's cortex lies around its cancellous core, not in it: a core block
-            # counts as cortex where it or a 6-neighbour holds a cortical voxel.
-            near_cortex = ndimage.binary_dilation(cortical[box], structure=_CONN6)
-            core_size = np.bincount(core_lab[core], minlength=m + 1)
-            core_cortex = np.bincount(core_lab[core & near_cortex], minlength=m + 1)
-            blood_id = (core_cortex < config.cortical_min_fraction * core_size) & (
-                core_size * voxel_ml >= config.blood_core_min_ml
-            )
-            blood_id[0] = False
-            if blood_id.any():
-                blood = blood_id[core_lab]
-                bone_core = core & ~blood
-                surface = (
-                    ndimage.binary_dilation(blood, structure=_CONN6) & kept & ~core
-                    & ~cortical[box] & ~ndimage.binary_dilation(bone_core, structure=_CONN6)
-                )
-                kept &= ~(blood | surface)  # a view: ``keep`` changes with it
-                # What the blood leaves of its surface (a rim one block out, where the
-                # surface bends) no longer joins bone: the component test once more.
-                lab, n = ndimage.label(keep, structure=_CONN6)
-                size = np.bincount(lab[keep], minlength=n + 1)
-                cortex = np.bincount(lab[keep & cortical], minlength=n + 1)
-                keep_id = cortex >= config.cortical_min_fraction * size
-                keep_id[0] = False
-                keep = keep_id[lab]
-                rejected = candidate & ~keep
-                pieces, k = ndimage.label(rejected, structure=_CONN6)
-                rejected_max = float(np.bincount(pieces[rejected], minlength=k + 1)[1:].max())
+        blood = _blood_joined_to_bone(keep, cortical, config, voxel_ml)
+        if blood.any():
+            # What the blood leaves of its surface (a rim one block out, where the surface
+            # bends) no longer joins bone: the component test once more.
+            keep, _ = _with_cortex(keep & ~blood, cortical, config.cortical_min_fraction)
+            rejected = candidate & ~keep
+            pieces, k = ndimage.label(rejected, structure=_CONN6)
+            rejected_max = float(np.bincount(pieces[rejected], minlength=k + 1)[1:].max())
     return keep, rejected_max
+
+
+def _with_cortex(
+    mask: np.ndarray, cortical: np.ndarray, min_fraction: float
+) -> tuple[np.ndarray, float]:
+    """The 6-connected components of ``mask`` in which at least ``min_fraction`` of the
+    blocks are ``cortical``, and the size of the largest other one (blocks)."""
+    lab, n = ndimage.label(mask, structure=_CONN6)
+    if n == 0:
+        return mask.copy(), 0.0
+    # Counted over the mask's blocks only (a few % of the grid; the same counts).
+    size = np.bincount(lab[mask], minlength=n + 1)
+    cortex = np.bincount(lab[mask & cortical], minlength=n + 1)
+    keep_id = cortex >= min_fraction * size
+    keep_id[0] = False
+    return keep_id[lab], float(np.where(keep_id, 0, size)[1:].max(initial=0))
+
+
+def _blood_joined_to_bone(
+    bone: np.ndarray, cortical: np.ndarray, config: LungSegmentationConfig, voxel_ml: float
+) -> np.ndarray:
+    """The blocks of ``bone`` that are enhanced blood bridged to it (:func:`bone_map`):
+    cortex-free cores of at least ``blood_core_min_ml`` and their cortex-free surface
+    blocks that touch no other core."""
+    blood_full = np.zeros(bone.shape, bool)
+    box = bounding_box(bone, 1)
+    sub = bone[box]
+    core = ndimage.binary_erosion(sub, structure=_CONN6)
+    core_lab, m = ndimage.label(core, structure=_CONN6)
+    if m == 0:
+        return blood_full
+    # A vertebra's cortex lies around its cancellous core, not in it: a core block counts
+    # as cortex where it or a 6-neighbour holds a cortical voxel.
+    cortical_b = cortical[box]
+    near_cortex = ndimage.binary_dilation(cortical_b, structure=_CONN6)
+    core_size = np.bincount(core_lab[core], minlength=m + 1)
+    core_cortex = np.bincount(core_lab[core & near_cortex], minlength=m + 1)
+    blood_id = (core_cortex < config.cortical_min_fraction * core_size) & (
+        core_size * voxel_ml >= config.blood_core_min_ml
+    )
+    blood_id[0] = False
+    if not blood_id.any():
+        return blood_full
+    blood = blood_id[core_lab]
+    surface = (
+        ndimage.binary_dilation(blood, structure=_CONN6) & sub & ~core & ~cortical_b
+        & ~ndimage.binary_dilation(core & ~blood, structure=_CONN6)
+    )
+    blood_full[box] = blood | surface
+    return blood_full
 
 
 def _midline_x(bone: np.ndarray, body: np.ndarray) -> float:
