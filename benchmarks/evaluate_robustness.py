@@ -36,7 +36,9 @@ rotation or shift) and with its lesion proportion:
   great vessels' blood pool +220 HU (their walls and the fat around them as scanned), alone
   and with the lung vessels raised by up to 200 HU: flagged ``contrast_enhanced``, the lung
   mask and the normal-CT call kept (session 32; before, the pool joined the spine's bone
-  component and hila and mediastinum went into the lungs, silently).
+  component and hila and mediastinum went into the lungs, silently); and CT angiography,
+  the pool +550 HU (session 33: its noise reaches the cortical level; before, it was bone
+  again, silently).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -195,10 +197,14 @@ def perturbations(
     # Intravenous contrast (session 32): the blood pool bright, the lung vessels too. The
     # lung stage must not take the heart's wall or fat for consolidated lung, and the
     # scan is flagged contrast_enhanced (the lesion bands are set for non-contrast CT).
-    for name, vessel_gain in (("blood pool +220 HU", 0.0),
-                              ("blood pool +220 HU, lung vessels +200 HU", 200.0)):
+    # CT angiography (session 33): blood near 600 HU, whose noise reaches the cortex level.
+    for name, blood_gain, vessel_gain in (
+        ("blood pool +220 HU", 220.0, 0.0),
+        ("blood pool +220 HU, lung vessels +200 HU", 220.0, 200.0),
+        ("CT angiography, blood pool +550 HU, lung vessels +200 HU", 550.0, 200.0),
+    ):
         h, _pool = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm,
-                                    blood_gain_hu=220.0, vessel_gain_hu=vessel_gain)
+                                    blood_gain_hu=blood_gain, vessel_gain_hu=vessel_gain)
         out.append((f"contrast-enhanced: {name}", h, lung, _identity))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,14 @@ class LungSegmentationConfig:
     # ... and a core of such a component (one erosion) of at least this volume without
     # that cortex fraction is enhanced blood joined to bone (aorta on the spine; 0 = off).
     blood_core_min_ml: float = 5.0
+    # Near a homogeneous core (block means' IQR <= blood_max_iqr_hu, median below
+    # blood_max_hu) a cortical block must also be blood_cortex_margin_hu denser (block
+    # mean) than the core's median: bright blood's (CT angiography) noise tail reaches
+    # cortical_min_hu but is no denser than the rest of the blood. A homogeneous core
+    # denser than blood_max_hu is compact bone.
+    blood_max_iqr_hu: float = 110.0
+    blood_cortex_margin_hu: float = 200.0
+    blood_max_hu: float = 650.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
@@ -239,6 +248,19 @@ class LungSegmentationConfig:
             raise ConfigError(
                 f"lungs.blood_core_min_ml must be >= 0 (0 turns the rule off; got "
                 f"{self.blood_core_min_ml})"
+            )
+        if math.isnan(self.blood_cortex_margin_hu):
+            raise ConfigError(
+                "lungs.blood_cortex_margin_hu must be a number of HU (-.inf gives lungvol "
+                "0.6.10's absolute cortex test)"
+            )
+        if self.blood_max_iqr_hu < 0:
+            raise ConfigError(
+                f"lungs.blood_max_iqr_hu must be >= 0 (got {self.blood_max_iqr_hu})"
+            )
+        if self.blood_max_hu <= self.bone_min_hu:
+            raise ConfigError(
+                f"lungs.blood_max_hu must be above lungs.bone_min_hu (got {self.blood_max_hu})"
             )
         if self.pleural_bridge_min_bone_fraction < 0:
             raise ConfigError(

@@ -52,7 +52,10 @@ def test_inverted_band_is_refused() -> None:
                                             ("pleural_max_lung_pieces", 0),
                                             ("pleural_piece_min_area_mm2", -1.0),
                                             ("pleural_bridge_min_bone_fraction", -0.1),
-                                            ("cortical_min_fraction", 1.5)])
+                                            ("cortical_min_fraction", 1.5),
+                                            ("blood_cortex_margin_hu", float("nan")),
+                                            ("blood_max_hu", 150.0),
+                                            ("blood_max_iqr_hu", -1.0)])
 def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):
         config_from_dict({"lungs": {key: value}})

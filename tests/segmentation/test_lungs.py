@@ -538,6 +538,43 @@ def test_bone_map_separates_enhanced_blood_that_touches_bone(bridge):
     assert np.array_equal(big, old)
 
 
+def test_bone_map_separates_angiography_blood_whose_noise_reaches_the_cortex_level():
+    """CT angiography: the aorta's blood reads ~600 HU and its noise puts most blocks over
+    the cortical level, so it "holds cortex" by the absolute test (blood_cortex_margin_hu
+    -inf, lungvol 0.6.10) and stays bone. Its cortical blocks are no denser than its median,
+    though, while a vertebra's cortex is far denser than its cancellous core: the aorta is
+    blood, the vertebra bone. A homogeneous core denser than blood_max_hu (compact bone) is
+    not blood."""
+    from lungvol.segmentation.lungs import bone_map
+
+    mean, peak, aorta = _vertebra_and_aorta_blocks(bridge=True)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0.0, 15.0, mean.shape).astype(np.float32)
+    mean[aorta] = 600.0 + noise[aorta]
+    peak[aorta] = mean[aorta] + 40.0
+    assert np.mean(peak[aorta] >= 600.0) > 0.5
+    vertebra = np.broadcast_to(
+        np.hypot(*np.indices(mean.shape[1:]) - np.array([15, 12])[:, None, None]) <= 8,
+        mean.shape,
+    )
+    voxel_ml = 0.008
+    bone, blood_voxels = bone_map(mean, peak, LungSegmentationConfig(), voxel_ml)
+    assert bone[vertebra].all()
+    assert np.count_nonzero(bone & aorta) <= 2
+    assert blood_voxels >= np.count_nonzero(aorta) - 2
+    absolute, absolute_blood = bone_map(
+        mean, peak, LungSegmentationConfig(blood_cortex_margin_hu=-np.inf), voxel_ml
+    )
+    assert absolute[aorta].all()
+    assert absolute_blood == 0.0
+    # The same core at 900 HU is compact bone: above blood_max_hu (650 HU) it stays bone.
+    mean[aorta], peak[aorta] = 900.0 + noise[aorta], 940.0 + noise[aorta]
+    dense, _ = bone_map(mean, peak, LungSegmentationConfig(), voxel_ml)
+    assert dense[aorta].all()
+    lifted, _ = bone_map(mean, peak, LungSegmentationConfig(blood_max_hu=1000.0), voxel_ml)
+    assert np.count_nonzero(lifted & aorta) <= 2
+
+
 def test_coarse_mean_is_computed_once_per_array_and_grid():
     grid = CoarseGrid.for_volume((6, 8, 8), (1.0, 1.0, 1.0), working_spacing_mm=2.0)
     a = np.arange(6 * 8 * 8, dtype=np.int16).reshape(6, 8, 8)

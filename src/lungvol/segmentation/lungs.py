@@ -172,16 +172,19 @@ def bone_map(
     touch no other core and hold no cortex. One erosion cuts the bridge (a vessel wall and
     the cortex, averaged, a block or two thick); bone keeps its cores, whose cortex lies
     in or around them (a vertebra's shell around cancellous bone): on the real scans here
-    every bone core of that size holds cortex in 2.6-81 % of its blocks.
+    every bone core of that size holds cortex in 2.6-81 % of its blocks. Near a
+    homogeneous core, cortex must also be denser than the core (CT angiography's blood
+    reaches the cortical level by its noise): :func:`_blood_joined_to_bone`.
     """
     candidate = hu >= config.bone_min_hu
     cortical = block_max_hu >= config.cortical_min_hu
     keep, rejected_max = _with_cortex(candidate, cortical, config.cortical_min_fraction)
     if config.blood_core_min_ml > 0 and keep.any():
-        blood = _blood_joined_to_bone(keep, cortical, config, voxel_ml)
+        blood, cortical = _blood_joined_to_bone(hu, keep, cortical, config, voxel_ml)
         if blood.any():
             # What the blood leaves of its surface (a rim one block out, where the surface
-            # bends) no longer joins bone: the component test once more.
+            # bends) no longer joins bone: the component test once more, with the cortex
+            # judged as for the cores.
             keep, _ = _with_cortex(keep & ~blood, cortical, config.cortical_min_fraction)
             rejected = candidate & ~keep
             pieces, k = ndimage.label(rejected, structure=_CONN6)
@@ -205,22 +208,64 @@ def _with_cortex(
     return keep_id[lab], float(np.where(keep_id, 0, size)[1:].max(initial=0))
 
 
+def _label_quartiles(
+    values: np.ndarray, labels: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First quartile, median and third quartile (nearest rank, lower) of ``values`` per
+    label 1..n (index 0 and empty labels: 0). scipy.ndimage has a median per label but no
+    other quantile; one sort gives all three."""
+    order = np.lexsort((values, labels))
+    v, lab = values[order], labels[order]
+    counts = np.bincount(lab, minlength=n + 1)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    out = []
+    for q in (0.25, 0.5, 0.75):
+        idx = starts + np.floor(q * np.maximum(counts - 1, 0)).astype(np.int64)
+        out.append(np.where(counts > 0, v[np.minimum(idx, len(v) - 1)], 0.0))
+    return out[0], out[1], out[2]
+
+
 def _blood_joined_to_bone(
-    bone: np.ndarray, cortical: np.ndarray, config: LungSegmentationConfig, voxel_ml: float
-) -> np.ndarray:
+    hu: np.ndarray, bone: np.ndarray, cortical: np.ndarray, config: LungSegmentationConfig,
+    voxel_ml: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """The blocks of ``bone`` that are enhanced blood bridged to it (:func:`bone_map`):
-    cortex-free cores of at least ``blood_core_min_ml`` and their cortex-free surface
-    blocks that touch no other core."""
+    cortex-free cores of at least ``blood_core_min_ml``, and their cortex-free surface
+    blocks that touch no other core. Also returns the cortex as judged here.
+
+    Blood is homogeneous, bone is not (cortex and marrow): near a core (two 6-connected
+    steps) whose block means have an interquartile range of at most
+    ``blood_max_iqr_hu`` and a median below ``blood_max_hu``, a ``cortical`` block is
+    cortex only where its mean (``hu``) is also ``blood_cortex_margin_hu`` above that
+    median. The blocks of bright blood (CT angiography, 550-650 HU) that reach
+    ``cortical_min_hu`` are its noise tail, no denser than the rest of it; the cortex
+    around homogeneous cancellous bone is denser than it. Elsewhere the absolute test
+    stands. A homogeneous core at or above ``blood_max_hu`` is compact bone (cortex
+    throughout, an ivory vertebra)."""
     blood_full = np.zeros(bone.shape, bool)
     box = bounding_box(bone, 1)
     sub = bone[box]
     core = ndimage.binary_erosion(sub, structure=_CONN6)
     core_lab, m = ndimage.label(core, structure=_CONN6)
     if m == 0:
-        return blood_full
+        return blood_full, cortical
+    hu_b = hu[box]
+    q1, median, q3 = _label_quartiles(hu_b[core], core_lab[core], m)
+    homogeneous = (q3 - q1 <= config.blood_max_iqr_hu) & (median < config.blood_max_hu)
+    homogeneous[0] = False
+    cortical_b = cortical[box]
+    if homogeneous.any():
+        # The least median of a homogeneous core within two steps (+inf: none there).
+        least = np.where(homogeneous, median, np.inf).astype(np.float32)[core_lab]
+        for _ in range(2):
+            least = ndimage.grey_erosion(least, footprint=_CONN6)
+        cortical_b = cortical_b & (
+            (hu_b - config.blood_cortex_margin_hu >= least) | np.isposinf(least)
+        )
+        cortical = cortical.copy()
+        cortical[box] = cortical_b
     # A vertebra's cortex lies around its cancellous core, not in it: a core block counts
     # as cortex where it or a 6-neighbour holds a cortical voxel.
-    cortical_b = cortical[box]
     near_cortex = ndimage.binary_dilation(cortical_b, structure=_CONN6)
     core_size = np.bincount(core_lab[core], minlength=m + 1)
     core_cortex = np.bincount(core_lab[core & near_cortex], minlength=m + 1)
@@ -229,14 +274,14 @@ def _blood_joined_to_bone(
     )
     blood_id[0] = False
     if not blood_id.any():
-        return blood_full
+        return blood_full, cortical
     blood = blood_id[core_lab]
     surface = (
         ndimage.binary_dilation(blood, structure=_CONN6) & sub & ~core & ~cortical_b
         & ~ndimage.binary_dilation(core & ~blood, structure=_CONN6)
     )
     blood_full[box] = blood | surface
-    return blood_full
+    return blood_full, cortical
 
 
 def _midline_x(bone: np.ndarray, body: np.ndarray) -> float:
