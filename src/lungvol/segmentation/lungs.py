@@ -233,8 +233,8 @@ def _blood_joined_to_bone(
     cortex-free cores of at least ``blood_core_min_ml``, and their cortex-free surface
     blocks that touch no other core. Also returns the cortex as judged here.
 
-    Blood is homogeneous, bone is not (cortex and marrow): near a core (two 6-connected
-    steps) whose block means have an interquartile range of at most
+    Blood is homogeneous, bone is not (cortex and marrow): near a core of that size (two
+    6-connected steps) whose block means have an interquartile range of at most
     ``blood_max_iqr_hu`` and a median below ``blood_max_hu``, a ``cortical`` block is
     cortex only where its mean (``hu``) is also ``blood_cortex_margin_hu`` above that
     median. The blocks of bright blood (CT angiography, 550-650 HU) that reach
@@ -250,29 +250,30 @@ def _blood_joined_to_bone(
     if m == 0:
         return blood_full, cortical
     hu_b = hu[box]
+    core_size = np.bincount(core_lab[core], minlength=m + 1)
+    big = core_size * voxel_ml >= config.blood_core_min_ml
+    big[0] = False
     q1, median, q3 = _label_quartiles(hu_b[core], core_lab[core], m)
-    homogeneous = (q3 - q1 <= config.blood_max_iqr_hu) & (median < config.blood_max_hu)
-    homogeneous[0] = False
+    homogeneous = big & (q3 - q1 <= config.blood_max_iqr_hu) & (median < config.blood_max_hu)
     cortical_b = cortical[box]
     if homogeneous.any():
-        # The least median of a homogeneous core within two steps (+inf: none there).
-        least = np.where(homogeneous, median, np.inf).astype(np.float32)[core_lab]
+        # The least median of a homogeneous core within two steps (+inf: none there),
+        # worked out in those cores' box.
+        near = bounding_box(homogeneous[core_lab], 2)
+        least = np.where(homogeneous, median, np.inf).astype(np.float32)[core_lab[near]]
         for _ in range(2):
             least = ndimage.grey_erosion(least, footprint=_CONN6)
-        cortical_b = cortical_b & (
-            (hu_b - config.blood_cortex_margin_hu >= least) | np.isposinf(least)
+        cortical_b = cortical_b.copy()
+        cortical_b[near] &= (hu_b[near] - config.blood_cortex_margin_hu >= least) | np.isposinf(
+            least
         )
         cortical = cortical.copy()
         cortical[box] = cortical_b
     # A vertebra's cortex lies around its cancellous core, not in it: a core block counts
     # as cortex where it or a 6-neighbour holds a cortical voxel.
     near_cortex = ndimage.binary_dilation(cortical_b, structure=_CONN6)
-    core_size = np.bincount(core_lab[core], minlength=m + 1)
     core_cortex = np.bincount(core_lab[core & near_cortex], minlength=m + 1)
-    blood_id = (core_cortex < config.cortical_min_fraction * core_size) & (
-        core_size * voxel_ml >= config.blood_core_min_ml
-    )
-    blood_id[0] = False
+    blood_id = big & (core_cortex < config.cortical_min_fraction * core_size)
     if not blood_id.any():
         return blood_full, cortical
     blood = blood_id[core_lab]
