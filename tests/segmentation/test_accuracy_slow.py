@@ -732,6 +732,23 @@ def test_a_contrast_enhanced_chest_keeps_its_lungs_and_is_flagged(
     assert new_lungs.info["enhanced_blood_ml"] >= 400.0
 
 
+def test_the_enhanced_heart_of_the_lidc_slice_is_blood_not_lung(real_ct):
+    """The contrast-enhanced LIDC slice of lidc-two-slices-dicom (left ventricle about
+    560 HU: CT-angiography blood) repeated into 80 slices of 1 mm (ad hoc: one slice is not
+    a chest). Until session 33 the ventricle's noise reached the cortical level, so it was
+    bone, and the left lung held a 6-7 mm strip of the heart's border: 1233 of its pixels
+    over -100 HU (enhanced_blood_ml 88). Now the ventricle is blood (301 mL, flagged) and
+    357 pixels are left over -100 HU, the lung's vessels (the right lung: 1200, unchanged)."""
+    vol = read_ct(real_ct / "lidc-two-slices-dicom", config=IOConfig(min_slices=2))
+    hu = np.repeat(vol.hu[:1], 80, axis=0)
+    lungs, _lesions = segment_masks(as_volume(hu, (1.0, *vol.spacing_mm[1:])), CFG)
+    mid, dense = lungs.labels[40], hu[40] > -100
+    assert lungs.info["enhanced_blood_ml"] >= 200.0
+    assert any(w.startswith("contrast_enhanced") for w in lungs.info["warnings"])
+    assert np.count_nonzero((mid == 2) & dense) <= 700
+    assert np.count_nonzero(mid == 1) >= 30000
+
+
 def test_a_field_of_view_that_cuts_the_lungs_is_flagged(chest):
     """Columns cut from both sides of the real chest: through the chest wall only (lungs
     whole: no flag), and 13-14 mm into each lung (125 mL of lung lost, 0.10 % of lung voxels
