@@ -255,7 +255,6 @@ def _blood_joined_to_bone(
     big[0] = False
     q1, median, q3 = _label_quartiles(hu_b[core], core_lab[core], m)
     homogeneous = big & (q3 - q1 <= config.blood_max_iqr_hu) & (median < config.blood_max_hu)
-    cortical_b = cortical[box]
     if homogeneous.any():
         # The least median of a homogeneous core within two steps (+inf: none there),
         # worked out in those cores' box.
@@ -263,12 +262,11 @@ def _blood_joined_to_bone(
         least = np.where(homogeneous, median, np.inf).astype(np.float32)[core_lab[near]]
         for _ in range(2):
             least = ndimage.grey_erosion(least, footprint=_CONN6)
-        cortical_b = cortical_b.copy()
-        cortical_b[near] &= (hu_b[near] - config.blood_cortex_margin_hu >= least) | np.isposinf(
-            least
-        )
         cortical = cortical.copy()
-        cortical[box] = cortical_b
+        cortical[box][near] &= (
+            (hu_b[near] - config.blood_cortex_margin_hu >= least) | np.isposinf(least)
+        )
+    cortical_b = cortical[box]
     # A vertebra's cortex lies around its cancellous core, not in it: a core block counts
     # as cortex where it or a 6-neighbour holds a cortical voxel.
     near_cortex = ndimage.binary_dilation(cortical_b, structure=_CONN6)
