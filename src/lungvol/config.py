@@ -181,6 +181,12 @@ class LungSegmentationConfig:
     blood_max_iqr_hu: float = 110.0
     blood_cortex_margin_hu: float = 200.0
     blood_max_hu: float = 650.0
+    # A homogeneous core (as above) at or above blood_max_hu that lies at least this deep
+    # inside its bone component (mm: distance to its surface) raises the QC flag
+    # dense_homogeneous_bone: no real bone here is that uniform (IQR 82-537 HU), dense
+    # contrast blood is (the simulated CT-angiography pool 25.7 mm deep; the phantoms'
+    # sternum, 900 HU throughout, 7.7-8.4 mm). 0 = off.
+    dense_core_flag_min_depth_mm: float = 10.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
@@ -261,6 +267,11 @@ class LungSegmentationConfig:
         if self.blood_max_hu <= self.bone_min_hu:
             raise ConfigError(
                 f"lungs.blood_max_hu must be above lungs.bone_min_hu (got {self.blood_max_hu})"
+            )
+        if not self.dense_core_flag_min_depth_mm >= 0:
+            raise ConfigError(
+                "lungs.dense_core_flag_min_depth_mm must be >= 0 mm (0 turns the "
+                f"dense_homogeneous_bone flag off; got {self.dense_core_flag_min_depth_mm})"
             )
         if self.pleural_bridge_min_bone_fraction < 0:
             raise ConfigError(

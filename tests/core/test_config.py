@@ -55,7 +55,9 @@ def test_inverted_band_is_refused() -> None:
                                             ("cortical_min_fraction", 1.5),
                                             ("blood_cortex_margin_hu", float("nan")),
                                             ("blood_max_hu", 150.0),
-                                            ("blood_max_iqr_hu", -1.0)])
+                                            ("blood_max_iqr_hu", -1.0),
+                                            ("dense_core_flag_min_depth_mm", -1.0),
+                                            ("dense_core_flag_min_depth_mm", float("nan"))])
 def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):
         config_from_dict({"lungs": {key: value}})

@@ -732,6 +732,38 @@ def test_a_contrast_enhanced_chest_keeps_its_lungs_and_is_flagged(
     assert new_lungs.info["enhanced_blood_ml"] >= 400.0
 
 
+def test_a_dense_angiography_bolus_is_flagged_and_the_advised_rerun_reads_it(chest):
+    """The real chest's blood pool +800 HU (median 833 HU, lung vessels +200 HU): over
+    lungs.blood_max_hu (650), so the bone map keeps it as compact bone and the lung stage
+    takes mediastinum in (Dice 0.991, 1.50 %, not a normal CT). Until session 34 that was
+    silent; now the pool (484 mL, block IQR 22 HU, 26 mm deep) raises dense_homogeneous_bone,
+    whose message names the blood_max_hu to rerun with (950): then Dice 0.996, 0.47 %,
+    flagged contrast_enhanced (623 mL). With lungs.dense_core_flag_min_depth_mm 0 (off)
+    nothing is flagged."""
+    import dataclasses
+
+    from lungvol.phantom import enhance_contrast
+
+    vol, lungs = chest
+    hu, _pool = enhance_contrast(vol.hu, lungs.labels, spacing_mm=vol.spacing_mm,
+                                 blood_gain_hu=800.0, vessel_gain_hu=200.0)
+    ct = as_volume(np.clip(hu, -1024, 3071).astype(np.int16), vol.spacing_mm)
+    first, _ = segment_masks(ct, CFG)
+    flagged = [w for w in first.info["warnings"] if w.startswith("dense_homogeneous_bone:")]
+    assert len(flagged) == 1, first.info["warnings"]
+    assert first.info["dense_homogeneous_bone_ml"] >= 400.0
+    assert first.info["enhanced_blood_ml"] < 50.0  # the pool is bone: the failure it flags
+    advised = float(flagged[0].rsplit("blood_max_hu: ", 1)[1].rstrip("}"))
+    assert 833.0 < advised <= 1000.0
+    rerun_cfg = dataclasses.replace(CFG, lungs=dataclasses.replace(CFG.lungs, blood_max_hu=advised))
+    again, lesions = segment_masks(ct, rerun_cfg)
+    assert dice(again.labels > 0, lungs.labels > 0) >= 0.995
+    proportion_pct = 100.0 * np.count_nonzero(lesions.labels) / np.count_nonzero(again.labels)
+    assert proportion_pct < 1.0, proportion_pct
+    assert again.info["enhanced_blood_ml"] >= 400.0
+    assert not any(w.startswith("dense_homogeneous_bone") for w in again.info["warnings"])
+
+
 def test_the_enhanced_heart_of_the_lidc_slice_is_blood_not_lung(real_ct):
     """The contrast-enhanced LIDC slice of lidc-two-slices-dicom (left ventricle about
     560 HU: CT-angiography blood) repeated into 80 slices of 1 mm (ad hoc: one slice is not

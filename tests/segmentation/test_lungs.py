@@ -575,6 +575,47 @@ def test_bone_map_separates_angiography_blood_whose_noise_reaches_the_cortex_lev
     assert np.count_nonzero(lifted & aorta) <= 2
 
 
+def test_a_deep_uniform_dense_core_is_reported_and_a_thin_plate_or_real_bone_is_not():
+    """dense_homogeneous_core (the QC flag dense_homogeneous_bone): a blood pool denser than
+    blood_max_hu (900 HU, 14 mm radius: a CT-angiography aorta) stays bone in bone_map and
+    is reported; a plate of the same HU 8 mm thick (the phantoms' sternum) and a vertebra
+    (cortex around cancellous bone) are not; depth 0 turns the check off."""
+    from lungvol.segmentation.lungs import bone_map, dense_homogeneous_core
+
+    shape = (30, 40, 80)
+    z, y, x = np.indices(shape)
+    rng = np.random.default_rng(1)
+    mean = np.full(shape, 40.0, np.float32)
+    aorta = (np.hypot(y - 20, x - 20) <= 7) & (z >= 3) & (z < 27)
+    plate = (np.abs(y - 20) <= 1.5) & (np.abs(x - 45) <= 6) & (z >= 3) & (z < 27)
+    r_vert = np.hypot(y - 20, x - 66)
+    mean[aorta | plate] = 900.0 + rng.normal(0.0, 15.0, np.count_nonzero(aorta | plate))
+    peak = mean + 40.0
+    vert = (r_vert <= 8) & (z >= 3) & (z < 27)
+    mean[vert], peak[vert] = 600.0, 1100.0  # cortex shell
+    core = (r_vert <= 7) & (z >= 3) & (z < 27)
+    mean[core], peak[core] = 260.0, 420.0  # cancellous bone
+    cfg, voxel_ml, spacing = LungSegmentationConfig(), 0.008, (2.0, 2.0, 2.0)
+    bone, _ = bone_map(mean, peak, cfg, voxel_ml)
+    assert bone[aorta | plate | vert].all()  # all three are bone to bone_map
+    found = dense_homogeneous_core(mean, bone, spacing, cfg, voxel_ml)
+    assert found is not None
+    assert 880.0 <= found.median_hu <= 920.0 and found.iqr_hu <= 40.0
+    assert found.depth_mm >= 12.0
+    # The aorta's core: one erosion of its 36 mL (the plate and the vertebra not counted).
+    assert 0.5 * np.count_nonzero(aorta) * voxel_ml <= found.volume_ml <= np.count_nonzero(
+        aorta) * voxel_ml
+    # Without the aorta nothing is reported: the plate is too thin, the vertebra not uniform.
+    without = bone & ~aorta
+    assert dense_homogeneous_core(mean, without, spacing, cfg, voxel_ml) is None
+    off = LungSegmentationConfig(dense_core_flag_min_depth_mm=0.0)
+    assert dense_homogeneous_core(mean, bone, spacing, off, voxel_ml) is None
+    # Under blood_max_hu the same aorta is not "dense": bone_map's blood rule judges it.
+    assert dense_homogeneous_core(
+        mean, bone, spacing, LungSegmentationConfig(blood_max_hu=1000.0), voxel_ml
+    ) is None
+
+
 def test_coarse_mean_is_computed_once_per_array_and_grid():
     grid = CoarseGrid.for_volume((6, 8, 8), (1.0, 1.0, 1.0), working_spacing_mm=2.0)
     a = np.arange(6 * 8 * 8, dtype=np.int16).reshape(6, 8, 8)
