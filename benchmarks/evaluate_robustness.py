@@ -38,7 +38,8 @@ rotation or shift) and with its lesion proportion:
   mask and the normal-CT call kept (session 32; before, the pool joined the spine's bone
   component and hila and mediastinum went into the lungs, silently); and CT angiography,
   the pool +550 HU (session 33: its noise reaches the cortical level; before, it was bone
-  again, silently).
+  again, silently) and +800 HU (session 34: over ``lungs.blood_max_hu``, still bone, now
+  flagged ``dense_homogeneous_bone``).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -202,6 +203,9 @@ def perturbations(
         ("blood pool +220 HU", 220.0, 0.0),
         ("blood pool +220 HU, lung vessels +200 HU", 220.0, 200.0),
         ("CT angiography, blood pool +550 HU, lung vessels +200 HU", 550.0, 200.0),
+        # A denser bolus (session 34): over lungs.blood_max_hu, still bone, now flagged
+        # dense_homogeneous_bone.
+        ("CT angiography, blood pool +800 HU, lung vessels +200 HU", 800.0, 200.0),
     ):
         h, _pool = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm,
                                     blood_gain_hu=blood_gain, vessel_gain_hu=vessel_gain)
