@@ -600,7 +600,8 @@ def test_a_deep_uniform_dense_core_is_reported_and_a_thin_plate_or_real_bone_is_
     assert bone[aorta | plate | vert].all()  # all three are bone to bone_map
     found = dense_homogeneous_core(mean, bone, spacing, cfg, voxel_ml)
     assert found is not None
-    assert 880.0 <= found.median_hu <= 920.0 and found.iqr_hu <= 40.0
+    assert 880.0 <= found.median_hu <= 920.0
+    assert found.iqr_hu <= 40.0
     assert found.depth_mm >= 12.0
     # The aorta's core: one erosion of its 36 mL (the plate and the vertebra not counted).
     assert 0.5 * np.count_nonzero(aorta) * voxel_ml <= found.volume_ml <= np.count_nonzero(
