@@ -187,6 +187,13 @@ class LungSegmentationConfig:
     # contrast blood is (the simulated CT-angiography pool 25.7 mm deep; the phantoms'
     # sternum, 900 HU throughout, 7.7-8.4 mm). 0 = off.
     dense_core_flag_min_depth_mm: float = 10.0
+    # Any core at least this deep raises the QC flag thick_bone_core: the real scans' bone
+    # cores lie at most 9.5 mm deep, the phantoms' vertebrae 13.6 mm; a blood pool whose
+    # parts enhance differently (neither uniform nor blood to the bone map) 25.7 mm. 0 = off.
+    thick_core_flag_min_depth_mm: float = 20.0
+    # A core at least this deep in its bone component is blood whatever its cortex (0 =
+    # off, the default: the rerun thick_bone_core advises for a contrast-enhanced scan).
+    blood_min_depth_mm: float = 0.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
@@ -272,6 +279,16 @@ class LungSegmentationConfig:
             raise ConfigError(
                 "lungs.dense_core_flag_min_depth_mm must be >= 0 mm (0 turns the "
                 f"dense_homogeneous_bone flag off; got {self.dense_core_flag_min_depth_mm})"
+            )
+        if not self.blood_min_depth_mm >= 0:
+            raise ConfigError(
+                "lungs.blood_min_depth_mm must be >= 0 mm (0, the default, turns the depth "
+                f"rule off; got {self.blood_min_depth_mm})"
+            )
+        if not self.thick_core_flag_min_depth_mm >= 0:
+            raise ConfigError(
+                "lungs.thick_core_flag_min_depth_mm must be >= 0 mm (0 turns the "
+                f"thick_bone_core flag off; got {self.thick_core_flag_min_depth_mm})"
             )
         if self.pleural_bridge_min_bone_fraction < 0:
             raise ConfigError(

@@ -57,7 +57,9 @@ def test_inverted_band_is_refused() -> None:
                                             ("blood_max_hu", 150.0),
                                             ("blood_max_iqr_hu", -1.0),
                                             ("dense_core_flag_min_depth_mm", -1.0),
-                                            ("dense_core_flag_min_depth_mm", float("nan"))])
+                                            ("dense_core_flag_min_depth_mm", float("nan")),
+                                            ("thick_core_flag_min_depth_mm", -1.0),
+                                            ("blood_min_depth_mm", -1.0)])
 def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):
         config_from_dict({"lungs": {key: value}})

@@ -576,11 +576,12 @@ def test_bone_map_separates_angiography_blood_whose_noise_reaches_the_cortex_lev
 
 
 def test_a_deep_uniform_dense_core_is_reported_and_a_thin_plate_or_real_bone_is_not():
-    """dense_homogeneous_core (the QC flag dense_homogeneous_bone): a blood pool denser than
+    """suspect_bone_core (the QC flag dense_homogeneous_bone): a blood pool denser than
     blood_max_hu (900 HU, 14 mm radius: a CT-angiography aorta) stays bone in bone_map and
-    is reported; a plate of the same HU 8 mm thick (the phantoms' sternum) and a vertebra
-    (cortex around cancellous bone) are not; depth 0 turns the check off."""
-    from lungvol.segmentation.lungs import bone_map, dense_homogeneous_core
+    is reported as uniform; a plate of the same HU 8 mm thick (the phantoms' sternum) and a
+    vertebra (cortex around cancellous bone, 16 mm radius) are not; depth 0 turns the check
+    off."""
+    from lungvol.segmentation.lungs import bone_map, suspect_bone_core
 
     shape = (30, 40, 80)
     z, y, x = np.indices(shape)
@@ -598,23 +599,76 @@ def test_a_deep_uniform_dense_core_is_reported_and_a_thin_plate_or_real_bone_is_
     cfg, voxel_ml, spacing = LungSegmentationConfig(), 0.008, (2.0, 2.0, 2.0)
     bone, _ = bone_map(mean, peak, cfg, voxel_ml)
     assert bone[aorta | plate | vert].all()  # all three are bone to bone_map
-    found = dense_homogeneous_core(mean, bone, spacing, cfg, voxel_ml)
+    found = suspect_bone_core(mean, bone, spacing, cfg, voxel_ml)
     assert found is not None
+    assert found.uniform
     assert 880.0 <= found.median_hu <= 920.0
     assert found.iqr_hu <= 40.0
     assert found.depth_mm >= 12.0
     # The aorta's core: one erosion of its 36 mL (the plate and the vertebra not counted).
     assert 0.5 * np.count_nonzero(aorta) * voxel_ml <= found.volume_ml <= np.count_nonzero(
         aorta) * voxel_ml
-    # Without the aorta nothing is reported: the plate is too thin, the vertebra not uniform.
+    # Without the aorta nothing is reported: the plate is too thin, the vertebra not uniform
+    # and under thick_core_flag_min_depth_mm (20 mm) deep.
     without = bone & ~aorta
-    assert dense_homogeneous_core(mean, without, spacing, cfg, voxel_ml) is None
+    assert suspect_bone_core(mean, without, spacing, cfg, voxel_ml) is None
     off = LungSegmentationConfig(dense_core_flag_min_depth_mm=0.0)
-    assert dense_homogeneous_core(mean, bone, spacing, off, voxel_ml) is None
+    assert suspect_bone_core(mean, bone, spacing, off, voxel_ml) is None
     # Under blood_max_hu the same aorta is not "dense": bone_map's blood rule judges it.
-    assert dense_homogeneous_core(
+    assert suspect_bone_core(
         mean, bone, spacing, LungSegmentationConfig(blood_max_hu=1000.0), voxel_ml
     ) is None
+
+
+def test_a_core_too_thick_for_bone_is_reported_whatever_its_hu():
+    """suspect_bone_core (the QC flag thick_bone_core): a pool 25 mm in radius whose front
+    half is enhanced to 620 HU and its back half to 260 HU, with no wall between (CT
+    pulmonary angiography): not uniform, so bone_map's blood rule passes it by, and its
+    bright half holds cortex-level voxels, so it is bone. No bone is 20 mm deep: reported,
+    not as uniform; with thick_core_flag_min_depth_mm 0 it is not. The advised rerun
+    (blood_min_depth_mm 20) takes the pool for blood and leaves a vertebra bone."""
+    from lungvol.segmentation.lungs import bone_map, suspect_bone_core
+
+    shape = (40, 60, 60)
+    z, y, x = np.indices(shape)
+    rng = np.random.default_rng(2)
+    mean = np.full(shape, 40.0, np.float32)
+    pool = np.sqrt((z - 20.0) ** 2 + (y - 30.0) ** 2 + (x - 30.0) ** 2) <= 12.5
+    noise = rng.normal(0.0, 15.0, np.count_nonzero(pool))
+    mean[pool] = np.where(y[pool] < 30, 620.0, 260.0) + noise
+    peak = mean + 40.0
+    cfg, voxel_ml, spacing = LungSegmentationConfig(), 0.008, (2.0, 2.0, 2.0)
+    bone, _ = bone_map(mean, peak, cfg, voxel_ml)
+    assert np.count_nonzero(bone & pool) >= 0.9 * np.count_nonzero(pool)
+    found = suspect_bone_core(mean, bone, spacing, cfg, voxel_ml)
+    assert found is not None
+    assert not found.uniform
+    assert found.iqr_hu > cfg.blood_max_iqr_hu
+    assert found.depth_mm >= 20.0
+    off = LungSegmentationConfig(thick_core_flag_min_depth_mm=0.0)
+    assert suspect_bone_core(mean, bone, spacing, off, voxel_ml) is None
+    # The rerun the flag advises (blood_min_depth_mm 20) reads it as blood; without the
+    # blocks' spacing the depth rule cannot act.
+    deep = LungSegmentationConfig(blood_min_depth_mm=20.0)
+    rerun, blood_voxels = bone_map(mean, peak, deep, voxel_ml, spacing)
+    # All but its outermost block layer (the bright half's surface holds cortex-level
+    # voxels, and stays bone as the rim of any blood does).
+    inside = ndimage.binary_erosion(pool, iterations=2)
+    assert not (rerun & inside).any()
+    assert np.count_nonzero(rerun & pool) <= 0.12 * np.count_nonzero(pool)
+    assert blood_voxels >= 0.5 * np.count_nonzero(pool)
+    unchanged, _ = bone_map(mean, peak, deep, voxel_ml)
+    assert np.array_equal(unchanged, bone)
+    # A vertebra 16 mm in radius stays bone under the rule.
+    r_vert = np.hypot(y - 30, x - 30)
+    mean2, peak2 = np.full(shape, 40.0, np.float32), np.full(shape, 80.0, np.float32)
+    vert = (r_vert <= 8) & (z >= 5) & (z < 35)
+    mean2[vert], peak2[vert] = 600.0, 1100.0
+    inner = (r_vert <= 7) & (z >= 5) & (z < 35)
+    mean2[inner], peak2[inner] = 260.0, 420.0
+    plain, _ = bone_map(mean2, peak2, LungSegmentationConfig(), voxel_ml, spacing)
+    assert np.array_equal(bone_map(mean2, peak2, deep, voxel_ml, spacing)[0], plain)
+    assert plain[vert].all()
 
 
 def test_coarse_mean_is_computed_once_per_array_and_grid():

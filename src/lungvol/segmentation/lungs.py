@@ -154,7 +154,7 @@ def _internal_air(
 
 def bone_map(
     hu: np.ndarray, block_max_hu: np.ndarray, config: LungSegmentationConfig,
-    voxel_ml: float,
+    voxel_ml: float, spacing_mm: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Bone on the working grid: 3-D components of block means at or above ``bone_min_hu``
     in which at least ``cortical_min_fraction`` of the blocks hold a CT voxel at or above
@@ -176,13 +176,18 @@ def bone_map(
     in or around them (a vertebra's shell around cancellous bone): on the real scans here
     every bone core of that size holds cortex in 2.6-81 % of its blocks. Near a
     homogeneous core, cortex must also be denser than the core (CT angiography's blood
-    reaches the cortical level by its noise): :func:`_blood_joined_to_bone`.
+    reaches the cortical level by its noise): :func:`_blood_joined_to_bone`. With
+    ``spacing_mm`` (the blocks' size) and ``blood_min_depth_mm`` above 0, a core lying that
+    deep in its component is blood whatever its cortex (the rerun that the QC flags of
+    :func:`suspect_bone_core` advise).
     """
     candidate = hu >= config.bone_min_hu
     cortical = block_max_hu >= config.cortical_min_hu
     keep, rejected_max = _with_cortex(candidate, cortical, config.cortical_min_fraction)
     if config.blood_core_min_ml > 0 and keep.any():
-        blood, cortical = _blood_joined_to_bone(hu, keep, cortical, config, voxel_ml)
+        blood, cortical = _blood_joined_to_bone(
+            hu, keep, cortical, config, voxel_ml, spacing_mm
+        )
         if blood.any():
             # What the blood leaves of its surface (a rim one block out, where the surface
             # bends) no longer joins bone: the component test once more, with the cortex
@@ -229,7 +234,7 @@ def _label_quartiles(
 
 def _blood_joined_to_bone(
     hu: np.ndarray, bone: np.ndarray, cortical: np.ndarray, config: LungSegmentationConfig,
-    voxel_ml: float,
+    voxel_ml: float, spacing_mm: tuple[float, float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The blocks of ``bone`` that are enhanced blood bridged to it (:func:`bone_map`):
     cortex-free cores of at least ``blood_core_min_ml``, and their cortex-free surface
@@ -274,6 +279,14 @@ def _blood_joined_to_bone(
     near_cortex = ndimage.binary_dilation(cortical_b, structure=_CONN6)
     core_cortex = np.bincount(core_lab[core & near_cortex], minlength=m + 1)
     blood_id = big & (core_cortex < config.cortical_min_fraction * core_size)
+    if spacing_mm is not None and config.blood_min_depth_mm > 0:
+        # Too thick for bone, whatever its cortex: blood (opt-in, for a flagged scan).
+        objs = ndimage.find_objects(core_lab)
+        need = config.blood_min_depth_mm
+        for i in np.flatnonzero(big & ~blood_id):
+            if _may_be_deep(core_size[i] * voxel_ml, objs[i - 1], spacing_mm, need):
+                depth = _core_depth_mm(sub, core_lab, i, objs[i - 1], spacing_mm, need)
+                blood_id[i] = depth >= need
     if not blood_id.any():
         return blood_full, cortical
     blood = blood_id[core_lab]
@@ -285,33 +298,75 @@ def _blood_joined_to_bone(
     return blood_full, cortical
 
 
-class DenseCore(NamedTuple):
-    """The largest homogeneous dense core left in the bone map (:func:`dense_homogeneous_core`)."""
+def _core_depth_mm(
+    component: np.ndarray, core_lab: np.ndarray, i: int, obj: tuple[slice, ...],
+    spacing_mm: tuple[float, float, float], need_mm: float,
+) -> float:
+    """Largest distance (mm) from core ``i`` of ``core_lab`` (bounding box ``obj``) to the
+    surface of ``component`` (the bone map), measured in the core's box with a margin of
+    ``need_mm``: exact up to ``need_mm``, beyond it at least that. Outside the array counts
+    as not bone (a structure cut by a crop reads no deeper than what is in view)."""
+    near = tuple(
+        slice(max(0, b.start - int(np.ceil(need_mm / s)) - 2),
+              min(n, b.stop + int(np.ceil(need_mm / s)) + 2))
+        for b, s, n in zip(obj, spacing_mm, component.shape, strict=True)
+    )
+    depth = ndimage.distance_transform_edt(
+        np.pad(component[near], 1, constant_values=False), sampling=spacing_mm
+    )[1:-1, 1:-1, 1:-1]
+    return float(depth[core_lab[near] == i].max())
+
+
+def _may_be_deep(
+    size_ml: float, obj: tuple[slice, ...], spacing_mm: tuple[float, float, float],
+    depth_mm: float,
+) -> bool:
+    """Whether a core of ``size_ml`` in box ``obj`` can lie ``depth_mm`` deep in its
+    component: it holds a ball of about that radius (less a block each side, the erosion
+    that made it a core). A cheap test before :func:`_core_depth_mm`."""
+    return size_ml >= 4.0 / 3.0 * np.pi * depth_mm**3 / 1000.0 and all(
+        (b.stop - b.start) * s >= 2.0 * depth_mm - 4.0 * s
+        for b, s in zip(obj, spacing_mm, strict=True)
+    )
+
+
+class SuspectCore(NamedTuple):
+    """The largest core of the bone map that is unlike bone (:func:`suspect_bone_core`)."""
 
     volume_ml: float
     median_hu: float
     iqr_hu: float
     depth_mm: float
+    uniform: bool  # uniform at or above blood_max_hu (else: only too thick for bone)
 
 
-def dense_homogeneous_core(
+def suspect_bone_core(
     hu: np.ndarray, bone: np.ndarray, spacing_mm: tuple[float, float, float],
     config: LungSegmentationConfig, voxel_ml: float,
-) -> DenseCore | None:
+) -> SuspectCore | None:
     """The largest core of ``bone`` (one 6-connected erosion, at least ``blood_core_min_ml``)
-    whose block means (``hu``) are homogeneous (IQR at most ``blood_max_iqr_hu``) with a
-    median at or above ``blood_max_hu``, and that lies at least
-    ``dense_core_flag_min_depth_mm`` deep in its bone component (largest distance to the
-    component's surface, mm); None when there is none or the check is off.
+    that is unlike bone; None when there is none.
 
-    :func:`bone_map` keeps such a core as compact bone, but bone is rarely that uniform
-    (cortex and marrow: block-mean IQR 82-537 HU on the real scans here; the phantoms'
-    sternum is homogeneous at 900 HU but a plate, 7.7-8.4 mm deep) while a dense contrast
-    bolus is (the simulated CT-angiography pool over 650 HU: IQR 22 HU, 25.7 mm deep). The
-    lung stage then takes it for ribs, as it did all contrast before lungvol 0.6.10: the QC
-    flag ``dense_homogeneous_bone`` says so rather than guess.
+    Depth is the largest distance inside the core's bone component (mm). Unlike bone is:
+
+    - uniform and dense: block means (``hu``) with an IQR of at most ``blood_max_iqr_hu``
+      and a median at or above ``blood_max_hu``, at least ``dense_core_flag_min_depth_mm``
+      deep. :func:`bone_map` keeps such a core as compact bone, but bone is rarely that
+      uniform (block-mean IQR 82-537 HU on the real scans here; the phantoms' sternum is
+      uniform at 900 HU but a plate 7.7-8.4 mm deep), while a dense contrast bolus is (the
+      simulated CT-angiography pool over 650 HU: IQR 21-72 HU, 25.7 mm deep);
+    - thick: at least ``thick_core_flag_min_depth_mm`` deep, whatever its HU. The real
+      scans' bone cores lie at most 9.5 mm deep, the phantoms' vertebrae 13.6 mm, the
+      synthetic test chest's spine 17.5 mm; a blood pool whose parts enhance differently
+      with no wall between them is neither uniform nor blood to :func:`bone_map` (the
+      simulated CTPA-like pool: IQR ~360 HU), but as deep as the heart.
+
+    Either way the lung stage takes it for bone, as it did all contrast before lungvol
+    0.6.10: its QC flag says so rather than guess. A threshold of 0 turns its test off.
     """
-    if config.dense_core_flag_min_depth_mm <= 0 or not bone.any():
+    if not bone.any() or (
+        config.dense_core_flag_min_depth_mm <= 0 and config.thick_core_flag_min_depth_mm <= 0
+    ):
         return None
     box = bounding_box(bone, 1)
     sub = bone[box]
@@ -321,30 +376,29 @@ def dense_homogeneous_core(
         return None
     size = np.bincount(core_lab[core], minlength=m + 1)
     q1, median, q3 = _label_quartiles(hu[box][core], core_lab[core], m)
-    dense = (
-        (size * voxel_ml >= config.blood_core_min_ml) & (q3 - q1 <= config.blood_max_iqr_hu)
-        & (median >= config.blood_max_hu)
-    )
-    dense[0] = False
-    if not dense.any():
-        return None
-    # The depth in the dense cores' box only (rare: a contrast bolus, compact bone), with a
-    # margin that holds the component's surface within the flag's depth.
-    margin = tuple(
-        int(np.ceil(config.dense_core_flag_min_depth_mm / s)) + 2 for s in spacing_mm
-    )
-    near = bounding_box(dense[core_lab], margin)
-    depth = ndimage.distance_transform_edt(sub[near], sampling=spacing_mm)
-    ids = np.flatnonzero(dense)
-    deepest = np.asarray(ndimage.maximum(depth, core_lab[near], index=ids), dtype=float)
-    deep = deepest >= config.dense_core_flag_min_depth_mm
-    if not deep.any():
-        return None
-    k = int(np.argmax(np.where(deep, size[ids], -1)))
-    i = ids[k]
-    return DenseCore(
-        float(size[i] * voxel_ml), float(median[i]), float(q3[i] - q1[i]), float(deepest[k])
-    )
+    big = size * voxel_ml >= config.blood_core_min_ml
+    big[0] = False
+    dense_depth = config.dense_core_flag_min_depth_mm
+    thick_depth = config.thick_core_flag_min_depth_mm
+    uniform = big & (q3 - q1 <= config.blood_max_iqr_hu) & (median >= config.blood_max_hu)
+    uniform &= dense_depth > 0
+    objs = ndimage.find_objects(core_lab)
+    # A core thick_depth deep holds a ball of that radius: a cheap test of its volume and
+    # extents first (the real bone cores pass it rarely), the distance transform after.
+    thick = np.zeros_like(big)
+    if thick_depth > 0:
+        for i in np.flatnonzero(big):
+            thick[i] = _may_be_deep(size[i] * voxel_ml, objs[i - 1], spacing_mm, thick_depth)
+    found = []
+    for i in np.flatnonzero(uniform | thick):
+        need = min(d for d, on in ((dense_depth, uniform[i]), (thick_depth, thick[i])) if on)
+        deepest = _core_depth_mm(sub, core_lab, i, objs[i - 1], spacing_mm, need)
+        if deepest >= need:
+            found.append(SuspectCore(
+                float(size[i] * voxel_ml), float(median[i]), float(q3[i] - q1[i]), deepest,
+                bool(uniform[i] and deepest >= dense_depth),
+            ))
+    return max(found, key=lambda c: c.volume_ml, default=None)
 
 
 def _midline_x(bone: np.ndarray, body: np.ndarray) -> float:
@@ -1115,6 +1169,35 @@ def _grow_rim_full_resolution(
     labels[box] = sub
 
 
+def _suspect_core_warning(core: SuspectCore, config: LungSegmentationConfig) -> str:
+    """The QC message for :func:`suspect_bone_core`'s find, with the settings to rerun with:
+    ``blood_max_hu`` above its median and ``blood_max_iqr_hu`` above its IQR where those
+    kept it bone (each the value + 100 / + 50 HU, rounded up to 50)."""
+    advice = {}
+    if core.median_hu >= config.blood_max_hu:
+        advice["blood_max_hu"] = 50.0 * math.ceil((core.median_hu + 100.0) / 50.0)
+    if not core.uniform:  # too thick for bone, however dense or mixed
+        advice = {"blood_min_depth_mm": float(config.thick_core_flag_min_depth_mm)}
+    rerun = ", ".join(f"{k}: {v:g}" for k, v in advice.items())
+    if core.uniform:
+        what = (
+            f"dense_homogeneous_bone: a {core.volume_ml:.0f} mL structure of "
+            f"{core.median_hu:.0f} HU, uniform (IQR {core.iqr_hu:.0f} HU) and "
+            f"{core.depth_mm:.0f} mm deep, was taken for bone, which is rarely uniform"
+        )
+    else:
+        what = (
+            f"thick_bone_core: a {core.volume_ml:.0f} mL structure {core.depth_mm:.0f} mm deep "
+            f"(median {core.median_hu:.0f} HU, IQR {core.iqr_hu:.0f} HU) was taken for bone, "
+            "and no bone of the chest is that thick"
+        )
+    what += (
+        "; if this scan has intravenous contrast (CT angiography), it is blood and the "
+        "mediastinum may be in the lung mask: check qc.png"
+    )
+    return what + (f" and rerun with a --config YAML holding lungs: {{{rerun}}}" if rerun else "")
+
+
 def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     """Segment the right (1) and left (2) lung, airways excluded, pathology included.
 
@@ -1146,7 +1229,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     sp = grid.spacing_mm
     hu = coarse_mean(volume.hu, grid)
     bone, blood_voxels = bone_map(
-        hu, coarse_max(volume.hu, grid), config, grid.voxel_volume_ml
+        hu, coarse_max(volume.hu, grid), config, grid.voxel_volume_ml, sp
     )
     blood_ml = blood_voxels * grid.voxel_volume_ml
     warnings = []
@@ -1157,18 +1240,9 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
             "non-contrast CT (enhancing consolidation and vessels read above the solid band), "
             "so compare only scans of the same contrast phase"
         )
-    dense = dense_homogeneous_core(hu, bone, sp, config, grid.voxel_volume_ml)
-    if dense is not None:
-        raise_to = 50.0 * math.ceil((dense.median_hu + 100.0) / 50.0)
-        warnings.append(
-            f"dense_homogeneous_bone: a {dense.volume_ml:.0f} mL structure of "
-            f"{dense.median_hu:.0f} HU, uniform (IQR {dense.iqr_hu:.0f} HU) and "
-            f"{dense.depth_mm:.0f} mm deep, was taken for bone, which is rarely uniform; if "
-            "this scan has intravenous contrast (CT angiography), it is blood denser than "
-            f"lungs.blood_max_hu ({config.blood_max_hu:g} HU) and the mediastinum may be in "
-            "the lung mask: check qc.png and rerun with a --config YAML holding lungs: "
-            f"{{blood_max_hu: {raise_to:g}}}"
-        )
+    suspect = suspect_bone_core(hu, bone, sp, config, grid.voxel_volume_ml)
+    if suspect is not None:
+        warnings.append(_suspect_core_warning(suspect, config))
     t_down = time.perf_counter()
     body = _body_mask(hu, config)
     internal, fov_air = _internal_air(hu, body, config)
@@ -1202,7 +1276,7 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
         "block_phase": list(grid.phase),
         "fov_lung_air_ml": round(fov_air * grid.voxel_volume_ml, 2),
         "enhanced_blood_ml": round(blood_ml, 1),
-        "dense_homogeneous_bone_ml": 0.0 if dense is None else round(dense.volume_ml, 1),
+        "suspect_bone_core_ml": 0.0 if suspect is None else round(suspect.volume_ml, 1),
         "warnings": warnings,
         **airways.info,
         **pick_info,

@@ -191,7 +191,9 @@ def measure_rib_gaps(
     box[1] = slice(max(0, box[1].start - reach), min(grid.shape[1], box[1].stop + reach))
     box_t = tuple(box)
     hu_c = coarse_mean(volume.hu, grid)[box_t]
-    bone, _ = bone_map(hu_c, coarse_max(volume.hu, grid)[box_t], lc, grid.voxel_volume_ml)
+    bone, _ = bone_map(
+        hu_c, coarse_max(volume.hu, grid)[box_t], lc, grid.voxel_volume_ml, grid.spacing_mm
+    )
     y = np.arange(bone.shape[1], dtype=np.int32)[None, :, None]
     k = _window_size(sc.window_mm, sp)[0]
     midline = lungs.info.get("midline_x_index")
@@ -362,7 +364,8 @@ def _costal_gap(
     ))
     hu_c = coarse_mean(volume.hu, grid_full)[box_c]
     bone_c, _ = bone_map(
-        hu_c, coarse_max(volume.hu, grid_full)[box_c], lc, grid_full.voxel_volume_ml
+        hu_c, coarse_max(volume.hu, grid_full)[box_c], lc, grid_full.voxel_volume_ml,
+        grid_full.spacing_mm,
     )
     lung_c = lung_full[box_c]
     summary: dict = {
