@@ -38,8 +38,9 @@ rotation or shift) and with its lesion proportion:
   mask and the normal-CT call kept (session 32; before, the pool joined the spine's bone
   component and hila and mediastinum went into the lungs, silently); and CT angiography,
   the pool +550 HU (session 33: its noise reaches the cortical level; before, it was bone
-  again, silently) and +800 HU (session 34: over ``lungs.blood_max_hu``, still bone, now
-  flagged ``dense_homogeneous_bone``).
+  again, silently), +800 HU (session 34: over ``lungs.blood_max_hu``, still bone, now
+  flagged ``dense_homogeneous_bone``) and a pool enhanced unevenly (front half +600, back
+  half +240 HU: still bone, now flagged ``thick_bone_core``).
 
 Each was a silent failure once (session 15: a 24 HU brighter scan lost its trachea and read
 lesion 1.52 %, the 120 HU emphysema lost its right lung to the gas rule) or is a guard
@@ -210,6 +211,19 @@ def perturbations(
         h, _pool = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm,
                                     blood_gain_hu=blood_gain, vessel_gain_hu=vessel_gain)
         out.append((f"contrast-enhanced: {name}", h, lung, _identity))
+    # A pool enhanced unevenly (session 34): the front half +600 HU (right heart, pulmonary
+    # trunk), the back half +240 HU, no wall between: one core, neither uniform nor blood,
+    # kept as bone; flagged thick_bone_core.
+    base, _ = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm, blood_gain_hu=0.0,
+                               vessel_gain_hu=200.0)
+    _, pool = enhance_contrast(hu, labels, spacing_mm=chest.spacing_mm, blood_gain_hu=1.0,
+                               vessel_gain_hu=200.0)
+    front = np.indices(hu.shape, sparse=True)[1] < np.median(np.nonzero(pool)[1])
+    out.append((
+        "contrast-enhanced: CT angiography, pool front half +600 HU, back half +240 HU, "
+        "lung vessels +200 HU", np.where(pool, base + np.where(front, 600, 240), base), lung,
+        _identity,
+    ))
     xs = np.flatnonzero(lung.any(axis=(0, 1)))
     for name, inset_mm in (("through the chest wall", -25.0), ("13 mm into each lung", 13.0)):
         inset = int(round(inset_mm / chest.spacing_mm[2]))
