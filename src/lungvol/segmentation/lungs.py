@@ -232,6 +232,34 @@ def _label_quartiles(
     return out[0], out[1], out[2]
 
 
+class _Cores(NamedTuple):
+    """The cores of a bone map (:func:`_bone_cores`), in its box."""
+
+    box: tuple[slice, ...]  # the bone's bounding box (one block of margin)
+    sub: np.ndarray  # the bone map in it
+    core: np.ndarray  # one 6-connected erosion of it
+    labels: np.ndarray  # the core's 6-connected components 1..n
+    n: int
+    size: np.ndarray  # blocks per label (index 0: 0)
+    q1: np.ndarray  # quartiles of the block means (``hu``) per label
+    median: np.ndarray
+    q3: np.ndarray
+
+
+def _bone_cores(hu: np.ndarray, bone: np.ndarray) -> _Cores | None:
+    """A bone map less its surface (one 6-connected erosion), labelled, with each core's
+    size and block-mean quartiles; None when no core is left."""
+    box = bounding_box(bone, 1)
+    sub = bone[box]
+    core = ndimage.binary_erosion(sub, structure=_CONN6)
+    labels, n = ndimage.label(core, structure=_CONN6)
+    if n == 0:
+        return None
+    size = np.bincount(labels[core], minlength=n + 1)
+    q1, median, q3 = _label_quartiles(hu[box][core], labels[core], n)
+    return _Cores(box, sub, core, labels, n, size, q1, median, q3)
+
+
 def _blood_joined_to_bone(
     hu: np.ndarray, bone: np.ndarray, cortical: np.ndarray, config: LungSegmentationConfig,
     voxel_ml: float, spacing_mm: tuple[float, float, float] | None = None,
@@ -250,17 +278,14 @@ def _blood_joined_to_bone(
     stands. A homogeneous core at or above ``blood_max_hu`` is compact bone (cortex
     throughout, an ivory vertebra)."""
     blood_full = np.zeros(bone.shape, bool)
-    box = bounding_box(bone, 1)
-    sub = bone[box]
-    core = ndimage.binary_erosion(sub, structure=_CONN6)
-    core_lab, m = ndimage.label(core, structure=_CONN6)
-    if m == 0:
+    cores = _bone_cores(hu, bone)
+    if cores is None:
         return blood_full, cortical
+    box, sub, core, core_lab, m = cores.box, cores.sub, cores.core, cores.labels, cores.n
+    core_size, q1, median, q3 = cores.size, cores.q1, cores.median, cores.q3
     hu_b = hu[box]
-    core_size = np.bincount(core_lab[core], minlength=m + 1)
     big = core_size * voxel_ml >= config.blood_core_min_ml
     big[0] = False
-    q1, median, q3 = _label_quartiles(hu_b[core], core_lab[core], m)
     homogeneous = big & (q3 - q1 <= config.blood_max_iqr_hu) & (median < config.blood_max_hu)
     if homogeneous.any():
         # The least median of a homogeneous core within two steps (+inf: none there),
@@ -368,14 +393,11 @@ def suspect_bone_core(
         config.dense_core_flag_min_depth_mm <= 0 and config.thick_core_flag_min_depth_mm <= 0
     ):
         return None
-    box = bounding_box(bone, 1)
-    sub = bone[box]
-    core = ndimage.binary_erosion(sub, structure=_CONN6)
-    core_lab, m = ndimage.label(core, structure=_CONN6)
-    if m == 0:
+    cores = _bone_cores(hu, bone)
+    if cores is None:
         return None
-    size = np.bincount(core_lab[core], minlength=m + 1)
-    q1, median, q3 = _label_quartiles(hu[box][core], core_lab[core], m)
+    sub, core_lab, size = cores.sub, cores.labels, cores.size
+    q1, median, q3 = cores.q1, cores.median, cores.q3
     big = size * voxel_ml >= config.blood_core_min_ml
     big[0] = False
     dense_depth = config.dense_core_flag_min_depth_mm
@@ -1170,32 +1192,28 @@ def _grow_rim_full_resolution(
 
 
 def _suspect_core_warning(core: SuspectCore, config: LungSegmentationConfig) -> str:
-    """The QC message for :func:`suspect_bone_core`'s find, with the settings to rerun with:
-    ``blood_max_hu`` above its median and ``blood_max_iqr_hu`` above its IQR where those
-    kept it bone (each the value + 100 / + 50 HU, rounded up to 50)."""
-    advice = {}
-    if core.median_hu >= config.blood_max_hu:
-        advice["blood_max_hu"] = 50.0 * math.ceil((core.median_hu + 100.0) / 50.0)
-    if not core.uniform:  # too thick for bone, however dense or mixed
-        advice = {"blood_min_depth_mm": float(config.thick_core_flag_min_depth_mm)}
-    rerun = ", ".join(f"{k}: {v:g}" for k, v in advice.items())
+    """The QC message for :func:`suspect_bone_core`'s find, with the setting to rerun with:
+    ``blood_max_hu`` above a uniform core's median (+100 HU, rounded up to 50), or
+    ``blood_min_depth_mm`` at the thick test's depth."""
     if core.uniform:
         what = (
             f"dense_homogeneous_bone: a {core.volume_ml:.0f} mL structure of "
             f"{core.median_hu:.0f} HU, uniform (IQR {core.iqr_hu:.0f} HU) and "
             f"{core.depth_mm:.0f} mm deep, was taken for bone, which is rarely uniform"
         )
+        rerun = f"blood_max_hu: {50.0 * math.ceil((core.median_hu + 100.0) / 50.0):g}"
     else:
         what = (
             f"thick_bone_core: a {core.volume_ml:.0f} mL structure {core.depth_mm:.0f} mm deep "
             f"(median {core.median_hu:.0f} HU, IQR {core.iqr_hu:.0f} HU) was taken for bone, "
             "and no bone of the chest is that thick"
         )
-    what += (
-        "; if this scan has intravenous contrast (CT angiography), it is blood and the "
-        "mediastinum may be in the lung mask: check qc.png"
+        rerun = f"blood_min_depth_mm: {config.thick_core_flag_min_depth_mm:g}"
+    return (
+        f"{what}; if this scan has intravenous contrast (CT angiography), it is blood and the "
+        "mediastinum may be in the lung mask: check qc.png and rerun with a --config YAML "
+        f"holding lungs: {{{rerun}}}"
     )
-    return what + (f" and rerun with a --config YAML holding lungs: {{{rerun}}}" if rerun else "")
 
 
 def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
