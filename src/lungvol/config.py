@@ -194,6 +194,9 @@ class LungSegmentationConfig:
     # A core at least this deep in its bone component is blood whatever its cortex (0 =
     # off, the default: the rerun thick_bone_core advises for a contrast-enhanced scan).
     blood_min_depth_mm: float = 0.0
+    # A core whose median block mean is at least this dense is metal (a shoulder prosthesis
+    # at the scan's edge), never blood: neither flag above.
+    metal_core_min_hu: float = 2000.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).
     contrast_blood_min_ml: float = 50.0
@@ -284,6 +287,11 @@ class LungSegmentationConfig:
             raise ConfigError(
                 "lungs.blood_min_depth_mm must be >= 0 mm (0, the default, turns the depth "
                 f"rule off; got {self.blood_min_depth_mm})"
+            )
+        if not self.metal_core_min_hu > self.blood_max_hu:
+            raise ConfigError(
+                "lungs.metal_core_min_hu must be above lungs.blood_max_hu (got "
+                f"{self.metal_core_min_hu})"
             )
         if not self.thick_core_flag_min_depth_mm >= 0:
             raise ConfigError(

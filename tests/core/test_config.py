@@ -59,7 +59,8 @@ def test_inverted_band_is_refused() -> None:
                                             ("dense_core_flag_min_depth_mm", -1.0),
                                             ("dense_core_flag_min_depth_mm", float("nan")),
                                             ("thick_core_flag_min_depth_mm", -1.0),
-                                            ("blood_min_depth_mm", -1.0)])
+                                            ("blood_min_depth_mm", -1.0),
+                                            ("metal_core_min_hu", 600.0)])
 def test_out_of_range_bone_and_hull_rules_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"lungs.{key}"):
         config_from_dict({"lungs": {key: value}})

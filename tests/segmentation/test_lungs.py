@@ -618,6 +618,10 @@ def test_a_deep_uniform_dense_core_is_reported_and_a_thin_plate_or_real_bone_is_
     assert suspect_bone_core(
         mean, bone, spacing, LungSegmentationConfig(blood_max_hu=1000.0), voxel_ml
     ) is None
+    # Metal of that shape (a prosthesis, 3000 HU) is not blood: not reported.
+    metal = mean.copy()
+    metal[aorta] = 3000.0
+    assert suspect_bone_core(metal, bone, spacing, cfg, voxel_ml) is None
 
 
 def test_a_core_too_thick_for_bone_is_reported_whatever_its_hu():

@@ -387,7 +387,9 @@ def suspect_bone_core(
       simulated CTPA-like pool: IQR ~360 HU), but as deep as the heart.
 
     Either way the lung stage takes it for bone, as it did all contrast before lungvol
-    0.6.10: its QC flag says so rather than guess. A threshold of 0 turns its test off.
+    0.6.10: its QC flag says so rather than guess. A threshold of 0 turns its test off. A core
+    whose median is ``metal_core_min_hu`` or more is metal (a prosthesis), not blood, and is
+    never reported.
     """
     if not bone.any() or (
         config.dense_core_flag_min_depth_mm <= 0 and config.thick_core_flag_min_depth_mm <= 0
@@ -398,7 +400,8 @@ def suspect_bone_core(
         return None
     sub, core_lab, size = cores.sub, cores.labels, cores.size
     q1, median, q3 = cores.q1, cores.median, cores.q3
-    big = size * voxel_ml >= config.blood_core_min_ml
+    # Metal (a prosthesis) is neither bone nor blood: never flagged here.
+    big = (size * voxel_ml >= config.blood_core_min_ml) & (median < config.metal_core_min_hu)
     big[0] = False
     dense_depth = config.dense_core_flag_min_depth_mm
     thick_depth = config.thick_core_flag_min_depth_mm
