@@ -195,7 +195,7 @@ class LungSegmentationConfig:
     # off, the default: the rerun thick_bone_core advises for a contrast-enhanced scan).
     blood_min_depth_mm: float = 0.0
     # A core whose median block mean is at least this dense is metal (a shoulder prosthesis
-    # at the scan's edge), never blood: neither flag above.
+    # at the scan's edge), never blood: neither flag above nor blood_min_depth_mm.
     metal_core_min_hu: float = 2000.0
     # A rejected (cortex-free) region at least this large is enhanced blood: QC flag
     # contrast_enhanced (the plain real scans' largest is 0.8-7.3 mL, enhanced heart ~350 mL).

@@ -673,6 +673,10 @@ def test_a_core_too_thick_for_bone_is_reported_whatever_its_hu():
     plain, _ = bone_map(mean2, peak2, LungSegmentationConfig(), voxel_ml, spacing)
     assert np.array_equal(bone_map(mean2, peak2, deep, voxel_ml, spacing)[0], plain)
     assert plain[vert].all()
+    # Metal of the pool's shape (a prosthesis, 3000 HU) is not blood under the rule either.
+    metal, metal_peak = np.full(shape, 40.0, np.float32), np.full(shape, 80.0, np.float32)
+    metal[pool], metal_peak[pool] = 3000.0, 3071.0
+    assert bone_map(metal, metal_peak, deep, voxel_ml, spacing)[0][pool].all()
 
 
 def test_coarse_mean_is_computed_once_per_array_and_grid():

@@ -308,7 +308,8 @@ def _blood_joined_to_bone(
         # Too thick for bone, whatever its cortex: blood (opt-in, for a flagged scan).
         objs = ndimage.find_objects(core_lab)
         need = config.blood_min_depth_mm
-        for i in np.flatnonzero(big & ~blood_id):
+        # Metal (a prosthesis) stays out of the blood, as out of suspect_bone_core's flags.
+        for i in np.flatnonzero(big & ~blood_id & (median < config.metal_core_min_hu)):
             if _may_be_deep(core_size[i] * voxel_ml, objs[i - 1], spacing_mm, need):
                 depth = _core_depth_mm(sub, core_lab, i, objs[i - 1], spacing_mm, need)
                 blood_id[i] = depth >= need
@@ -347,9 +348,11 @@ def _may_be_deep(
     depth_mm: float,
 ) -> bool:
     """Whether a core of ``size_ml`` in box ``obj`` can lie ``depth_mm`` deep in its
-    component: it holds a ball of about that radius (less a block each side, the erosion
-    that made it a core). A cheap test before :func:`_core_depth_mm`."""
-    return size_ml >= 4.0 / 3.0 * np.pi * depth_mm**3 / 1000.0 and all(
+    component: it holds a ball of that radius less the block the erosion making it a core
+    took off (volume), and its box spans that ball less a block each side (extents). A
+    cheap necessary test before :func:`_core_depth_mm`."""
+    radius_mm = max(0.0, depth_mm - max(spacing_mm))
+    return size_ml >= 4.0 / 3.0 * np.pi * radius_mm**3 / 1000.0 and all(
         (b.stop - b.start) * s >= 2.0 * depth_mm - 4.0 * s
         for b, s in zip(obj, spacing_mm, strict=True)
     )
