@@ -1251,10 +1251,25 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
         first_index=patient_index(volume.origin_lps_mm, volume.direction, volume.spacing_mm),
     )
     sp = grid.spacing_mm
-    hu = coarse_mean(volume.hu, grid)
-    bone, blood_voxels = bone_map(
-        hu, coarse_max(volume.hu, grid), config, grid.voxel_volume_ml, sp
-    )
+
+    def bone_and_check(hu: np.ndarray) -> tuple[np.ndarray, int, SuspectCore | None]:
+        bone, blood_voxels = bone_map(
+            hu, coarse_max(volume.hu, grid), config, grid.voxel_volume_ml, sp
+        )
+        return bone, blood_voxels, suspect_bone_core(hu, bone, sp, config, grid.voxel_volume_ml)
+
+    # The bone map and its check need neither the body nor the airways: they run on a
+    # second thread beside them, the block maxima beside the block means (scipy.ndimage
+    # and numpy's reductions release the GIL; the results are those of running in turn).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(coarse_max, volume.hu, grid)
+        hu = coarse_mean(volume.hu, grid)
+        bone_future = pool.submit(bone_and_check, hu)
+        t_down = time.perf_counter()
+        body = _body_mask(hu, config)
+        internal, fov_air = _internal_air(hu, body, config)
+        airways = find_airways(hu, internal, body, sp, config)
+        bone, blood_voxels, suspect = bone_future.result()
     blood_ml = blood_voxels * grid.voxel_volume_ml
     warnings = []
     if blood_ml >= config.contrast_blood_min_ml:
@@ -1264,13 +1279,8 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
             "non-contrast CT (enhancing consolidation and vessels read above the solid band), "
             "so compare only scans of the same contrast phase"
         )
-    suspect = suspect_bone_core(hu, bone, sp, config, grid.voxel_volume_ml)
     if suspect is not None:
         warnings.append(_suspect_core_warning(suspect, config))
-    t_down = time.perf_counter()
-    body = _body_mask(hu, config)
-    internal, fov_air = _internal_air(hu, body, config)
-    airways = find_airways(hu, internal, body, sp, config)
     blocked = _dilate_mm(airways.proximal, config.airway_wall_mm, sp)
     lung_air = internal & ~blocked
     labels_c, pick_info = _pick_lungs(lung_air, body, hu, bone, blocked, sp, config)
