@@ -89,6 +89,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.config import LesionSegmentationConfig
+from lungvol.segmentation.distance import distance_transform_edt
 from lungvol.segmentation.grid import CoarseGrid, bounding_box, coarse_mean, patient_index
 from lungvol.segmentation.noise import adapt_to_noise
 from lungvol.segmentation.opening import ball, grey_opening
@@ -233,7 +234,7 @@ def _pleural_extrapolation(
     core = ndimage.binary_erosion(~outside, structure=core_ball, border_value=0)
     if not core.any():
         return None
-    dist, nearest = ndimage.distance_transform_edt(~core, sampling=sp, return_indices=True)
+    dist, nearest = distance_transform_edt(~core, sampling=sp, return_indices=True)
     air = dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm
     air |= outside & ~near_bone
     return tuple(nearest), air
@@ -969,7 +970,7 @@ def _drop_vessel_segments(
             on_wall = np.count_nonzero(around & wall[sl])
             if on_wall > config.vessel_tree_max_wall_contact * np.count_nonzero(around):
                 continue
-        depth_mm = ndimage.distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
+        depth_mm = distance_transform_edt(np.pad(comp, 1), sampling=spacing_mm)
         if depth_mm.max() > config.vessel_max_radius_mm:
             continue
         drop.append((sl, comp, shell & ggo[sl]))

@@ -44,6 +44,7 @@ from skimage.segmentation import watershed
 from lungvol.config import LungSegmentationConfig
 from lungvol.errors import SegmentationError
 from lungvol.segmentation.airways import find_airways
+from lungvol.segmentation.distance import distance_transform_edt
 from lungvol.segmentation.grid import (
     CoarseGrid,
     bounding_box,
@@ -70,7 +71,7 @@ def _dilate_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...]
     if not mask.any() or radius_mm <= 0:
         return mask.copy()
     box = bounding_box(mask, _radius_voxels(radius_mm, spacing_mm))
-    dist = ndimage.distance_transform_edt(~mask[box], sampling=spacing_mm)
+    dist = distance_transform_edt(~mask[box], sampling=spacing_mm)
     out[box] = dist <= radius_mm
     return out
 
@@ -91,8 +92,8 @@ def _closing_mm(mask: np.ndarray, radius_mm: float, spacing_mm: tuple[float, ...
             return mask.copy()
         pad.append((max(0, r - int(idx[0])), max(0, r - (n - 1 - int(idx[-1])))))
     work = np.pad(mask, pad) if any(p != (0, 0) for p in pad) else mask
-    dilated = ndimage.distance_transform_edt(~work, sampling=spacing_mm) <= radius_mm
-    closed = ndimage.distance_transform_edt(dilated, sampling=spacing_mm) > radius_mm
+    dilated = distance_transform_edt(~work, sampling=spacing_mm) <= radius_mm
+    closed = distance_transform_edt(dilated, sampling=spacing_mm) > radius_mm
     if work is not mask:
         crop = tuple(slice(lo, lo + n) for (lo, _hi), n in zip(pad, mask.shape, strict=True))
         closed = closed[crop]
@@ -337,7 +338,7 @@ def _core_depth_mm(
               min(n, b.stop + int(np.ceil(need_mm / s)) + 2))
         for b, s, n in zip(obj, spacing_mm, component.shape, strict=True)
     )
-    depth = ndimage.distance_transform_edt(
+    depth = distance_transform_edt(
         np.pad(component[near], 1, constant_values=False), sampling=spacing_mm
     )[1:-1, 1:-1, 1:-1]
     return float(depth[core_lab[near] == i].max())
@@ -447,7 +448,7 @@ def _split_pair(component: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndar
     """Split one connected two-lung component; returns labels 1/2 (unordered) or None."""
     box = bounding_box(component, 1)
     sub = component[box]
-    dist = ndimage.distance_transform_edt(sub, sampling=spacing_mm)
+    dist = distance_transform_edt(sub, sampling=spacing_mm)
     for depth_mm in np.arange(min(spacing_mm), 30.0, min(spacing_mm)):
         core = dist > depth_mm
         lab, n = ndimage.label(core, structure=_CONN6)
@@ -671,7 +672,7 @@ def _pleural_hull(
     depth = np.zeros(hull.shape, np.float32)
     for z in np.flatnonzero(deficit.any(axis=(1, 2))):
         box = bounding_box(hull[z], 1)
-        depth[z][box] = ndimage.distance_transform_edt(hull[z][box])
+        depth[z][box] = distance_transform_edt(hull[z][box])
     max_depth_px = config.pleural_max_depth_mm / min(spacing_mm[1:])
     lab, n = ndimage.label(deficit, structure=_PLANE_CROSS)
     ids = np.arange(1, n + 1)
@@ -791,7 +792,7 @@ def _bone_near(
     # Slice by slice: 2-D transforms are several times faster than one 3-D transform with
     # an enormous z sampling.
     for z in np.flatnonzero(bone.any(axis=(1, 2))):
-        dist = ndimage.distance_transform_edt(~bone[z], sampling=spacing_mm[1:])
+        dist = distance_transform_edt(~bone[z], sampling=spacing_mm[1:])
         near[z] = dist <= config.bone_search_mm
     return near
 
@@ -1028,8 +1029,8 @@ def _envelope(
     # field of view would get a slab of tissue along it).
     margin = _radius_voxels(radius_mm, sp2)
     lung2 = np.pad(frac >= 0.5, [(m, m) for m in margin])
-    dilated = ndimage.distance_transform_edt(~lung2, sampling=sp2) <= radius_mm
-    depth = ndimage.distance_transform_edt(dilated, sampling=sp2) - radius_mm
+    dilated = distance_transform_edt(~lung2, sampling=sp2) <= radius_mm
+    depth = distance_transform_edt(dilated, sampling=sp2) - radius_mm
     shift = [b.start - e.start for b, e in zip(box, ebox, strict=True)]
 
     def inside(points: tuple[np.ndarray, ...]) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 from scipy import ndimage
 
 from lungvol.config import LungvolConfig
+from lungvol.segmentation.distance import distance_transform_edt
 from lungvol.segmentation.grid import (
     CoarseGrid,
     bounding_box,
@@ -377,7 +378,7 @@ def _costal_gap(
     }
     if not bone_c.any() or not lung_c.any():
         return summary, None
-    d_bone = ndimage.distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
+    d_bone = distance_transform_edt(~bone_c, sampling=sp).astype(np.float32)
     tissue = ~lung_c & (hu_c >= sc.tissue_min_hu)
     surface = lung_c & _dilate1(tissue)
     costal = surface & (d_bone <= sc.costal_bone_distance_mm)
@@ -424,7 +425,7 @@ def _grow_layer(
     # Coarse voxels within one voxel of the costal surface take the reach of the nearest
     # surface voxel (aerated ones have none): the CT-grid mask and the coarse one differ by
     # up to a block at the surface. Elsewhere (diaphragm, mediastinum) there is none.
-    d_costal, near = ndimage.distance_transform_edt(~costal, return_indices=True)
+    d_costal, near = distance_transform_edt(~costal, return_indices=True)
     reach_c = np.where(d_costal <= 1.5, reach_c[tuple(near)], 0.0)
     active_c = reach_c > 0
     if not active_c.any():
@@ -443,7 +444,7 @@ def _grow_layer(
     hu = volume.hu[full].astype(np.float32)
     sigma = tuple(lesc.smoothing_sigma_mm / s for s in volume.spacing_mm)
     smooth = ndimage.gaussian_filter(hu, sigma) if lesc.smoothing_sigma_mm > 0 else hu
-    dist, nearest = ndimage.distance_transform_edt(
+    dist, nearest = distance_transform_edt(
         ~lung, sampling=volume.spacing_mm, return_indices=True
     )
     # Reach at the nearest lung voxel's coarse block (indices into the coarse box).
