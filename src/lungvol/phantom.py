@@ -54,6 +54,7 @@ from scipy import ndimage
 
 from lungvol.config import LesionSegmentationConfig
 from lungvol.errors import GeometryError, InputError
+from lungvol.segmentation.distance import distance_transform_edt
 from lungvol.types import (
     LESION_GGO,
     LESION_SOLID,
@@ -261,10 +262,10 @@ def _depth_mm(
     """
     factor = max(1, int(np.ceil((mask.size / max_voxels) ** (1.0 / 3.0))))
     if factor == 1:
-        return ndimage.distance_transform_edt(mask, sampling=spacing_mm).astype(np.float32)
+        return distance_transform_edt(mask, sampling=spacing_mm).astype(np.float32)
     coarse = mask[::factor, ::factor, ::factor]
     c_spacing = tuple(s * factor for s in spacing_mm)
-    depth = ndimage.distance_transform_edt(coarse, sampling=c_spacing).astype(np.float32)
+    depth = distance_transform_edt(coarse, sampling=c_spacing).astype(np.float32)
     zoom = tuple(n / m for n, m in zip(mask.shape, depth.shape, strict=True))
     depth = ndimage.zoom(depth, zoom, order=1, mode="nearest", grid_mode=True)
     return np.where(mask, depth, np.float32(0.0))
@@ -1408,7 +1409,7 @@ def insert_subpleural_band(
     if not lung.any():
         raise InputError("the lung mask is empty; segment the lungs before inserting lesions")
     rng = np.random.default_rng(seed)
-    depth = ndimage.distance_transform_edt(lung, sampling=spacing_mm).astype(np.float32)
+    depth = distance_transform_edt(lung, sampling=spacing_mm).astype(np.float32)
     ys = np.flatnonzero(lung.any(axis=(0, 2)))
     zs = np.flatnonzero(lung.any(axis=(1, 2)))
     # Axis 1 runs anterior -> posterior, axis 0 inferior -> superior.
@@ -1598,7 +1599,7 @@ def enhance_contrast(
         # lumen is not.
         filled = ndimage.binary_fill_holes(soft) & (hu[z] > _BLOOD_SPECK_MIN_HU)
         pool[z] = filled & (
-            ndimage.distance_transform_edt(filled, sampling=spacing_mm[1:]) >= wall_mm
+            distance_transform_edt(filled, sampling=spacing_mm[1:]) >= wall_mm
         )
     pieces, n = ndimage.label(pool)
     if n:
@@ -1606,7 +1607,7 @@ def enhance_contrast(
         pool = np.isin(pieces, np.flatnonzero(piece_ml >= _BLOOD_MIN_PIECE_ML) + 1)
     out[pool] += blood_gain_hu
     if vessel_gain_hu:
-        deep = ndimage.distance_transform_edt(lung, sampling=spacing_mm) >= _VESSEL_DEPTH_MM
+        deep = distance_transform_edt(lung, sampling=spacing_mm) >= _VESSEL_DEPTH_MM
         vessel = deep & (hu > _VESSEL_MIN_HU)
         fraction = np.clip(
             (out[vessel] - _VESSEL_LUNG_HU) / (_VESSEL_FULL_HU - _VESSEL_LUNG_HU), 0.0, 1.0
