@@ -24,6 +24,7 @@ def _random_mask(shape: tuple[int, ...], seed: int) -> np.ndarray:
         ((23, 31, 29), 0.7),
         ((40, 37), (0.98, 0.98)),
         ((9, 11, 13), (3.0, 2.8, 2.8)),
+        ((101,), 0.5),
     ],
 )
 def test_matches_scipy_bit_for_bit(shape, sampling, monkeypatch):
