@@ -125,6 +125,9 @@ def _worker(case: str, profile: bool) -> None:
                 "wall_s": round(wall, 3),
                 "stages_s": metrics.provenance["timings_s"],
                 "stages_cpu_s": stage_cpu_s,
+                # Wall seconds of the lung and lesion stages' own steps (their timings_s).
+                "lung_steps_s": metrics.provenance["segmentation"]["lungs"].get("timings_s"),
+                "lesion_steps_s": metrics.provenance["segmentation"]["lesions"].get("timings_s"),
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
                 # CPU seconds (user + system) of this process: unlike wall time, barely
                 # affected by other load; wall ~ cpu_s on an idle machine (numpy is ~serial).
