@@ -33,7 +33,8 @@ def test_matches_scipy_bit_for_bit(shape, sampling, monkeypatch):
     mask = _random_mask(shape, seed=len(shape))
     want_d, want_ft = ndimage.distance_transform_edt(mask, sampling, return_indices=True)
     got_d, got_ft = distance_transform_edt(mask, sampling, return_indices=True)
-    assert got_d.dtype == np.float64 and got_ft.dtype == np.int32
+    assert got_d.dtype == np.float64
+    assert got_ft.dtype == np.int32
     assert np.array_equal(got_d, want_d)
     assert np.array_equal(got_ft, want_ft)
     assert np.array_equal(distance_transform_edt(mask, sampling=sampling), want_d)

@@ -111,37 +111,10 @@ _COUNT_SLABS = 6
 _SLAB_VOXELS = 8_000_000
 
 
-class _Geometry(NamedTuple):
-    """The background grid and what depends only on the lung mask (:func:`_geometry`)."""
-
-    grid: CoarseGrid
-    lung_fraction: np.ndarray  # lung-mask fraction of each coarse voxel
-    nearest: tuple[np.ndarray, ...] | None  # :func:`_pleural_extrapolation`'s source voxels
-    beyond_reach: np.ndarray | None  # coarse voxels beyond the extrapolation's reach
-
-
-def _geometry(
-    lung_box: np.ndarray, spacing_mm: tuple[float, float, float],
-    first_index: tuple[int, int, int], config: LesionSegmentationConfig,
-) -> _Geometry:
-    """The background grid (anchored to the patient lattice through ``first_index``), its
-    lung fraction, and the pleural extrapolation's nearest deep-lung voxels: all from the
-    lung mask alone, so the lesion stage computes them on a thread of their own while it
-    measures the noise and smooths the CT (the distance transform is the costliest part:
-    0.6-0.8 s on the 400-slice phantom)."""
-    grid = CoarseGrid.for_volume(
-        lung_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm,
-        first_index=first_index,
-    )
-    lung_fraction = grid.downsample_fraction(lung_box)
-    nearest, beyond = _pleural_extrapolation(grid, lung_fraction < 0.5, config)
-    return _Geometry(grid, lung_fraction, nearest, beyond)
-
-
 def _background(
-    hu_box: np.ndarray, smooth_box: np.ndarray, geometry: Future[_Geometry],
-    first_index: tuple[int, int, int], config: LesionSegmentationConfig,
-    pool: ThreadPoolExecutor,
+    hu_box: np.ndarray, smooth_box: np.ndarray, lung_box: np.ndarray,
+    spacing_mm: tuple[float, float, float], first_index: tuple[int, int, int],
+    config: LesionSegmentationConfig, pool: ThreadPoolExecutor,
 ) -> tuple[
     CoarseGrid, np.ndarray, np.ndarray, np.ndarray, tuple[CoarseGrid, np.ndarray], np.ndarray
 ]:
@@ -157,20 +130,23 @@ def _background(
     nearest block (the decision at full resolution is made by each voxel's own HU band).
 
     Outside the lung counts as air, except along the costal pleura (see
-    :func:`_pleural_extrapolation`). ``geometry``: :func:`_geometry`'s result, the grid's
-    blocks anchored to the patient lattice (``first_index``: lattice index of the box's
-    first voxel).
+    :func:`_pleural_extrapolation`). The blocks are anchored to the patient lattice
+    (``first_index``: lattice index of the box's first voxel).
     """
-    grid, lung_fraction, nearest, beyond = geometry.result()
+    grid = CoarseGrid.for_volume(
+        hu_box.shape, spacing_mm, working_spacing_mm=config.background_working_spacing_mm,
+        first_index=first_index,
+    )
+    lung_fraction = grid.downsample_fraction(lung_box)
     outside = lung_fraction < 0.5
     coarse_hu = coarse_mean(hu_box, grid)  # shared with the noise measure when unsmoothed
+    # Independent of the pleural extrapolation (the distance transform): on ``pool``.
     parenchyma_future = pool.submit(
         _parenchyma_level, grid, coarse_hu, lung_fraction, first_index, config
     )
     ggo_hu_future = pool.submit(_air_above, grid, hu_box, smooth_box, config.solid_band_hu[0])
     near_bone = _near_bone(grid, coarse_hu, config)
-    # Beyond the reach, and outside the lung away from bone, is air whatever the source.
-    source = None if nearest is None else (nearest, beyond | (outside & ~near_bone))
+    source = _pleural_extrapolation(grid, outside, near_bone, config)
     footprint = ball(config.background_radius_mm, grid.spacing_mm)
 
     def opened(coarse: np.ndarray) -> np.ndarray:
@@ -232,14 +208,13 @@ def _near_bone(
 
 
 def _pleural_extrapolation(
-    grid: CoarseGrid, outside: np.ndarray, config: LesionSegmentationConfig,
-) -> tuple[tuple[np.ndarray, ...] | None, np.ndarray | None]:
+    grid: CoarseGrid, outside: np.ndarray, near_bone: np.ndarray,
+    config: LesionSegmentationConfig,
+) -> tuple[tuple[np.ndarray, ...], np.ndarray] | None:
     """Where each coarse voxel takes its background value from, or None (outside = air).
 
-    Returns ``(nearest, beyond)``: index arrays of the source voxel, and the voxels beyond
-    the extrapolation's reach; ``(None, None)`` without extrapolation. The caller adds the
-    outside voxels away from bone (``near_bone``, :func:`_near_bone`) to ``beyond``: both
-    are air whatever their source.
+    Returns ``(nearest, air)``: index arrays of the source voxel, and the voxels that are
+    air whatever their source.
 
     The ball of the opening must fit inside the lung, so a subpleural band thinner than
     the ball (the commonest COVID-19 pattern) would vanish from the background. Along the
@@ -253,14 +228,16 @@ def _pleural_extrapolation(
     scipy's distance transform with ``return_indices`` does the nearest-voxel lookup.
     """
     if config.pleural_extrapolation_mm <= 0:
-        return None, None
+        return None
     sp = grid.spacing_mm
     core_ball = ball(config.pleural_core_depth_mm, sp)
     core = ndimage.binary_erosion(~outside, structure=core_ball, border_value=0)
     if not core.any():
-        return None, None
+        return None
     dist, nearest = distance_transform_edt(~core, sampling=sp, return_indices=True)
-    return tuple(nearest), dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm
+    air = dist > config.pleural_extrapolation_mm + config.pleural_core_depth_mm
+    air |= outside & ~near_bone
+    return tuple(nearest), air
 
 
 def _at_voxels(grid: CoarseGrid, coarse: np.ndarray, idx: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -1034,7 +1011,7 @@ def _final_solid(
 
 
 def _background_rules(
-    hu_box: np.ndarray, smooth: np.ndarray, geometry: Future[_Geometry], ggo_band: np.ndarray,
+    hu_box: np.ndarray, smooth: np.ndarray, lung_box: np.ndarray, ggo_band: np.ndarray,
     solid_band: np.ndarray, spacing_mm: tuple[float, float, float],
     first_index: tuple[int, int, int], config: LesionSegmentationConfig,
     pool: ThreadPoolExecutor,
@@ -1043,8 +1020,7 @@ def _background_rules(
     tuple[CoarseGrid, np.ndarray],
 ]:
     """Band voxels accepted as ground glass and as solid by the background rules
-    (``geometry``: :func:`_geometry` of the lung box; ``first_index``: the box's first
-    voxel on the patient lattice, for the block grids).
+    (``first_index``: the box's first voxel on the patient lattice, for the block grids).
 
     Returns ``(ggo, solid, seeds, parenchyma, costal)``: ``seeds`` is ground glass accepted
     on its own (not vessel-raised) background, the cores for :func:`_extend_from_cores`;
@@ -1058,7 +1034,7 @@ def _background_rules(
         _solid_width_px(spacing_mm, config),
     )
     grid, bg_any, bg_ggo, bg_pure, paren, near_bone = _background(
-        hu_box, smooth, geometry, first_index, config, pool
+        hu_box, smooth, lung_box, spacing_mm, first_index, config, pool
     )
 
     def region_floor(ix: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -1153,13 +1129,6 @@ def segment_lesions(
     # results are identical to running them in turn (lesion stage 1-4 s faster on the
     # 400-slice phantom, 2 cores). The pool serves the noise measure, then stays open
     # through the enclosed-solid rule, the extension and the fill.
-    rules = config.background_radius_mm > 0
-    # The background grid's geometry depends on the lung mask alone: a thread of its own
-    # computes it while the noise is measured and the CT smoothed (the noisy 400-slice
-    # phantom: its 0.7 s distance transform left the critical path; on two cores the three
-    # threads share the CPU, with the same results).
-    geometry_pool = ThreadPoolExecutor(max_workers=1)
-    geometry = geometry_pool.submit(_geometry, lung_b, sp, first, config) if rules else None  # type: ignore[arg-type]
     pool = ThreadPoolExecutor(max_workers=1)
     try:
         noise = adapt_to_noise(
@@ -1175,10 +1144,9 @@ def segment_lesions(
         )
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
-        geometry_pool.shutdown(wait=True, cancel_futures=True)
         raise
     t_noise = time.perf_counter()
-    with pool, geometry_pool:
+    with pool:
         band_sigma_mm = config.noise_band_fraction * noise.smoothing_sigma_mm
         # The HU bands (and every rule reading each voxel's own HU) see only that fraction
         # of the noise smoothing, in quadrature with the light denoising: all of it widens
@@ -1197,9 +1165,10 @@ def segment_lesions(
         solid_band = lung_b & (smooth >= s_lo) & (smooth <= s_hi)
         dense_ml = float((np.count_nonzero(ggo_band) + np.count_nonzero(solid_band)) * voxel_ml)
         t_bands = time.perf_counter()
-        if geometry is not None:
+        rules = config.background_radius_mm > 0
+        if rules:
             ggo, solid, seeds, paren, costal = _background_rules(
-                hu_b, smooth, geometry, ggo_band, solid_band, sp, first, config, pool  # type: ignore[arg-type]
+                hu_b, smooth, lung_b, ggo_band, solid_band, sp, first, config, pool  # type: ignore[arg-type]
             )
         else:  # plain HU bands
             ggo, solid = ggo_band.copy(), solid_band.copy()
