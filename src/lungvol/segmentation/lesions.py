@@ -106,6 +106,8 @@ _PLANE[1] = True
 _OUTSIDE_HU = -1000.0
 # Slabs of the enclosed-solid rule's counts, shared by two threads (at least 8 halos thick).
 _COUNT_SLABS = 6
+# Slabs of the hysteresis from the cores, shared the same way.
+_GROW_SLABS = 4
 # Steps that run beside another one on the pool work in slabs of about this many voxels
 # (memory): the in-plane hole filling and the ground-glass background's input.
 _SLAB_VOXELS = 8_000_000
@@ -495,6 +497,15 @@ def _parenchyma_level(
     return lookup, filled.astype(np.float32)
 
 
+def _geodesic_steps(
+    spacing_mm: tuple[float, float, float], distance_mm: float
+) -> tuple[int, int]:
+    """:func:`_grow_geodesic`'s steps for ``distance_mm``: all of them, and those that may
+    also move one slice (so the growth reaches at most that many slices along z)."""
+    steps = max(1, int(round(distance_mm / min(spacing_mm[1:]))))
+    return steps, min(steps, int(distance_mm / spacing_mm[0]))
+
+
 def _grow_geodesic(
     mask: np.ndarray, allowed: np.ndarray, spacing_mm: tuple[float, float, float],
     distance_mm: float,
@@ -507,8 +518,7 @@ def _grow_geodesic(
     """
     if not mask.any():
         return 0
-    steps = max(1, int(round(distance_mm / min(spacing_mm[1:]))))
-    z_steps = min(steps, int(distance_mm / spacing_mm[0]))
+    steps, z_steps = _geodesic_steps(spacing_mm, distance_mm)
     box = bounding_box(mask, tuple(steps if ax else z_steps for ax in range(3)))
     seed, within = mask[box], (allowed[box] | mask[box])
     grown = seed
@@ -767,6 +777,7 @@ def _extend_from_cores(
     ggo: np.ndarray, solid: np.ndarray, seeds: np.ndarray, solid_band: np.ndarray,
     candidates: tuple[tuple[slice, ...], np.ndarray, np.ndarray | None] | None,
     spacing_mm: tuple[float, float, float], config: LesionSegmentationConfig,
+    pool: ThreadPoolExecutor | None = None,
 ) -> int:
     """Hysteresis: extend ground glass from its cores into connected band voxels (in place).
 
@@ -783,30 +794,58 @@ def _extend_from_cores(
     than ``extension_min_width_mm`` (an opening of grown and accepted lesion) are dropped:
     skirts of vessels too thin for the solid band. On voxels too coarse for that square and
     for the clearance, growth beyond the first in-plane ring must be two voxels wide
-    (:func:`_width_gate`). Returns the number of voxels added.
+    (:func:`_width_gate`). Returns the number of voxels added. With ``pool``, z-slabs are
+    shared with it (the same voxels).
     """
     if candidates is None:
         return 0
     box, cand, deep = candidates
-    solid_b = solid[box]
-    if deep is not None:
-        vessel = solid_band[box] & ~solid_b & deep
-        size = _clearance_size(spacing_mm, config)
-        cand &= ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
-    grown = seeds[box].copy()
-    _grow_geodesic(grown, cand, spacing_mm, _extension_reach_mm(spacing_mm, config))
-    ggo_b = ggo[box]
-    add = grown & ~ggo_b & ~solid_b
+    ggo_b, solid_b, seeds_b, band_b = ggo[box], solid[box], seeds[box], solid_band[box]
+    size = _clearance_size(spacing_mm, config)
+    reach_mm = _extension_reach_mm(spacing_mm, config)
     gate = _width_gate(spacing_mm, config)
-    if gate == "square":
-        # Growth along the partial-volume skirt of a vessel below the solid band is a tube
-        # or a hollow sleeve a voxel or two wide; a lesion's rim lies against its core.
-        radius = _min_width_radius_px(config.extension_min_width_mm, spacing_mm)
-        add &= _opening_in_plane(grown | ggo_b | solid_b, (2 * radius[0] + 1, 2 * radius[1] + 1))
-    elif gate == "pair":
-        add &= _pair_gate(grown | ggo_b | solid_b, ggo_b | solid_b)
-    ggo_b |= add
-    return int(np.count_nonzero(add))
+    radius = (
+        _min_width_radius_px(config.extension_min_width_mm, spacing_mm) if gate == "square"
+        else (0, 0)
+    )
+
+    def grow(lo: int, hi: int, a: int, b: int) -> np.ndarray:
+        """The voxels added in slices [lo, hi), computed on [a, b). Reads only: the
+        slabs' results are written once all are done."""
+        c, solid_s = cand[a:b], solid_b[a:b]
+        if deep is not None:
+            vessel = band_b[a:b] & ~solid_s & deep[a:b]
+            c = c & ~ndimage.maximum_filter(vessel.view(np.uint8), size=size).astype(bool)
+        grown = seeds_b[a:b].copy()
+        _grow_geodesic(grown, c, spacing_mm, reach_mm)
+        ggo_s = ggo_b[a:b]
+        add = grown & ~ggo_s & ~solid_s
+        if gate == "square":
+            # Growth along the partial-volume skirt of a vessel below the solid band is a
+            # tube or a hollow sleeve a voxel or two wide; a lesion's rim lies against its
+            # core.
+            add &= _opening_in_plane(
+                grown | ggo_s | solid_s, (2 * radius[0] + 1, 2 * radius[1] + 1)
+            )
+        elif gate == "pair":
+            add &= _pair_gate(grown | ggo_s | solid_s, ggo_s | solid_s)
+        return add[lo - a:hi - a]
+
+    # Local along z: the growth reaches at most its 26-connected steps' slices, the
+    # clearance half its box more, and the gates are in-plane. Slabs with that halo give
+    # the same voxels; this thread and ``pool`` (when free) take them in turn.
+    n = ggo_b.shape[0]
+    halo = _geodesic_steps(spacing_mm, reach_mm)[1] + (size[0] // 2 if deep is not None else 0)
+    pieces = 1 if pool is None else max(1, min(_GROW_SLABS, n // (8 * max(1, halo))))
+    parts = (
+        [grow(0, n, 0, n)] if pieces == 1
+        else shared_slabs(n, halo, grow, pool, pieces)  # type: ignore[arg-type]
+    )
+    added = 0
+    for lo, part in zip((n * i // pieces for i in range(pieces)), parts, strict=True):
+        ggo_b[lo:lo + part.shape[0]] |= part
+        added += int(np.count_nonzero(part))
+    return added
 
 
 def _enclosed_above_band(
@@ -1237,7 +1276,7 @@ def segment_lesions(
         extended_ml = 0.0
         if cand_future is not None:
             extended_ml = voxel_ml * _extend_from_cores(
-                ggo, solid, seeds, solid_band, cand_future.result(), sp, config  # type: ignore[arg-type]
+                ggo, solid, seeds, solid_band, cand_future.result(), sp, config, pool  # type: ignore[arg-type]
             )
             del seeds, paren, cand_future
         # Band voxels the background rules rejected (the thick-slice rule's are counted in
