@@ -855,3 +855,58 @@ def test_component_labels_are_uint16_where_they_fit_and_int32_beyond():
         ref, n_ref = ndimage.label(mask, structure=_CONN26)
         assert (lab.dtype, n) == (np.dtype(dtype), n_ref)
         np.testing.assert_array_equal(lab, ref)
+
+
+@pytest.mark.parametrize(
+    "spacing_mm", [(0.8, 0.7, 0.7), (2.0, 0.98, 0.98), (3.0, 2.8, 2.8)],
+)
+def test_extension_in_slabs_equals_one_piece(spacing_mm, monkeypatch):
+    """The hysteresis from the cores runs in z-slabs shared with the pool; each slab's halo
+    (the growth's z reach and the vessel clearance) makes it the growth of the whole box,
+    whichever gate acts on the grid, also while the pool is busy at first."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scipy import ndimage
+
+    from lungvol.segmentation import lesions
+
+    config = LesionSegmentationConfig()
+    rng = np.random.default_rng(5)
+    shape = (70, 40, 44)
+
+    def blobs(level_sd: float, sigma: float) -> np.ndarray:
+        field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+        return field / field.std() > level_sd
+
+    band = blobs(-0.3, 3.0)  # ground-glass band: where the growth may run
+    solid_band = blobs(1.0, 1.5)
+    solid = solid_band & blobs(0.0, 2.0)
+    seeds = band & blobs(1.2, 3.0)
+    ggo = seeds.copy()
+    deep = blobs(-0.5, 3.0)  # where rejected solid counts as a vessel for the clearance
+    box = (slice(3, 67), slice(2, 38), slice(1, 43))
+    candidates = (box, band[box].copy(), deep[box].copy())
+    without_clearance = lesions._extend_from_cores(
+        ggo.copy(), solid, seeds, solid_band, (box, band[box].copy(), None), spacing_mm, config
+    )
+
+    def run(pieces: int, pool) -> tuple[np.ndarray, int]:
+        monkeypatch.setattr(lesions, "_GROW_SLABS", pieces)
+        out = ggo.copy()
+        box_, cand, dp = candidates
+        added = lesions._extend_from_cores(
+            out, solid, seeds, solid_band, (box_, cand.copy(), dp), spacing_mm, config, pool
+        )
+        return out, added
+
+    expected, n_expected = run(1, None)
+    assert 0 < n_expected < without_clearance  # both the growth and the clearance act
+    assert lesions._geodesic_steps(
+        spacing_mm, lesions._extension_reach_mm(spacing_mm, config)
+    )[1] >= 1
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(time.sleep, 0.05)
+        got, n_got = run(6, pool)
+    assert n_got == n_expected
+    assert np.array_equal(got, expected)
