@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -1253,9 +1253,11 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     )
     sp = grid.spacing_mm
 
-    def bone_and_check(hu: np.ndarray) -> tuple[np.ndarray, int, SuspectCore | None]:
+    def bone_and_check(
+        hu: np.ndarray, block_max_hu: Future[np.ndarray]
+    ) -> tuple[np.ndarray, int, SuspectCore | None]:
         bone, blood_voxels = bone_map(
-            hu, coarse_max(volume.hu, grid), config, grid.voxel_volume_ml, sp
+            hu, block_max_hu.result(), config, grid.voxel_volume_ml, sp
         )
         return bone, blood_voxels, suspect_bone_core(hu, bone, sp, config, grid.voxel_volume_ml)
 
@@ -1263,9 +1265,9 @@ def segment_lungs(volume: CTVolume, config: LungSegmentationConfig) -> LungMask:
     # second thread beside them, the block maxima beside the block means (scipy.ndimage
     # and numpy's reductions release the GIL; the results are those of running in turn).
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pool.submit(coarse_max, volume.hu, grid)
+        block_max = pool.submit(coarse_max, volume.hu, grid)
         hu = coarse_mean(volume.hu, grid)
-        bone_future = pool.submit(bone_and_check, hu)
+        bone_future = pool.submit(bone_and_check, hu, block_max)
         t_down = time.perf_counter()  # the bone map's wait counts in the next timing
         body = _body_mask(hu, config)
         internal, fov_air = _internal_air(hu, body, config)
